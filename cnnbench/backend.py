@@ -1,0 +1,153 @@
+"""The interface a framework plugin implements. The harness owns the clock; a backend never times.
+
+Lifecycle, all in one worker process per backend (see ``cnnbench.worker``):
+
+1. ``Backend.process_environment(variant, config)`` - in the parent, before the worker starts:
+   environment variables the framework reads at import (e.g. ``KERAS_BACKEND``).
+2. ``Backend.import_framework(variant)`` - timed by the harness as the *import* phase.
+3. ``Backend.create_session(spec, config, variant)`` - timed as the *build* phase.
+4. ``Session.set_weights(initial)`` (unless the init scheme is ``framework``), then
+   ``Session.load_data(...)`` once, outside every clock.
+5. ``Session.train_batches(indices)`` repeatedly, in the order the harness chooses;
+   ``Session.sync()`` before every clock read; ``Session.evaluate(batch_size)``.
+6. ``Session.close()``.
+
+Arrays cross this interface as NumPy: images NHWC float32, labels int64, weights in the
+canonical layout of ``ModelSpec.param_shapes()`` (conv kernels HWIO, dense kernels (in, out),
+flattening in NHWC order). A backend converts to its native layout inside.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from cnnbench.config import TrainConfig
+from cnnbench.errors import BackendError, BackendUnavailable  # noqa: F401  (re-exported for plugins)
+from cnnbench.spec import ModelSpec
+
+
+class Session(ABC):
+    """One model and its optimizer on one device, with the data already there."""
+
+    #: Human-readable device the session runs on, e.g. "cpu" or "cuda:0 (NVIDIA H200)".
+    device: str = "cpu"
+
+    @abstractmethod
+    def load_data(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+        """Move the whole dataset into framework tensors on the device, once, outside the clock.
+
+        ``x_*`` are float32 NHWC, ``y_*`` int64 class indices. Keep them resident: feeding
+        must not dominate the measurement.
+        """
+
+    @abstractmethod
+    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        """Run one optimizer step per row of ``batch_indices`` (int64, [n_batches, batch_size]).
+
+        Row ``i`` holds the indices into the training set of the i-th batch, in the order given.
+        Dropout is active. Returns the mean training loss of each batch as a float array of
+        length ``n_batches`` (a backend may accumulate losses on the device and fetch them
+        once at the end).
+        """
+
+    @abstractmethod
+    def evaluate(self, batch_size: int) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy (0..1) on the whole test set, dropout inactive."""
+
+    @abstractmethod
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits (float32, [n, num_classes]) for float32 NHWC ``x``, in inference mode."""
+
+    @abstractmethod
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean cross-entropy on (x, y) and its gradients in the canonical layout.
+
+        Dropout inactive, weights unchanged: used by the parity check.
+        """
+
+    @abstractmethod
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The current weights in the canonical layout (float32 NumPy copies)."""
+
+    @abstractmethod
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Load canonical-layout weights (and reset the optimizer state)."""
+
+    def sync(self) -> None:
+        """Block until all queued device work is done. The harness calls it before reading the clock."""
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that matter for speed (threads, precision, JIT, layout...): the fairness manifest."""
+        return {}
+
+    def close(self) -> None:
+        """Release device memory and threads."""
+
+
+class Backend(ABC):
+    """A framework implementation of the spec, registered by a plugin through ``register_backends``."""
+
+    #: What ``--frameworks`` takes, e.g. "torch".
+    name: str = ""
+    #: Human name of the framework, e.g. "PyTorch".
+    framework: str = ""
+    #: Optional variants, selected as ``name:variant`` (e.g. Keras engines). The first is the default.
+    variants: tuple[str, ...] = ()
+    #: Whether two runs with the same seed give bit-identical results on CPU.
+    deterministic: bool = False
+
+    @abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """None when the framework can be used; otherwise why not. Must not import the framework."""
+
+    @abstractmethod
+    def framework_version(self, variant: str | None = None) -> str:
+        """The installed framework version (may read package metadata; must not import it)."""
+
+    def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
+        """Environment variables for the worker process, set before anything is imported."""
+        return {}
+
+    def import_framework(self, variant: str | None = None) -> None:
+        """Import the framework. The harness times this call as the import phase."""
+
+    @abstractmethod
+    def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
+        """Build the model from ``spec`` and its optimizer from ``config`` on ``config.device``.
+
+        Honour ``config.threads`` (intra-op threads), ``config.seed`` and ``config.dropout``
+        through the spec. ``config.device`` is "auto", "cpu" or "cuda"; raise
+        ``BackendUnavailable`` when the device cannot be used.
+        """
+
+
+def distribution_version(*names: str) -> str | None:
+    """The version of the first installed distribution among ``names``, without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def missing_module_reason(*modules: str, extra: str) -> str | None:
+    """``"<module> is not installed ..."`` for the first module that cannot be found, else None.
+
+    ``extra`` names the cnnbench extra that installs it, for the hint.
+    """
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return f"{module} is not installed (pip install 'cnnbench[{extra}]')"
+    return None

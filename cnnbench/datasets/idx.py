@@ -1,0 +1,62 @@
+"""Parser for the IDX format of MNIST and Fashion-MNIST, from raw or gzip-compressed bytes."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from cnnbench.errors import DatasetError
+
+#: IDX type codes for the element dtypes MNIST-style files use.
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_bytes(path: Path) -> bytes:
+    """The decompressed content of ``path`` (gzip detected by its magic bytes, not its name)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DatasetError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    return data
+
+
+def parse_idx(data: bytes, name: str = "IDX data", expected_ndim: int | None = None) -> np.ndarray:
+    """Parse one IDX file. Every structural problem is a ``DatasetError`` naming ``name``."""
+    if len(data) < 4:
+        raise DatasetError(f"{name}: file too short for an IDX header ({len(data)} bytes)")
+    zero1, zero2, type_code, ndim = data[0], data[1], data[2], data[3]
+    if zero1 != 0 or zero2 != 0 or type_code not in _IDX_DTYPES or ndim == 0:
+        raise DatasetError(f"{name}: bad IDX magic number 0x{data[:4].hex()} (not an IDX file)")
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise DatasetError(f"{name}: expected {expected_ndim} dimensions, the header says {ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{name}: truncated header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[type_code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    body = len(data) - header
+    if body < expected:
+        raise DatasetError(f"{name}: truncated: header says shape {shape} ({expected} bytes), file has {body}")
+    if body > expected:
+        raise DatasetError(f"{name}: {body - expected} unexpected trailing bytes after shape {shape}")
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+
+
+def load_idx_pair(images_path: Path, labels_path: Path, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W, C) uint8 and labels (N,) int64 from an IDX image file and label file."""
+    images = parse_idx(read_bytes(images_path), images_path.name, expected_ndim=3)
+    labels = parse_idx(read_bytes(labels_path), labels_path.name, expected_ndim=1)
+    if images.shape[1:] != image_shape[:2]:
+        raise DatasetError(f"{images_path.name}: images are {images.shape[1]}x{images.shape[2]}, expected {image_shape[0]}x{image_shape[1]}")
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(f"{images_path.name} has {images.shape[0]} images but {labels_path.name} has {labels.shape[0]} labels")
+    return images.reshape((-1, *image_shape)), labels.astype(np.int64)

@@ -1,0 +1,230 @@
+"""PyTorch implementation of the spec: eager mode, channels_last memory, data resident on the device.
+
+torch is imported inside methods only, so listing backends never pays for (or fails on) it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cnnbench.backend import Backend, BackendUnavailable, Session, distribution_version, missing_module_reason
+from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
+
+
+def _resolve_device(torch, requested: str):
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise BackendUnavailable("CUDA requested but torch.cuda.is_available() is False")
+    return torch.device("cpu")
+
+
+def build_module(spec: ModelSpec):
+    """An ``nn.Module`` that walks the spec; returns (module, {layer name: submodule with weights})."""
+    import torch
+    from torch import nn
+
+    class NHWCFlatten(nn.Module):
+        """Flatten in (H, W, C) order so canonical dense1 weights apply unchanged."""
+
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+
+    modules: list[nn.Module] = []
+    weighted: dict[str, nn.Module] = {}
+    channels = spec.input_shape[-1]
+    features = None
+    for info in spec.layer_infos():
+        layer = info.layer
+        if isinstance(layer, Conv2D):
+            conv = nn.Conv2d(channels, layer.filters, layer.kernel_size, stride=layer.stride, padding=layer.padding.lower())
+            modules.append(conv)
+            weighted[layer.name] = conv
+            channels = layer.filters
+            if layer.activation == "relu":
+                modules.append(nn.ReLU())
+        elif isinstance(layer, MaxPool2D):
+            if layer.padding != "VALID":
+                raise NotImplementedError("only VALID pooling is supported")
+            modules.append(nn.MaxPool2d(layer.pool_size, layer.stride))
+        elif isinstance(layer, Flatten):
+            modules.append(NHWCFlatten())
+            (features,) = info.output_shape
+        elif isinstance(layer, Dense):
+            linear = nn.Linear(features, layer.units)
+            modules.append(linear)
+            weighted[layer.name] = linear
+            features = layer.units
+            if layer.activation == "relu":
+                modules.append(nn.ReLU())
+        elif isinstance(layer, Dropout):
+            modules.append(nn.Dropout(layer.rate))
+    return torch.nn.Sequential(*modules), weighted
+
+
+def to_native(name: str, value: np.ndarray) -> np.ndarray:
+    """Canonical -> PyTorch layout: conv HWIO -> OIHW, dense (in, out) -> (out, in)."""
+    if name.endswith("/kernel"):
+        return np.ascontiguousarray(value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T)
+    return value
+
+
+def from_native(name: str, value: np.ndarray) -> np.ndarray:
+    """PyTorch -> canonical layout (inverse of ``to_native``)."""
+    if name.endswith("/kernel"):
+        return np.ascontiguousarray(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T)
+    return value
+
+
+class TorchSession(Session):
+    def __init__(self, spec: ModelSpec, config: TrainConfig, channels_last: bool = True):
+        import torch
+
+        self.torch = torch
+        self.spec, self.config = spec, config
+        self.dev = _resolve_device(torch, config.device)
+        self.device = str(self.dev) if self.dev.type == "cpu" else f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        torch.manual_seed(config.seed)
+        model, self.weighted = build_module(spec)
+        self.model = model.to(self.dev, memory_format=self.memory_format)
+        self._make_optimizer()
+
+    def _make_optimizer(self) -> None:
+        params = self.model.parameters()
+        if self.config.optimizer == "adam":
+            self.optimizer = self.torch.optim.Adam(params, lr=self.config.learning_rate, betas=(ADAM_BETA1, ADAM_BETA2), eps=ADAM_EPSILON)
+        else:
+            self.optimizer = self.torch.optim.SGD(params, lr=self.config.learning_rate)
+
+    def _images(self, x: np.ndarray):
+        """NHWC NumPy -> NCHW tensor whose memory stays NHWC (channels_last): no copy of layout."""
+        tensor = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.dev)
+        return tensor.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
+
+    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+        self.x_train, self.x_test = self._images(x_train), self._images(x_test)
+        self.y_train = self.torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.dev)
+        self.y_test = self.torch.from_numpy(np.asarray(y_test, dtype=np.int64)).to(self.dev)
+
+    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        torch, F = self.torch, self.torch.nn.functional
+        self.model.train()
+        indices = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64)).to(self.dev)
+        losses = []
+        for row in indices:
+            logits = self.model(self.x_train.index_select(0, row))
+            loss = F.cross_entropy(logits, self.y_train.index_select(0, row))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(loss.detach())
+        return torch.stack(losses).cpu().numpy().astype(np.float64) if losses else np.zeros(0)
+
+    def evaluate(self, batch_size: int) -> tuple[float, float]:
+        torch, F = self.torch, self.torch.nn.functional
+        self.model.eval()
+        total_loss = torch.zeros((), device=self.dev, dtype=torch.float64)
+        correct = torch.zeros((), device=self.dev, dtype=torch.int64)
+        n = self.x_test.shape[0]
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                logits = self.model(self.x_test[start : start + batch_size])
+                labels = self.y_test[start : start + batch_size]
+                total_loss += F.cross_entropy(logits, labels, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == labels).sum()
+        return float(total_loss) / n, float(correct) / n
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        with self.torch.inference_mode():
+            return self.model(self._images(x)).float().cpu().numpy()
+
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray):
+        torch = self.torch
+        self.model.eval()
+        self.model.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(self.model(self._images(x)), torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.dev))
+        loss.backward()
+        grads = {}
+        for layer_name, module in self.weighted.items():
+            grads[f"{layer_name}/kernel"] = from_native(f"{layer_name}/kernel", module.weight.grad.cpu().numpy())
+            grads[f"{layer_name}/bias"] = module.bias.grad.cpu().numpy().copy()
+        self.model.zero_grad(set_to_none=True)
+        return float(loss), grads
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        weights = {}
+        for layer_name, module in self.weighted.items():
+            weights[f"{layer_name}/kernel"] = from_native(f"{layer_name}/kernel", module.weight.detach().cpu().numpy())
+            weights[f"{layer_name}/bias"] = module.bias.detach().cpu().numpy().copy()
+        return weights
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        torch = self.torch
+        with torch.no_grad():
+            for layer_name, module in self.weighted.items():
+                kernel = to_native(f"{layer_name}/kernel", np.asarray(weights[f"{layer_name}/kernel"], dtype=np.float32))
+                if tuple(module.weight.shape) != kernel.shape:
+                    raise ValueError(f"{layer_name}/kernel: expected native shape {tuple(module.weight.shape)}, got {kernel.shape}")
+                module.weight.copy_(torch.from_numpy(kernel))
+                module.bias.copy_(torch.from_numpy(np.asarray(weights[f"{layer_name}/bias"], dtype=np.float32)))
+        self._make_optimizer()
+
+    def sync(self) -> None:
+        if self.dev.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def settings(self) -> dict[str, Any]:
+        torch = self.torch
+        settings: dict[str, Any] = {
+            "intra_op_threads": torch.get_num_threads(),
+            "inter_op_threads": torch.get_num_interop_threads(),
+            "precision": "float32",
+            "mode": "eager",
+            "layout": "NCHW, channels_last memory" if self.memory_format == torch.channels_last else "NCHW",
+        }
+        if self.dev.type == "cuda":
+            settings["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+            settings["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+            settings["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        return settings
+
+    def close(self) -> None:
+        del self.model, self.optimizer
+        if self.dev.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    framework = "PyTorch"
+    deterministic = True
+
+    def unavailable_reason(self) -> str | None:
+        return missing_module_reason("torch", extra="torch")
+
+    def framework_version(self, variant: str | None = None) -> str:
+        return distribution_version("torch") or "not installed"
+
+    def import_framework(self, variant: str | None = None) -> None:
+        import torch  # noqa: F401
+
+    def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
+        import torch
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+            try:
+                torch.set_num_interop_threads(config.threads)
+            except RuntimeError:  # only settable before the first parallel work
+                pass
+        if torch.cuda.is_available():
+            # Full fp32 everywhere, as in the other backends' defaults on CPU (recorded in settings).
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cudnn.benchmark = True
+        return TorchSession(spec, config)
