@@ -41,6 +41,17 @@ class TrainConfig:
     warmup_steps: int = 10
     eval_batch_size: int = 1000
     device: str = "auto"
+    #: Backend-specific switches, "backend.key" -> value (e.g. "tf.xla": "true"); recorded in results.
+    backend_options: dict[str, str] = field(default_factory=dict)
+
+    def option(self, backend: str, key: str, default: str | None = None) -> str | None:
+        """The value of ``--backend-option backend.key=value``, or ``default``."""
+        return self.backend_options.get(f"{backend}.{key}", default)
+
+    def flag(self, backend: str, key: str, default: bool = False) -> bool:
+        """A boolean backend option: 1/true/yes/on are true."""
+        value = self.option(backend, key)
+        return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
 
     def validate(self) -> "TrainConfig":
         if self.optimizer not in OPTIMIZERS:
