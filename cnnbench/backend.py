@@ -79,6 +79,10 @@ class Session(ABC):
     def sync(self) -> None:
         """Block until all queued device work is done. The harness calls it before reading the clock."""
 
+    def peak_device_memory_mb(self) -> float | None:
+        """Peak accelerator memory this session allocated (MiB), or None on CPU / when unknown."""
+        return None
+
     def settings(self) -> dict[str, Any]:
         """The settings that matter for speed (threads, precision, JIT, layout...): the fairness manifest."""
         return {}

@@ -1,0 +1,231 @@
+"""The ``cnnbench`` command line. Errors a user can cause end as one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cnnbench import __version__, report
+from cnnbench.config import DEVICES, INIT_SCHEMES, OPTIMIZERS, DataConfig, TrainConfig
+from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.plugins import load_registry
+from cnnbench.runner import ALLOCATORS, BackendTarget, RunInterrupted, RunObserver, RunOptions, parse_frameworks, run_benchmark
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CnnbenchGroup(click.Group):
+    """Turns project errors and click usage errors into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
+            ctx.exit(2)
+        except CnnbenchError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=CnnbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cnnbench")
+def cli() -> None:
+    """Train the same LeNet in several frameworks; compare accuracy and speed."""
+
+
+def parse_key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{what} must look like KEY=VALUE, got {pair!r}")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+class ProgressObserver(RunObserver):
+    """A rich progress bar per backend: epochs and batches while it trains."""
+
+    def __init__(self, progress: Progress, epochs: int):
+        self.bar, self.epochs, self.task, self.label = progress, epochs, None, ""
+
+    def backend_started(self, target: BackendTarget, repeat: int, repeats: int) -> None:
+        self.label = target.id + (f" (repeat {repeat}/{repeats})" if repeats > 1 else "")
+        self.task = self.bar.add_task(f"{self.label}: starting", total=None)
+
+    def phase(self, target: BackendTarget, name: str) -> None:
+        self.bar.update(self.task, description=f"{self.label}: {name.replace('_', ' ')}")
+
+    def progress(self, target: BackendTarget, epoch: int, done: int, total: int) -> None:
+        self.bar.update(self.task, description=f"{self.label}: epoch {epoch}/{self.epochs}", completed=(epoch - 1) * total + done, total=self.epochs * total)
+
+    def backend_finished(self, result) -> None:
+        status = "done" if result.status == "ok" else result.status
+        self.bar.update(self.task, description=f"{self.label}: {status}")
+        self.bar.stop_task(self.task)
+
+
+def run_options(func):
+    """Options shared by ``run`` and commands built on it."""
+    options = [
+        click.option("--frameworks", "-f", default="all", show_default=True, help="Comma list of backends (name or name:variant), or 'all'."),
+        click.option("--dataset", "-d", default="mnist", show_default=True, help="Registered dataset name (see 'cnnbench list')."),
+        click.option("--epochs", "-e", type=int, default=None, help="Training epochs [1]."),
+        click.option("--batch-size", "-b", type=int, default=None, help="Training batch size [100]."),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [adam]."),
+        click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate [0.001]."),
+        click.option("--seed", type=int, default=None, help="Seed for weights, batch order and dropout [0]."),
+        click.option("--init", type=click.Choice(INIT_SCHEMES), default=None, help="Weight-init scheme [glorot-uniform]."),
+        click.option("--dropout", type=float, default=None, help="Dropout rate (default: 0.2 for colour datasets, none for grayscale)."),
+        click.option("--threads", type=int, default=None, help="Intra-op threads per framework [all cores]."),
+        click.option("--warmup-steps", type=int, default=None, help="Batches excluded from steady state when running one epoch [10]."),
+        click.option("--eval-batch-size", type=int, default=None, help="Evaluation batch size [1000]."),
+        click.option("--device", type=click.Choice(DEVICES), default=None, help="Device [auto]."),
+        click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE", help="Backend switch, e.g. tf.xla=true (repeatable)."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files (else $CNNBENCH_DATA_DIR, the cache...)."),
+        click.option("--offline", is_flag=True, default=False, help="Never download datasets."),
+        click.option("--limit-train", type=int, default=None, help="Use a seeded, stratified subset of N training images."),
+        click.option("--limit-test", type=int, default=None, help="Use a seeded, stratified subset of N test images."),
+        click.option("--validation", type=int, default=None, help="Hold out N training images (seeded)."),
+        click.option("--standardize/--no-standardize", default=None, help="Per-channel standardisation with training statistics."),
+        click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE", help="Dataset-specific option (repeatable)."),
+        click.option("--repeat", type=int, default=1, show_default=True, help="Repeat the whole measurement N times (fresh process each)."),
+        click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds before a backend's worker is killed [no limit]."),
+        click.option("--target-accuracy", type=float, default=None, help="Evaluate after each epoch and report training time until this accuracy (0..1)."),
+        click.option("--allocator", type=click.Choice(ALLOCATORS), default="auto", show_default=True, help="Memory allocator for every backend (auto: tcmalloc when installed)."),
+        click.option("--results-dir", type=click.Path(file_okay=False), default=None, help="Where result JSON files go [$CNNBENCH_RESULTS_DIR or ./results]."),
+        click.option("--no-save", is_flag=True, default=False, help="Do not write a result file."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_configs(params: dict, base_train: TrainConfig | None = None, base_data: DataConfig | None = None) -> tuple[TrainConfig, DataConfig]:
+    """Configs from CLI parameters; explicit flags override the base (a preset or the defaults)."""
+    from cnnbench.config import override
+
+    train = override(
+        base_train or TrainConfig(),
+        epochs=params["epochs"], batch_size=params["batch_size"], optimizer=params["optimizer"],
+        learning_rate=params["learning_rate"], seed=params["seed"], init=params["init"], dropout=params["dropout"],
+        threads=params["threads"], warmup_steps=params["warmup_steps"], eval_batch_size=params["eval_batch_size"],
+        device=params["device"],
+    )
+    if params["backend_options"]:
+        train = override(train, backend_options={**train.backend_options, **parse_key_values(params["backend_options"], "--backend-option")})
+    data = override(
+        base_data or DataConfig(),
+        dataset=params["dataset"], data_dir=params["data_dir"], limit_train=params["limit_train"],
+        limit_test=params["limit_test"], validation=params["validation"], standardize=params["standardize"],
+        offline=params["offline"] or None,
+    )
+    if params["dataset_options"]:
+        data = override(data, options={**data.options, **parse_key_values(params["dataset_options"], "--dataset-option")})
+    if params["target_accuracy"] is not None and not 0 < params["target_accuracy"] <= 1:
+        raise UsageError(f"target accuracy must be in (0, 1], got {params['target_accuracy']}")
+    if params["repeat"] < 1:
+        raise UsageError(f"repeat must be at least 1, got {params['repeat']}")
+    if params["timeout_s"] is not None and params["timeout_s"] <= 0:
+        raise UsageError(f"timeout must be positive, got {params['timeout_s']}")
+    return train.validate(), data.validate()
+
+
+def execute_run(params: dict, train: TrainConfig, data: DataConfig, preset: str | None = None, title: str | None = None):
+    """Validate, prepare the dataset once, run every backend in its own process, print and save."""
+    registry = load_registry()
+    targets = parse_frameworks(params["frameworks"], registry)
+    dataset = registry.dataset(data.dataset).item
+    with console.status(f"preparing dataset {data.dataset}..."):
+        dataset.load(data)  # locate, download, verify and cache once, in the parent
+    options = RunOptions(
+        repeat=params["repeat"], timeout_s=params["timeout_s"], target_accuracy=params["target_accuracy"],
+        allocator=params["allocator"], results_dir=params["results_dir"], save=not params["no_save"], preset=preset,
+    )
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
+    try:
+        with progress:
+            result, path = run_benchmark(targets, registry, train, data, options, ProgressObserver(progress, train.epochs))
+    except RunInterrupted as stop:
+        report.print_result(stop.result, console, title)
+        where = f"; finished results saved to {stop.path}" if stop.path else ""
+        err_console.print(f"[yellow]interrupted[/yellow]{where}")
+        sys.exit(130)
+    report.print_result(result, console, title)
+    if path:
+        console.print(f"saved {path}")
+    return result, path
+
+
+@cli.command()
+@run_options
+def run(**params) -> None:
+    """Train and evaluate the LeNet in each framework; print a table and save a result JSON."""
+    train, data = build_configs(params)
+    result, _ = execute_run(params, train, data)
+    if any(row.status not in ("ok", "unavailable") for row in result.backends):
+        sys.exit(1)
+
+
+@cli.command("list")
+def list_command() -> None:
+    """Registered backends and datasets, the plugin providing each, and whether each is usable."""
+    registry = load_registry()
+    backends = Table(title="Backends", title_justify="left")
+    for column in ("name", "framework", "variants", "version", "plugin", "status"):
+        backends.add_column(column, overflow="fold")
+    for name in sorted(registry.backends):
+        registered = registry.backends[name]
+        backend = registered.item
+        reason = _safe(backend.unavailable_reason)
+        plugin = registered.plugin
+        backends.add_row(
+            name, backend.framework, ", ".join(backend.variants) or "-", _safe(backend.framework_version) or "-",
+            f"{plugin.name} ({plugin.distribution} {plugin.version})".strip(),
+            "[green]available[/green]" if not reason else f"[dim]unavailable: {reason}[/dim]",
+        )
+    console.print(backends)
+    datasets = Table(title="Datasets", title_justify="left")
+    for column in ("name", "shape", "classes", "plugin", "location"):
+        datasets.add_column(column, overflow="fold")
+    for name in sorted(registry.datasets):
+        registered = registry.datasets[name]
+        dataset = registered.item
+        status = _safe(lambda: dataset.status(DataConfig(dataset=name))) or {}
+        datasets.add_row(
+            name, "x".join(map(str, dataset.input_shape)), str(dataset.num_classes),
+            f"{registered.plugin.name} ({registered.plugin.distribution} {registered.plugin.version})".strip(),
+            str(status.get("location", "?")),
+        )
+    console.print(datasets)
+    broken = [p for p in registry.plugins if p.status != "ok"]
+    if broken:
+        table = Table(title="Plugins not loaded", title_justify="left")
+        for column in ("plugin", "module", "status"):
+            table.add_column(column, overflow="fold")
+        for plugin in broken:
+            table.add_row(plugin.name, plugin.module, f"[red]{plugin.status}[/red]: {plugin.error}")
+        console.print(table)
+
+
+def _safe(func):
+    """Call a plugin's method; a plugin bug shows as text instead of crashing the listing."""
+    try:
+        return func()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="cnnbench")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The machine a result was measured on: without it a number means nothing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from cnnbench import __version__
+from cnnbench.backend import distribution_version
+
+FRAMEWORK_DISTRIBUTIONS = ("torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "optax", "numpy")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def memory_gib() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except Exception:
+        return None
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str | None:
+    """The commit of the checkout cnnbench runs from (with ``-dirty``), or None outside git."""
+    where = Path(path) if path else Path(__file__).resolve().parent.parent
+    if not (where / ".git").exists() or not shutil.which("git"):
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("-dirty" if dirty else "")) or None
+
+
+def gpus() -> list[dict[str, str]]:
+    """NVIDIA GPUs as nvidia-smi reports them (name, driver, memory); empty without one."""
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    rows = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3:
+            rows.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
+    return rows
+
+
+def collect() -> dict[str, Any]:
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib(),
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "cnnbench": __version__,
+        "git_commit": git_commit(),
+        "frameworks": {name: v for name in FRAMEWORK_DISTRIBUTIONS if (v := distribution_version(name))},
+        "gpus": gpus(),
+    }

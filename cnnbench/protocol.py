@@ -1,0 +1,148 @@
+"""The timing protocol: the one place that reads the clock, the same for every backend.
+
+Every clock read follows ``session.sync()``. The first epoch (compile, JIT, autotune, cache
+warm-up) is reported apart from steady state: with several epochs, steady-state throughput is
+the median over epochs 2..N; with one epoch, the first ``warmup_steps`` batches are excluded.
+Evaluation (after each epoch when a target accuracy is set) is never counted as training time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from cnnbench import stats
+from cnnbench.backend import Session
+from cnnbench.config import TrainConfig
+from cnnbench.preprocess import PreparedData
+from cnnbench.results import DIVERGED, OK, EpochRecord
+
+clock = time.perf_counter
+
+#: Batches per ``train_batches`` call: small enough for a live progress bar, large enough that
+#: the call overhead is negligible (measured by benchmarks/harness_overhead.py).
+CHUNK_BATCHES = 50
+
+#: progress(epoch, batches_done, batches_total)
+ProgressCallback = Callable[[int, int, int], None]
+
+
+def epoch_batch_indices(seed: int, epoch: int, n_train: int, batch_size: int) -> np.ndarray:
+    """The batch order of one epoch: a permutation drawn from (seed, epoch) only, so every
+    framework trains on exactly the same batches. A final partial batch is dropped."""
+    n_batches = n_train // batch_size
+    order = np.random.default_rng([seed, epoch]).permutation(n_train)
+    return order[: n_batches * batch_size].reshape(n_batches, batch_size).astype(np.int64)
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class ProtocolOutcome:
+    status: str = OK
+    reason: str = ""
+    epochs: list[EpochRecord] = field(default_factory=list)
+    first_epoch_s: float | None = None
+    train_s: float = 0.0
+    eval_s: float | None = None
+    train_throughput: float | None = None
+    train_throughput_samples: list[float] = field(default_factory=list)
+    eval_throughput: float | None = None
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    time_to_accuracy_s: float | None = None
+
+
+def _train_chunks(session: Session, batches: np.ndarray, on_chunk: Callable[[int], None]) -> np.ndarray:
+    losses = []
+    for start in range(0, len(batches), CHUNK_BATCHES):
+        chunk = batches[start : start + CHUNK_BATCHES]
+        losses.append(np.asarray(session.train_batches(chunk), dtype=np.float64))
+        on_chunk(len(chunk))
+    return np.concatenate(losses) if losses else np.zeros(0)
+
+
+def _evaluate(session: Session, config: TrainConfig, n_test: int) -> tuple[float, float, float]:
+    session.sync()
+    start = clock()
+    loss, accuracy = session.evaluate(config.eval_batch_size)
+    session.sync()
+    return loss, accuracy, clock() - start
+
+
+def measure(
+    session: Session,
+    data: PreparedData,
+    config: TrainConfig,
+    progress: ProgressCallback | None = None,
+    target_accuracy: float | None = None,
+) -> ProtocolOutcome:
+    """Train ``config.epochs`` epochs and evaluate, returning timings and metrics."""
+    outcome = ProtocolOutcome()
+    n_train, batch = len(data.y_train), config.batch_size
+    if n_train < batch:
+        raise ValueError(f"the training set ({n_train} images) is smaller than one batch ({batch})")
+    evaluate_each_epoch = target_accuracy is not None
+    per_epoch_rates: list[float] = []
+    single_epoch_steady: float | None = None
+
+    for epoch in range(1, config.epochs + 1):
+        batches = epoch_batch_indices(config.seed, epoch, n_train, batch)
+        done = 0
+
+        def on_chunk(n: int, _epoch=epoch, _total=len(batches)) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(_epoch, done, _total)
+
+        warmup = min(config.warmup_steps, len(batches) - 1) if (config.epochs == 1 and epoch == 1) else 0
+        session.sync()
+        start = clock()
+        losses = [_train_chunks(session, batches[:warmup], on_chunk)] if warmup else []
+        if warmup:
+            session.sync()
+        after_warmup = clock()
+        losses.append(_train_chunks(session, batches[warmup:], on_chunk))
+        session.sync()
+        end = clock()
+
+        seconds = end - start
+        epoch_losses = np.concatenate(losses)
+        mean_loss = float(np.mean(epoch_losses))
+        samples = len(batches) * batch
+        outcome.train_s += seconds
+        if epoch == 1:
+            outcome.first_epoch_s = seconds
+            if warmup:
+                single_epoch_steady = (len(batches) - warmup) * batch / (end - after_warmup)
+        else:
+            per_epoch_rates.append(samples / seconds)
+        record_accuracy = None
+        if not math.isfinite(mean_loss) or not np.all(np.isfinite(epoch_losses)):
+            bad = int(np.argmax(~np.isfinite(epoch_losses)))
+            outcome.epochs.append(EpochRecord(epoch, mean_loss, seconds, samples, samples / seconds))
+            outcome.status, outcome.reason = DIVERGED, f"loss became {epoch_losses[bad]} at epoch {epoch}, batch {bad + 1}"
+            break
+        if evaluate_each_epoch:
+            outcome.test_loss, outcome.test_accuracy, outcome.eval_s = _evaluate(session, config, len(data.y_test))
+            record_accuracy = outcome.test_accuracy
+            if outcome.time_to_accuracy_s is None and outcome.test_accuracy >= target_accuracy:
+                outcome.time_to_accuracy_s = outcome.train_s
+        outcome.epochs.append(EpochRecord(epoch, mean_loss, seconds, samples, samples / seconds, record_accuracy))
+
+    if outcome.status == OK and not evaluate_each_epoch:
+        outcome.test_loss, outcome.test_accuracy, outcome.eval_s = _evaluate(session, config, len(data.y_test))
+    if outcome.eval_s:
+        outcome.eval_throughput = len(data.y_test) / outcome.eval_s
+    outcome.train_throughput_samples = per_epoch_rates or ([single_epoch_steady] if single_epoch_steady else [])
+    if not outcome.train_throughput_samples and outcome.epochs:  # one epoch, no warm-up excluded
+        outcome.train_throughput_samples = [outcome.epochs[0].samples_per_s]
+    outcome.train_throughput = stats.median(outcome.train_throughput_samples)
+    return outcome
