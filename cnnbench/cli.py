@@ -215,6 +215,9 @@ def list_command() -> None:
         console.print(table)
 
 
+# --- commands defined in cnnbench/commands/ (one registration line each, keep this anchor) ---
+
+
 def _safe(func):
     """Call a plugin's method; a plugin bug shows as text instead of crashing the listing."""
     try:
