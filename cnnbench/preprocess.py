@@ -2,11 +2,14 @@
 
 Order: seeded validation hold-out, seeded subsets (--limit-train / --limit-test, stratified
 by class), scaling to [0, 1], optional per-channel standardisation with training statistics.
-The returned record goes into the result so a run can be reproduced exactly.
+The selection depends only on the labels and a fixed seed, never on the training seed or the
+framework, so every backend trains on the same images in every run. The returned record goes
+into the result so a run can be reproduced (and the selection checked) exactly.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,8 @@ from cnnbench.errors import DatasetError
 
 #: Seed of the data selection, fixed so that subsets do not change with the training seed.
 DATA_SEED = 20240101
+#: A channel whose training std is below this is only centred, not divided (e.g. a constant border).
+MIN_STD = 1e-6
 
 
 @dataclass(frozen=True)
@@ -27,16 +32,22 @@ class PreparedData:
     x_test: np.ndarray
     y_test: np.ndarray
     record: dict[str, Any]
+    #: The held-out validation images (``--validation N``), preprocessed like the rest; None without.
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
 
 def stratified_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``n`` samples keeping class proportions (largest remainders), in a seeded order."""
+    """Indices of ``n`` samples keeping class proportions (largest remainders), sorted.
+
+    Which samples of each class are taken is drawn from ``rng``.
+    """
     if n >= len(labels):
         return np.arange(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
     quota = counts * n / len(labels)
     take = np.floor(quota).astype(int)
-    for i in np.argsort(-(quota - take))[: n - take.sum()]:
+    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
         take[i] += 1
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
     return np.sort(np.concatenate(chosen))
@@ -45,31 +56,75 @@ def stratified_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
 def _scale(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.uint8:
         return x.astype(np.float32) * np.float32(1 / 255)
-    return np.asarray(x, dtype=np.float32)
+    return np.array(x, dtype=np.float32)
+
+
+def _labels(y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """A fresh int64 copy: never a read-only view of the memory-mapped cache."""
+    return np.array(np.asarray(y)[idx], dtype=np.int64)
+
+
+def _indices_digest(*index_arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for indices in index_arrays:
+        digest.update(np.asarray(indices, dtype="<i8").tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
 
 
 def prepare(arrays: DatasetArrays, config: DataConfig) -> PreparedData:
+    """The float32 NHWC arrays every backend receives, and the record of how they were made."""
     rng = np.random.default_rng(DATA_SEED)
-    x_train, y_train, x_test, y_test = arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test
-    record: dict[str, Any] = {"scale": "x / 255 -> float32 [0, 1]" if x_train.dtype == np.uint8 else "float32 as given", "layout": "NHWC"}
+    n_train_total, n_test_total = len(arrays.y_train), len(arrays.y_test)
+    train_idx, test_idx = np.arange(n_train_total), np.arange(n_test_total)
+    val_idx = np.arange(0)
+    record: dict[str, Any] = {
+        "dataset": config.dataset,
+        "source": arrays.source,
+        "verified": arrays.verified,
+        "scale": "x / 255 -> float32 [0, 1]" if arrays.x_train.dtype == np.uint8 else "float32 as given",
+        "layout": "NHWC",
+    }
     if config.validation:
-        if config.validation >= len(y_train):
-            raise DatasetError(f"validation hold-out {config.validation} leaves no training data ({len(y_train)} images)")
-        keep = np.sort(rng.permutation(len(y_train))[config.validation :])
-        x_train, y_train = x_train[keep], y_train[keep]
+        if config.validation >= n_train_total:
+            raise DatasetError(f"validation hold-out {config.validation} leaves no training data ({n_train_total} images)")
+        order = rng.permutation(n_train_total)
+        val_idx, train_idx = np.sort(order[: config.validation]), np.sort(order[config.validation :])
         record["validation_held_out"] = config.validation
     if config.limit_train:
-        keep = stratified_subset(y_train, config.limit_train, rng)
-        x_train, y_train = x_train[keep], y_train[keep]
+        train_idx = train_idx[stratified_subset(np.asarray(arrays.y_train)[train_idx], config.limit_train, rng)]
     if config.limit_test:
-        keep = stratified_subset(y_test, config.limit_test, rng)
-        x_test, y_test = x_test[keep], y_test[keep]
-    x_train, x_test = _scale(x_train), _scale(x_test)
+        test_idx = test_idx[stratified_subset(np.asarray(arrays.y_test), config.limit_test, rng)]
+
+    def take(x: np.ndarray, idx: np.ndarray, total: int) -> np.ndarray:
+        return x if len(idx) == total else x[idx]
+
+    x_train = _scale(take(arrays.x_train, train_idx, n_train_total))
+    x_test = _scale(take(arrays.x_test, test_idx, n_test_total))
+    x_val = _scale(arrays.x_train[val_idx]) if len(val_idx) else None
     if config.standardize:
         mean = x_train.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
         std = x_train.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
-        x_train = (x_train - mean) / std
-        x_test = (x_test - mean) / std
+        divisor = np.where(std < MIN_STD, np.float32(1), std).astype(np.float32)
+        x_train = (x_train - mean) / divisor
+        x_test = (x_test - mean) / divisor
+        x_val = None if x_val is None else (x_val - mean) / divisor
         record["standardize"] = {"mean": mean.tolist(), "std": std.tolist()}
-    record.update(n_train=int(len(y_train)), n_test=int(len(y_test)), limit_train=config.limit_train, limit_test=config.limit_test, data_seed=DATA_SEED)
-    return PreparedData(np.ascontiguousarray(x_train), np.asarray(y_train, np.int64), np.ascontiguousarray(x_test), np.asarray(y_test, np.int64), record)
+    record.update(
+        n_train=int(len(train_idx)),
+        n_test=int(len(test_idx)),
+        n_validation=int(len(val_idx)),
+        limit_train=config.limit_train,
+        limit_test=config.limit_test,
+        data_seed=DATA_SEED,
+        selection_sha256=_indices_digest(train_idx, test_idx, val_idx),
+    )
+    return PreparedData(
+        np.ascontiguousarray(x_train),
+        _labels(arrays.y_train, train_idx),
+        np.ascontiguousarray(x_test),
+        _labels(arrays.y_test, test_idx),
+        record,
+        None if x_val is None else np.ascontiguousarray(x_val),
+        _labels(arrays.y_train, val_idx) if len(val_idx) else None,
+    )

@@ -69,6 +69,8 @@ def read_members(path: Path, wanted: set[str], prefixes: tuple[str, ...] = ("",)
                 found[name] = data
     except DatasetError:
         raise
+    except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DatasetError(f"{path}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def parse_idx(data: bytes, name: str = "IDX data", expected_ndim: int | None = N
         raise DatasetError(f"{name}: truncated header")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     body = len(data) - header
     if body < expected:
         raise DatasetError(f"{name}: truncated: header says shape {shape} ({expected} bytes), file has {body}")
@@ -51,12 +52,20 @@ def parse_idx(data: bytes, name: str = "IDX data", expected_ndim: int | None = N
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
 
 
+def parse_idx_pair(images: bytes, labels: bytes, names: tuple[str, str], image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W, C) uint8 and labels (N,) int64 from the bytes of an IDX image file and label file."""
+    images_name, labels_name = names
+    x = parse_idx(images, images_name, expected_ndim=3)
+    y = parse_idx(labels, labels_name, expected_ndim=1)
+    if x.dtype != np.uint8 or y.dtype != np.uint8:
+        raise DatasetError(f"{images_name}/{labels_name}: expected unsigned-byte IDX data, got {x.dtype} and {y.dtype}")
+    if x.shape[1:] != image_shape[:2]:
+        raise DatasetError(f"{images_name}: images are {x.shape[1]}x{x.shape[2]}, expected {image_shape[0]}x{image_shape[1]}")
+    if x.shape[0] != y.shape[0]:
+        raise DatasetError(f"{images_name} has {x.shape[0]} images but {labels_name} has {y.shape[0]} labels")
+    return x.reshape((-1, *image_shape)), y.astype(np.int64)
+
+
 def load_idx_pair(images_path: Path, labels_path: Path, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W, C) uint8 and labels (N,) int64 from an IDX image file and label file."""
-    images = parse_idx(read_bytes(images_path), images_path.name, expected_ndim=3)
-    labels = parse_idx(read_bytes(labels_path), labels_path.name, expected_ndim=1)
-    if images.shape[1:] != image_shape[:2]:
-        raise DatasetError(f"{images_path.name}: images are {images.shape[1]}x{images.shape[2]}, expected {image_shape[0]}x{image_shape[1]}")
-    if images.shape[0] != labels.shape[0]:
-        raise DatasetError(f"{images_path.name} has {images.shape[0]} images but {labels_path.name} has {labels.shape[0]} labels")
-    return images.reshape((-1, *image_shape)), labels.astype(np.int64)
+    """``parse_idx_pair`` on two files (raw or .gz)."""
+    return parse_idx_pair(read_bytes(images_path), read_bytes(labels_path), (images_path.name, labels_path.name), image_shape)

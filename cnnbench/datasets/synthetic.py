@@ -30,7 +30,7 @@ class Synthetic(Dataset):
     input_shape = (28, 28, 1)
     class_names = tuple(str(i) for i in range(10))
 
-    def load(self, config: DataConfig) -> DatasetArrays:
+    def _options(self, config: DataConfig) -> tuple[int, int, int, float]:
         options = dict(config.options)
         try:
             n_train = int(options.pop("n_train", 10_000))
@@ -43,12 +43,20 @@ class Synthetic(Dataset):
             raise DatasetError(f"{self.name}: unknown option(s) {', '.join(options)}; valid: n_train, n_test, seed, noise")
         if n_train < 1 or n_test < 1 or not 0 <= noise <= 1:
             raise DatasetError(f"{self.name}: n_train and n_test must be >= 1 and noise in [0, 1]")
+        return n_train, n_test, seed, noise
+
+    def load(self, config: DataConfig) -> DatasetArrays:
+        n_train, n_test, seed, noise = self._options(config)
         x_train, y_train = make_synthetic(n_train, self.input_shape, self.num_classes, seed, noise)
         x_test, y_test = make_synthetic(n_test, self.input_shape, self.num_classes, seed + 1_000_003, noise)
         return DatasetArrays(x_train, y_train, x_test, y_test, source="generated", verified=True)
 
     def status(self, config: DataConfig) -> dict:
-        return {"location": "generated", "available": True}
+        try:
+            n_train, n_test, _, _ = self._options(config)
+        except DatasetError as exc:
+            return {"location": "generated", "available": False, "reason": str(exc)}
+        return {"location": "generated", "origin": "generated", "available": True, "n_train": n_train, "n_test": n_test, "size_bytes": 0, "verified": None, "cached": False}
 
 
 class SyntheticCifar(Synthetic):
