@@ -1,0 +1,370 @@
+"""TensorFlow raw-ops implementation of the spec, in the reference chapter's style.
+
+tf.Variable weights, tf.nn.conv2d / max_pool2d / matmul / dropout, GradientTape, and TF's own
+fused training kernels (``ResourceApplyAdam``, ``ResourceApplyGradientDescent``, the ops TF1's
+optimizers ran) inside one ``tf.function`` per step; no Keras. The canonical layout (NHWC
+activations, HWIO conv kernels, (in, out) dense kernels) is TensorFlow's own, so weights cross
+the interface without transposes.
+
+tensorflow is imported inside methods only, so listing backends never pays for (or fails on) it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, distribution_version, missing_module_reason
+from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
+
+#: Distributions that provide the ``tensorflow`` module, in the order we look for them.
+TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-macos", "tf-nightly", "tf-nightly-cpu")
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_runtime(tf, config: TrainConfig) -> dict[str, Any]:
+    """Threads and GPU memory growth, which TF accepts only before its runtime starts.
+
+    Returns notes for settings() about what could not be applied (e.g. a session created
+    after another one in the same process): the actual values are reported, not the requested ones.
+    """
+    notes: dict[str, Any] = {}
+    if config.threads:
+        for what, setter in (
+            ("intra_op", tf.config.threading.set_intra_op_parallelism_threads),
+            ("inter_op", tf.config.threading.set_inter_op_parallelism_threads),
+        ):
+            try:
+                setter(config.threads)
+            except RuntimeError as exc:  # "... cannot be modified after initialization"
+                notes[f"{what}_threads_not_applied"] = str(exc).splitlines()[0]
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as exc:  # "Physical devices cannot be modified after being initialized"
+            notes["gpu_memory_growth_not_applied"] = str(exc).splitlines()[0]
+    return notes
+
+
+def resolve_device(tf, requested: str) -> tuple[str, str]:
+    """(TF device name, human description) for ``config.device``."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if requested in ("auto", "cuda") and gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return "/GPU:0", f"cuda:0 ({details.get('device_name', 'GPU')})"
+    if requested == "cuda":
+        raise BackendUnavailable("CUDA requested but TensorFlow sees no GPU (tensorflow-cpu, or no CUDA build)")
+    return "/CPU:0", "cpu"
+
+
+def _activate(x, activation: str | None, tf):
+    if activation is None:
+        return x
+    if activation == "relu":
+        return tf.nn.relu(x)
+    raise BackendError(f"activation {activation!r} is not supported by the tf backend")
+
+
+class TFRawSession(Session):
+    """Variables, slots and compiled steps for one spec on one device."""
+
+    def __init__(self, spec: ModelSpec, config: TrainConfig, runtime_notes: dict[str, Any]):
+        import tensorflow as tf
+
+        self.tf, self.spec, self.config = tf, spec, config
+        self.runtime_notes = runtime_notes
+        self.xla = config.flag("tf", "xla")
+        self.device_name, self.device = resolve_device(tf, config.device)
+        if self.device_name.startswith("/GPU"):
+            # Full fp32, as the PyTorch backend sets it (recorded in settings).
+            tf.config.experimental.enable_tensor_float_32_execution(False)
+        tf.random.set_seed(config.seed)
+        with tf.device(self.device_name):
+            self.variables = self._build_variables()
+            self.slots = self._build_slots()
+            self.adam_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adam_step")
+            #: Counts training steps for the stateless dropout seeds; never reset, like a framework RNG.
+            self.dropout_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="dropout_step")
+        self._compile_functions()
+        self.x_train = self.y_train = self.x_test = self.y_test = None
+
+    # ---- model -------------------------------------------------------------------------------
+
+    def _build_variables(self) -> dict[str, Any]:
+        """One tf.Variable per canonical weight, in spec order; ``framework`` init drawn by TF itself.
+
+        The framework scheme is what TF1's ``tf.layers`` gave: glorot-uniform kernels, zero biases,
+        here from TF's stateless RNG seeded with ``config.seed``.
+        """
+        tf = self.tf
+        variables: dict[str, Any] = {}
+        shape: tuple[int, ...] = self.spec.input_shape
+        for index, info in enumerate(self.spec.layer_infos()):
+            layer = info.layer
+            if isinstance(layer, Conv2D):
+                kernel_shape = (layer.kernel_size, layer.kernel_size, shape[-1], layer.filters)
+            elif isinstance(layer, Dense):
+                kernel_shape = (shape[0], layer.units)
+            else:
+                shape = info.output_shape
+                continue
+            receptive = math.prod(kernel_shape[:-2])
+            fan_in, fan_out = kernel_shape[-2] * receptive, kernel_shape[-1] * receptive
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            kernel = tf.random.stateless_uniform(kernel_shape, seed=[self.config.seed, index], minval=-limit, maxval=limit)
+            variables[f"{layer.name}/kernel"] = tf.Variable(kernel, name=f"{layer.name}/kernel")
+            variables[f"{layer.name}/bias"] = tf.Variable(tf.zeros(kernel_shape[-1]), name=f"{layer.name}/bias")
+            shape = info.output_shape
+        expected = self.spec.param_shapes()
+        built = {name: tuple(var.shape) for name, var in variables.items()}
+        if built != expected:  # pragma: no cover - a bug in the walk above, not a user error
+            raise BackendError(f"tf backend built {built}, spec expects {expected}")
+        return variables
+
+    def _build_slots(self) -> dict[str, tuple[Any, Any]]:
+        """Adam's first and second moments per weight (absent for SGD)."""
+        tf = self.tf
+        if self.config.optimizer != "adam":
+            return {}
+        return {
+            name: (
+                tf.Variable(tf.zeros_like(var), trainable=False, name=f"{name}/adam_m"),
+                tf.Variable(tf.zeros_like(var), trainable=False, name=f"{name}/adam_v"),
+            )
+            for name, var in self.variables.items()
+        }
+
+    def _forward(self, x, training: bool, dropout_seed=None):
+        """Logits for NHWC ``x``; dropout only when ``training`` (stateless, seeded per step and layer)."""
+        tf, v = self.tf, self.variables
+        for index, info in enumerate(self.spec.layer_infos()):
+            layer = info.layer
+            if isinstance(layer, Conv2D):
+                x = tf.nn.conv2d(x, v[f"{layer.name}/kernel"], strides=layer.stride, padding=layer.padding)
+                x = _activate(tf.nn.bias_add(x, v[f"{layer.name}/bias"]), layer.activation, tf)
+            elif isinstance(layer, MaxPool2D):
+                x = tf.nn.max_pool2d(x, ksize=layer.pool_size, strides=layer.stride, padding=layer.padding)
+            elif isinstance(layer, Flatten):
+                x = tf.reshape(x, [-1, info.output_shape[0]])  # NHWC order: the canonical flatten
+            elif isinstance(layer, Dense):
+                x = _activate(tf.matmul(x, v[f"{layer.name}/kernel"]) + v[f"{layer.name}/bias"], layer.activation, tf)
+            elif isinstance(layer, Dropout):
+                if training:
+                    seed = tf.random.experimental.stateless_fold_in(dropout_seed, index)
+                    x = tf.nn.experimental.stateless_dropout(x, rate=layer.rate, seed=seed)
+            else:  # pragma: no cover - guarded by the Layer union
+                raise BackendError(f"layer {layer!r} is not supported by the tf backend")
+        return x
+
+    def _loss(self, logits, labels):
+        return self.tf.reduce_mean(self.tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+    # ---- optimizer ---------------------------------------------------------------------------
+
+    def _apply_gradients(self, grads) -> None:
+        """One optimizer step with TF's fused training kernels.
+
+        ``ResourceApplyAdam`` computes ``lr*sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)`` (TF1's
+        "epsilon hat"). Passing ``eps*sqrt(1-b2^t)`` as its epsilon turns that into
+        ``lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps)``: exactly the Adam of PyTorch and optax,
+        with the harness's ADAM_EPSILON, so optimizers match across backends.
+        """
+        tf = self.tf
+        lr = tf.constant(self.config.learning_rate, tf.float32)
+        if self.config.optimizer == "sgd":
+            for var, grad in zip(self.variables.values(), grads):
+                tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=grad, use_locking=False)
+            return
+        step = tf.cast(self.adam_step.assign_add(1), tf.float64)
+        beta1_power = tf.pow(tf.constant(ADAM_BETA1, tf.float64), step)
+        beta2_power = tf.pow(tf.constant(ADAM_BETA2, tf.float64), step)
+        epsilon = tf.cast(ADAM_EPSILON * tf.sqrt(1.0 - beta2_power), tf.float32)
+        beta1_power, beta2_power = tf.cast(beta1_power, tf.float32), tf.cast(beta2_power, tf.float32)
+        beta1, beta2 = tf.constant(ADAM_BETA1, tf.float32), tf.constant(ADAM_BETA2, tf.float32)
+        for (name, var), grad in zip(self.variables.items(), grads):
+            m, v = self.slots[name]
+            tf.raw_ops.ResourceApplyAdam(
+                var=var.handle, m=m.handle, v=v.handle, beta1_power=beta1_power, beta2_power=beta2_power,
+                lr=lr, beta1=beta1, beta2=beta2, epsilon=epsilon, grad=grad, use_locking=False,
+            )
+
+    def _reset_optimizer(self) -> None:
+        for m, v in self.slots.values():
+            m.assign(self.tf.zeros_like(m))
+            v.assign(self.tf.zeros_like(v))
+        self.adam_step.assign(0)
+
+    # ---- compiled functions --------------------------------------------------------------------
+
+    def _compile_functions(self) -> None:
+        """tf.functions with fixed input signatures: traced once, never retraced by new data or sizes."""
+        tf = self.tf
+        h, w, c = self.spec.input_shape
+        images = tf.TensorSpec([None, h, w, c], tf.float32)
+        labels = tf.TensorSpec([None], tf.int64)
+        variables = list(self.variables.values())
+        seed = self.config.seed
+
+        def train_step(x_all, y_all, rows):
+            x, y = tf.gather(x_all, rows), tf.gather(y_all, rows)
+            dropout_seed = tf.stack([tf.constant(seed, tf.int64), self.dropout_step.assign_add(1)])
+            with tf.GradientTape() as tape:
+                loss = self._loss(self._forward(x, training=True, dropout_seed=dropout_seed), y)
+            self._apply_gradients(tape.gradient(loss, variables))
+            return loss
+
+        def eval_step(x, y):
+            logits = self._forward(x, training=False)
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=1), y), tf.int64))
+            return tf.reduce_sum(tf.cast(losses, tf.float64)), correct
+
+        def predict(x):
+            return self._forward(x, training=False)
+
+        def loss_and_gradients(x, y):
+            with tf.GradientTape() as tape:
+                loss = self._loss(self._forward(x, training=False), y)
+            return loss, tape.gradient(loss, variables)
+
+        compile_options = {"jit_compile": True} if self.xla else {}
+        self._train_step = tf.function(train_step, input_signature=[images, labels, tf.TensorSpec([None], tf.int64)], **compile_options)
+        self._eval_step = tf.function(eval_step, input_signature=[images, labels], **compile_options)
+        self._predict = tf.function(predict, input_signature=[images], **compile_options)
+        self._loss_and_gradients = tf.function(loss_and_gradients, input_signature=[images, labels], **compile_options)
+
+    # ---- Session interface ---------------------------------------------------------------------
+
+    def _images(self, x: np.ndarray):
+        with self.tf.device(self.device_name):
+            return self.tf.convert_to_tensor(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _labels(self, y: np.ndarray):
+        with self.tf.device(self.device_name):
+            return self.tf.convert_to_tensor(np.asarray(y, dtype=np.int64))
+
+    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+        self.x_train, self.y_train = self._images(x_train), self._labels(y_train)
+        self.x_test, self.y_test = self._images(x_test), self._labels(y_test)
+
+    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        if self.x_train is None:
+            raise BackendError("train_batches called before load_data")
+        tf = self.tf
+        rows = self._labels(batch_indices)
+        if rows.shape.rank != 2:
+            raise BackendError(f"batch indices must be [n_batches, batch_size], got shape {tuple(rows.shape)}")
+        with tf.device(self.device_name):
+            losses = [self._train_step(self.x_train, self.y_train, rows[i]) for i in range(rows.shape[0])]
+            return tf.stack(losses).numpy().astype(np.float64) if losses else np.zeros(0)
+
+    def evaluate(self, batch_size: int) -> tuple[float, float]:
+        if self.x_test is None:
+            raise BackendError("evaluate called before load_data")
+        tf = self.tf
+        n = int(self.x_test.shape[0])
+        with tf.device(self.device_name):
+            total_loss = tf.zeros((), tf.float64)
+            correct = tf.zeros((), tf.int64)
+            for start in range(0, n, batch_size):
+                batch_loss, batch_correct = self._eval_step(self.x_test[start : start + batch_size], self.y_test[start : start + batch_size])
+                total_loss += batch_loss
+                correct += batch_correct
+            return float(total_loss) / n, float(correct) / n
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with self.tf.device(self.device_name):
+            return self._predict(self._images(x)).numpy().astype(np.float32)
+
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray):
+        with self.tf.device(self.device_name):
+            loss, grads = self._loss_and_gradients(self._images(x), self._labels(y))
+        return float(loss), {name: grad.numpy() for name, grad in zip(self.variables, grads)}
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {name: var.numpy().copy() for name, var in self.variables.items()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        for name, var in self.variables.items():
+            if name not in weights:
+                raise BackendError(f"set_weights: missing {name}")
+            value = np.asarray(weights[name], dtype=np.float32)
+            if value.shape != tuple(var.shape):
+                raise BackendError(f"set_weights: {name} has shape {value.shape}, expected {tuple(var.shape)}")
+            var.assign(value)
+        self._reset_optimizer()
+
+    def sync(self) -> None:
+        # Eager CPU execution is synchronous; on a GPU this waits for the queued kernels.
+        if self.device_name.startswith("/GPU"):
+            self.tf.test.experimental.sync_devices()
+
+    def settings(self) -> dict[str, Any]:
+        tf = self.tf
+        cores = _available_cores()
+        intra = tf.config.threading.get_intra_op_parallelism_threads()
+        inter = tf.config.threading.get_inter_op_parallelism_threads()
+        settings: dict[str, Any] = {
+            # 0 means TF's default: one thread per schedulable core.
+            "intra_op_threads": intra or cores,
+            "inter_op_threads": inter or cores,
+            "precision": "float32",
+            "mode": "graph + XLA" if self.xla else "graph (tf.function)",
+            "xla": self.xla,
+            "layout": "NHWC",
+            "optimizer_kernel": "ResourceApplyAdam (PyTorch-form epsilon)" if self.config.optimizer == "adam" else "ResourceApplyGradientDescent",
+            "dropout": "stateless (seed, step, layer)",
+            "onednn": _onednn_enabled(),
+            "train_loop": "one tf.function call per batch, batch gathered on the device",
+        }
+        if self.device_name.startswith("/GPU"):
+            settings["tf32"] = tf.config.experimental.tensor_float_32_execution_enabled()
+            settings["gpu_memory_growth"] = all(tf.config.experimental.get_memory_growth(g) for g in tf.config.list_physical_devices("GPU"))
+        settings.update(self.runtime_notes)
+        return settings
+
+    def close(self) -> None:
+        self.x_train = self.y_train = self.x_test = self.y_test = None
+        self.variables, self.slots = {}, {}
+        self._train_step = self._eval_step = self._predict = self._loss_and_gradients = None
+
+
+def _onednn_enabled() -> bool | None:
+    """Whether TF runs its oneDNN (MKL) kernels: on by default on x86 Linux, off with TF_ENABLE_ONEDNN_OPTS=0."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # private, hence the guard
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except Exception:
+        return None
+
+
+class TFRawBackend(Backend):
+    name = "tf"
+    framework = "TensorFlow"
+    deterministic = True
+
+    def unavailable_reason(self) -> str | None:
+        return missing_module_reason("tensorflow", extra="tf-cpu")
+
+    def framework_version(self, variant: str | None = None) -> str:
+        return distribution_version(*TF_DISTRIBUTIONS) or "not installed"
+
+    def import_framework(self, variant: str | None = None) -> None:
+        import tensorflow  # noqa: F401
+
+    def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
+        import tensorflow as tf
+
+        notes = configure_runtime(tf, config)  # before any op runs: TF fixes these at start-up
+        return TFRawSession(spec, config, notes)
