@@ -45,32 +45,34 @@ def check_member(member: tarfile.TarInfo, archive: str) -> str:
     return posixpath.normpath(name)
 
 
-def read_members(path: Path, wanted: set[str], prefixes: tuple[str, ...] = ("",)) -> dict[str, bytes]:
+def read_members(path: Path, wanted: set[str], prefixes: tuple[str, ...] = ("",), label: str | None = None) -> dict[str, bytes]:
     """The content of each wanted file found as ``<prefix><name>`` in the archive at ``path``.
 
+    ``label`` names the archive in messages (default: its file name).
     All members are checked (see ``check_member``), including those not wanted. Missing wanted
     files are simply absent from the result; the caller names them.
     """
+    label = label or path.name
     found: dict[str, bytes] = {}
     paths = {prefix + name: name for name in wanted for prefix in prefixes}
     try:
         with tarfile.open(path, mode="r|*") as tar:
             for member in tar:
-                member_path = check_member(member, path.name)
+                member_path = check_member(member, label)
                 name = paths.get(member_path)
                 if name is None or not member.isfile():
                     continue
                 if name in found:
-                    raise DatasetError(f"{path.name}: {name} appears twice in the archive; archive rejected")
+                    raise DatasetError(f"{label}: {name} appears twice in the archive; archive rejected")
                 handle = tar.extractfile(member)
                 data = handle.read() if handle else b""
                 if len(data) != member.size:
-                    raise DatasetError(f"{path.name}: member {member_path} is truncated ({len(data)} of {member.size} bytes)")
+                    raise DatasetError(f"{label}: member {member_path} is truncated ({len(data)} of {member.size} bytes)")
                 found[name] = data
     except DatasetError:
         raise
     except (PermissionError, FileNotFoundError, IsADirectoryError) as exc:
         raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DatasetError(f"{path}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{label}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
     return found

@@ -98,7 +98,7 @@ def store(dataset_name: str, key: str, arrays: dict[str, np.ndarray], meta: dict
         try:
             os.rename(temp, final)
         except OSError:
-            if read_meta(dataset_name, key) is None:  # a damaged leftover, not a concurrent writer's entry
+            if load(dataset_name, key) is None:  # a damaged leftover, not a concurrent writer's complete entry
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(temp, final)
         temp = None if not temp.exists() else temp

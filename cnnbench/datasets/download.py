@@ -114,9 +114,9 @@ def download(urls: Sequence[str], dest: Path, check: Callable[[Path, str], None]
             failures.append(f"{url}: {exc}")
         except ChecksumError as exc:
             checksum_failed = True
-            failures.append(f"{url}: {exc}")
+            failures.append(str(exc) if url in str(exc) else f"{url}: {exc}")
         except DatasetError as exc:
-            failures.append(f"{url}: {exc}")
+            failures.append(str(exc) if url in str(exc) else f"{url}: {exc}")
         except OSError as exc:  # writing the temporary file: disk full, folder removed...
             raise DatasetError(f"cannot write {dest} ({exc.strerror or exc})") from None
         finally:

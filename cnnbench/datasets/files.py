@@ -147,18 +147,27 @@ class FileDataset(Dataset):
         return (own, *item.urls) if own else item.urls
 
     def _check_download(self, item: Download, path: Path, url: str) -> None:
+        """Accept a downloaded file only if its canonical content matches the declared sha256.
+
+        Content that does not even decompress (a gzip CRC or archive failure) is a checksum
+        failure too: the bytes are not those the dataset's authors published.
+        """
         declared = self._declared()
-        if is_archive(Path(item.filename)):
-            members = read_members(path, set(declared), (*(f"{sub}/" for sub in self.content_folders), ""))
-            missing = sorted(set(declared) - set(members))
-            if missing:
-                raise DatasetError(f"{item.filename} lacks {', '.join(missing)}")
-            for name, data in members.items():
-                verify_content(declared[name], data, url)
-        else:
-            name = canonical_name(Path(item.filename))
+        try:
+            if is_archive(Path(item.filename)):
+                content = read_members(path, set(declared), (*(f"{sub}/" for sub in self.content_folders), ""), label=url)
+                missing = sorted(set(declared) - set(content))
+                if missing:
+                    raise ChecksumError(f"{url} lacks {', '.join(missing)}")
+            else:
+                content = {canonical_name(Path(item.filename)): read_bytes(path, label=url)}
+        except ChecksumError:
+            raise
+        except DatasetError as exc:
+            raise ChecksumError(str(exc)) from None
+        for name, data in content.items():
             if name in declared:
-                verify_content(declared[name], read_bytes(path), url)
+                verify_content(declared[name], data, url)
 
     def fetch(self, config: DataConfig, progress: bool = True) -> Source:
         """Download the missing files into the cache and return them as a source."""
