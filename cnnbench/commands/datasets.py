@@ -1,0 +1,109 @@
+"""``cnnbench datasets``: each registered dataset, where it was found (or that it is missing), its
+size and whether its files were verified; ``--verify`` / ``--download`` check and cache them now."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cnnbench.config import DataConfig
+from cnnbench.datasets.locate import CACHE_DIR_ENV, cache_root
+from cnnbench.errors import CnnbenchError, DatasetError
+from cnnbench.plugins import load_registry
+
+
+def _size(size_bytes: int | None) -> str:
+    if not size_bytes:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.1f} {unit}"
+    return f"{size_bytes} B"
+
+
+def _images(dataset: Any, status: dict[str, Any]) -> str:
+    n_train, n_test = status.get("n_train", dataset.n_train), status.get("n_test", dataset.n_test)
+    return f"{n_train:,} / {n_test:,}" if n_train and n_test else "-"
+
+
+def _verified(status: dict[str, Any], failure: str | None) -> str:
+    if failure:
+        return "[red]failed[/red] (below)"
+    if status.get("origin") == "generated":
+        return "[dim]generated[/dim]"
+    if not status.get("available"):
+        return "-"
+    verified = status.get("verified")
+    if verified is True:
+        return "[green]yes[/green] (sha256, cached)"
+    if verified is False:
+        return "[yellow]no checksums declared[/yellow]"
+    return "[dim]not yet (on first load)[/dim]"
+
+
+def _location(status: dict[str, Any]) -> str:
+    if status.get("available"):
+        origin = status.get("origin")
+        return f"{status.get('location', '?')}" + (f" [dim]({origin})[/dim]" if origin and origin != "generated" else "")
+    return f"[yellow]{status.get('location') or 'missing'}[/yellow]"
+
+
+@click.command("datasets")
+@click.argument("names", nargs=-1)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder searched first (holding e.g. mnist/ and cifar10/).")
+@click.option("--offline", is_flag=True, default=False, help="Never download (also $CNNBENCH_OFFLINE=1).")
+@click.option("--verify", is_flag=True, default=False, help="Load each dataset found now: check every sha256, parse and fill the cache. Never downloads.")
+@click.option("--download", is_flag=True, default=False, help="Like --verify, and download missing datasets into the cache.")
+def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool, verify: bool, download: bool) -> None:
+    """Where each dataset (or each of NAMES) is, its size, and whether it was verified."""
+    registry = load_registry()
+    chosen = [registry.dataset(name) for name in names] if names else [registry.datasets[name] for name in sorted(registry.datasets)]
+    table = Table(title="Datasets", title_justify="left")
+    for column, justify in (("name", "left"), ("train / test", "right"), ("shape", "left"), ("classes", "right"), ("location", "left"), ("size", "right"), ("verified", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    failed: list[str] = []
+    notes: list[tuple[str, str]] = []
+    err = Console(stderr=True)
+    for registered in chosen:
+        dataset = registered.item
+        config = DataConfig(dataset=dataset.name, data_dir=data_dir, offline=offline or not download)
+        failure = None
+        try:
+            status = dataset.status(config)
+            wanted = (verify or download) and status.get("origin") != "generated"
+            if wanted and (status.get("available") or download):
+                dataset.load(config)
+                status = dataset.status(config)
+        except CnnbenchError as exc:
+            failure = str(exc).removeprefix(f"{dataset.name}: ")
+            failed.append(dataset.name)
+            status = _safe_status(dataset, config)
+        except Exception as exc:  # a plugin's bug shows in its row instead of ending the listing
+            failure = f"{type(exc).__name__}: {exc}"
+            failed.append(dataset.name)
+            status = {}
+        if failure:
+            notes.append((dataset.name, f"[red]{failure}[/red]"))
+        elif not status.get("available") and status.get("reason"):
+            notes.append((dataset.name, status["reason"]))
+        table.add_row(
+            dataset.name, _images(dataset, status), "x".join(map(str, dataset.input_shape)), str(dataset.num_classes),
+            _location(status), _size(status.get("size_bytes")), _verified(status, failure),
+        )  # fmt: skip
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    for name, note in notes:
+        err.print(f"[bold]{name}[/bold]: {note}", highlight=False, soft_wrap=True)
+    err.print(f"cache: {cache_root()} (set ${CACHE_DIR_ENV} to move it)", highlight=False, soft_wrap=True)
+    if failed:
+        raise DatasetError(f"{len(failed)} dataset(s) failed: {', '.join(failed)} (reasons in the table)")
+
+
+def _safe_status(dataset: Any, config: DataConfig) -> dict[str, Any]:
+    try:
+        return dataset.status(config)
+    except Exception:
+        return {}
