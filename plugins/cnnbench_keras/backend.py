@@ -1,0 +1,432 @@
+"""Keras 3 implementation of the spec: one ``keras.Sequential``, trained the Keras way, on any engine.
+
+The engine (Keras' "backend": tensorflow, jax or torch) is fixed when keras is first imported,
+from ``KERAS_BACKEND``; the harness starts each variant in its own worker process with the
+environment from ``KerasBackend.process_environment``. keras and the engines are imported
+inside methods only, so listing backends never pays for (or fails on) them.
+
+Canonical weights need no conversion here: Keras' ``Conv2D`` kernels are HWIO, ``Dense``
+kernels (in, out), and ``Flatten`` flattens channels_last activations in (H, W, C) order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import numpy as np
+
+from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, distribution_version, missing_module_reason
+from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.errors import UsageError
+from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
+
+#: Keras engines, selected as ``keras:<engine>``; the first is the default.
+ENGINES = ("tensorflow", "jax", "torch")
+#: Distributions whose version identifies each engine (the first installed one is reported).
+ENGINE_DISTRIBUTIONS = {
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly"),
+    "jax": ("jax",),
+    "torch": ("torch",),
+}
+#: Values of ``--backend-option keras.jit_compile``; "auto" lets Keras decide (XLA on for TF and JAX).
+JIT_COMPILE_CHOICES = {"auto": "auto", "true": True, "false": False}
+#: ``jit_compile`` per engine when the option is absent: each engine's fast path on this CPU.
+#: TensorFlow: plain tf.function graphs, as the raw-TF backend (XLA measured ~4x slower here);
+#: JAX: jax.jit, its only compiled path (False would run op by op); torch: eager, as the torch
+#: backend (Keras' jit_compile=True means torch.compile, with a warm-up of 20-30 s).
+DEFAULT_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}
+#: Sizes XLA's CPU thread pool in the jax engine (read by PJRT when the client starts).
+JAX_THREADS_ENV = "PJRT_NPROC"
+#: The cnnbench extra that installs each engine (for the "not installed" hint).
+ENGINE_EXTRAS = {"tensorflow": "keras", "jax": "jax", "torch": "torch"}
+ACCURACY = "accuracy"
+
+
+def engine_for(variant: str | None) -> str:
+    """The Keras engine of a ``keras:<variant>`` selection (None -> the default engine)."""
+    engine = variant or ENGINES[0]
+    if engine not in ENGINES:
+        raise UsageError(f"unknown Keras engine {engine!r}; choose from: {', '.join(ENGINES)}")
+    return engine
+
+
+def jit_compile_for(config: TrainConfig, engine: str) -> bool | str:
+    """``model.compile(jit_compile=...)`` from ``--backend-option keras.jit_compile``, else the engine default."""
+    requested = config.option("keras", "jit_compile")
+    if requested is None:
+        return DEFAULT_JIT_COMPILE[engine]
+    key = requested.strip().lower()
+    if key not in JIT_COMPILE_CHOICES:
+        raise UsageError(f"keras.jit_compile must be one of {', '.join(JIT_COMPILE_CHOICES)}, got {requested!r}")
+    return JIT_COMPILE_CHOICES[key]
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def build_model(spec: ModelSpec):
+    """A ``keras.Sequential`` that walks the spec; returns (model, {layer name: layer with weights})."""
+    import keras
+    from keras import layers
+
+    model_layers: list[Any] = [keras.Input(shape=spec.input_shape)]
+    weighted: dict[str, Any] = {}
+    for layer in spec.layers:
+        if isinstance(layer, (Conv2D, Dense)) and layer.activation not in (None, "relu"):
+            raise BackendError(f"activation {layer.activation!r} is not supported by the keras backend")
+        if isinstance(layer, Conv2D):
+            built = layers.Conv2D(
+                layer.filters,
+                layer.kernel_size,
+                strides=layer.stride,
+                padding=layer.padding.lower(),
+                activation=layer.activation,
+                data_format="channels_last",
+                name=layer.name,
+            )
+            weighted[layer.name] = built
+        elif isinstance(layer, MaxPool2D):
+            built = layers.MaxPooling2D(layer.pool_size, strides=layer.stride, padding=layer.padding.lower(), data_format="channels_last", name=layer.name)
+        elif isinstance(layer, Flatten):
+            built = layers.Flatten(data_format="channels_last", name=layer.name)
+        elif isinstance(layer, Dense):
+            built = layers.Dense(layer.units, activation=layer.activation, name=layer.name)
+            weighted[layer.name] = built
+        elif isinstance(layer, Dropout):
+            built = layers.Dropout(layer.rate, name=layer.name)
+        else:  # pragma: no cover - guarded by the spec's Layer union
+            raise BackendError(f"layer {layer!r} is not supported by the keras backend")
+        model_layers.append(built)
+    model = keras.Sequential(model_layers, name=spec.name.replace("-", "_"))
+    if model.count_params() != spec.num_params:
+        raise BackendError(f"keras model has {model.count_params()} parameters, the spec {spec.num_params}")
+    return model, weighted
+
+
+# --- What differs between engines: threads, devices, gradients, synchronisation ---------------
+
+
+def configure_threads(engine: str, config: TrainConfig) -> dict[str, Any]:
+    """Apply ``config.threads`` where the engine allows it at run time; notes on what was not applied."""
+    notes: dict[str, Any] = {}
+    if not config.threads:
+        return notes
+    if engine == "tensorflow":
+        import tensorflow as tf
+
+        for what, setter in (
+            ("intra_op", tf.config.threading.set_intra_op_parallelism_threads),
+            ("inter_op", tf.config.threading.set_inter_op_parallelism_threads),
+        ):
+            try:
+                setter(config.threads)
+            except RuntimeError as exc:  # TF's runtime already started in this process
+                notes[f"{what}_threads_not_applied"] = str(exc).splitlines()[0]
+    elif engine == "torch":
+        import torch
+
+        torch.set_num_threads(config.threads)
+        try:
+            torch.set_num_interop_threads(config.threads)
+        except RuntimeError:  # only settable before the first parallel work
+            pass
+    elif os.environ.get(JAX_THREADS_ENV) != str(config.threads):
+        notes["threads_not_applied"] = f"jax sizes its pool from ${JAX_THREADS_ENV} at start; set it before the process starts"
+    return notes
+
+
+def thread_settings(engine: str) -> dict[str, Any]:
+    """The thread pools the engine actually uses (not the requested numbers)."""
+    if engine == "tensorflow":
+        import tensorflow as tf
+
+        cores = _available_cores()  # 0 means TF's default: one thread per schedulable core
+        return {
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or cores,
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or cores,
+        }
+    if engine == "torch":
+        import torch
+
+        return {"intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads()}
+    # PJRT reads PJRT_NPROC, then NPROC, else counts the CPUs this process may run on.
+    variable = next((name for name in (JAX_THREADS_ENV, "NPROC") if os.environ.get(name, "").isdigit()), None)
+    threads = int(os.environ[variable]) if variable else _available_cores()
+    return {"intra_op_threads": threads, "inter_op_threads": threads, "threads_from": f"{variable}={threads}" if variable else "schedulable CPUs (XLA default)"}
+
+
+def visible_gpu(engine: str) -> str | None:
+    """A description of the GPU the engine would use by default, or None."""
+    if engine == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    if engine == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return device.device_kind if device.platform == "gpu" else None
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def mode_name(engine: str, jit_compile: bool) -> str:
+    if engine == "tensorflow":
+        return "graph + XLA" if jit_compile else "graph (tf.function)"
+    if engine == "jax":
+        return "jit (XLA)" if jit_compile else "eager (no jax.jit)"
+    return "torch.compile" if jit_compile else "eager"
+
+
+class KerasSession(Session):
+    """A compiled ``keras.Sequential`` and the resident dataset, for one engine in this process.
+
+    Training uses ``model.train_on_batch`` once per row of the harness's index array, each
+    batch gathered from the resident tensors with ``keras.ops.take``. It was chosen over
+    ``model.fit(x[indices.ravel()], ..., shuffle=False)`` because, measured here (Keras 3.15,
+    TF engine, 2 threads), the per-batch calls ran ~2,200 samples/s against ~1,000 for fit:
+    fit re-gathers the epoch and builds a tf.data pipeline per call, and its ``logs["loss"]``
+    is a running mean over the epoch, so real per-batch losses would need a metrics reset per
+    batch anyway. ``train_on_batch`` resets the metrics itself, so each returned loss is the
+    mean loss of exactly that batch (before its update), and the batch order is the harness's.
+    It syncs once per batch to return that float; on a CPU this costs nothing measurable.
+    """
+
+    def __init__(self, spec: ModelSpec, config: TrainConfig, engine: str):
+        import keras
+
+        if keras.backend.backend() != engine:
+            raise BackendError(
+                f"keras runs on {keras.backend.backend()!r} in this process, not {engine!r}: "
+                "KERAS_BACKEND must be set before keras is imported (see process_environment)"
+            )
+        self.keras, self.ops = keras, keras.ops
+        self.spec, self.config, self.engine = spec, config, engine
+        self.jit_compile = jit_compile_for(config, engine)
+        self.notes = configure_threads(engine, config)
+        gpu = visible_gpu(engine)
+        if config.device == "cuda" and gpu is None:
+            raise BackendUnavailable(f"CUDA requested but Keras' {engine} engine sees no GPU")
+        # "cpu" on a machine whose GPU is visible (the worker hides it through the environment).
+        self.device_scope = "cpu:0" if config.device == "cpu" and gpu is not None else None
+        self.device = f"cuda:0 ({gpu})" if gpu is not None and self.device_scope is None else "cpu"
+        keras.utils.set_random_seed(config.seed)  # Python, NumPy, engine and Keras seed generators
+        with self._placement():
+            self.model, self.weighted = build_model(spec)
+        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self._compile()
+
+    def _placement(self):
+        return self.keras.device(self.device_scope) if self.device_scope else contextlib.nullcontext()
+
+    def _compile(self) -> None:
+        """Compile with a fresh optimizer: the way to reset its state (moments and step count).
+
+        Nothing is traced here: Keras traces the train step at the first ``train_on_batch``.
+        """
+        keras = self.keras
+        if self.config.optimizer == "adam":
+            optimizer = keras.optimizers.Adam(
+                learning_rate=self.config.learning_rate, beta_1=ADAM_BETA1, beta_2=ADAM_BETA2, epsilon=ADAM_EPSILON
+            )
+        else:
+            optimizer = keras.optimizers.SGD(learning_rate=self.config.learning_rate)  # no momentum
+        self.model.compile(
+            optimizer=optimizer,
+            loss=self.loss,
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name=ACCURACY)],
+            jit_compile=self.jit_compile,
+        )
+
+    def _images(self, x: np.ndarray):
+        return self.ops.convert_to_tensor(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _labels(self, y: np.ndarray):
+        return self.ops.convert_to_tensor(np.asarray(y, dtype=np.int64))
+
+    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+        with self._placement():
+            self.x_train, self.x_test = self._images(x_train), self._images(x_test)
+            self.y_train, self.y_test = self._labels(y_train), self._labels(y_test)
+
+    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        batch_indices = np.asarray(batch_indices, dtype=np.int64)
+        if batch_indices.ndim != 2:
+            raise ValueError(f"batch indices must be [n_batches, batch_size], got shape {batch_indices.shape}")
+        ops, model = self.ops, self.model
+        losses = np.empty(len(batch_indices), dtype=np.float64)
+        with self._placement():
+            for i, row in enumerate(batch_indices):
+                rows = ops.convert_to_tensor(row)
+                logs = model.train_on_batch(ops.take(self.x_train, rows, axis=0), ops.take(self.y_train, rows, axis=0), return_dict=True)
+                losses[i] = logs["loss"]
+        return losses
+
+    def evaluate(self, batch_size: int) -> tuple[float, float]:
+        with self._placement():
+            logs = self.model.evaluate(self.x_test, self.y_test, batch_size=batch_size, verbose=0, return_dict=True)
+        return float(logs["loss"]), float(logs[ACCURACY])
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        with self._placement():
+            logits = self.model.predict(self._images(x), batch_size=self.config.eval_batch_size, verbose=0)
+        return np.asarray(logits, dtype=np.float32)
+
+    def _variables(self) -> list[tuple[str, Any]]:
+        """(canonical name, Keras variable) for every weight, in spec order."""
+        return [(f"{name}/{part}", getattr(layer, part)) for name, layer in self.weighted.items() for part in ("kernel", "bias")]
+
+    def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        named = self._variables()
+        with self._placement():
+            images, labels = self._images(x), self._labels(y)
+            if self.engine == "tensorflow":
+                loss, grads = self._tf_gradients(images, labels, [v for _, v in named])
+            elif self.engine == "jax":
+                loss, grads = self._jax_gradients(images, labels, [v for _, v in named])
+            else:
+                loss, grads = self._torch_gradients(images, labels, [v for _, v in named])
+        to_numpy = self.ops.convert_to_numpy
+        return float(to_numpy(loss)), {name: np.array(to_numpy(g), dtype=np.float32) for (name, _), g in zip(named, grads)}
+
+    def _tf_gradients(self, images, labels, variables):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = self.loss(labels, self.model(images, training=False))
+        return loss, tape.gradient(loss, variables)
+
+    def _jax_gradients(self, images, labels, variables):
+        import jax
+
+        # Keras variables overload ==, so positions are found by identity.
+        position = {id(v): i for i, v in enumerate(self.model.trainable_variables)}
+        trainable = [v.value for v in self.model.trainable_variables]
+        non_trainable = [v.value for v in self.model.non_trainable_variables]
+
+        def loss_of(values):
+            logits, _ = self.model.stateless_call(values, non_trainable, images, training=False)
+            return self.loss(labels, logits)
+
+        loss, grads = jax.value_and_grad(loss_of)(trainable)
+        return loss, [grads[position[id(v)]] for v in variables]
+
+    def _torch_gradients(self, images, labels, variables):
+        import torch
+
+        loss = self.loss(labels, self.model(images, training=False))
+        return loss.detach(), torch.autograd.grad(loss, [v.value for v in variables])
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        to_numpy = self.ops.convert_to_numpy
+        return {name: np.array(to_numpy(variable), dtype=np.float32) for name, variable in self._variables()}
+
+    def set_weights(self, weights: dict[str, np.ndarray]) -> None:
+        named = self._variables()
+        for name, variable in named:
+            if name not in weights:
+                raise ValueError(f"missing weight {name!r}")
+            if tuple(np.shape(weights[name])) != tuple(variable.shape):
+                raise ValueError(f"{name}: expected shape {tuple(variable.shape)}, got {tuple(np.shape(weights[name]))}")
+        with self._placement():
+            for name, variable in named:
+                variable.assign(np.asarray(weights[name], dtype=np.float32))
+            self._compile()
+
+    def sync(self) -> None:
+        if self.engine == "jax":
+            import jax
+
+            jax.block_until_ready([v.value for v in self.model.variables])
+        elif self.device.startswith("cuda"):
+            if self.engine == "tensorflow":
+                import tensorflow as tf
+
+                tf.test.experimental.sync_devices()
+            else:
+                import torch
+
+                torch.cuda.synchronize()
+
+    def settings(self) -> dict[str, Any]:
+        jit_compile = bool(self.model.jit_compile)  # "auto" resolved by Keras at compile
+        settings: dict[str, Any] = {
+            "engine": self.engine,
+            **thread_settings(self.engine),
+            "precision": self.keras.config.floatx(),
+            "mode": mode_name(self.engine, jit_compile),
+            "jit_compile": jit_compile,
+            "jit_compile_requested": self.config.option("keras", "jit_compile", "cnnbench default"),
+            "layout": "NHWC",
+            "train_loop": "model.train_on_batch per batch, batch gathered with keras.ops.take on resident tensors",
+            "adam_epsilon_form": "Keras: epsilon added to sqrt(v), bias correction in the step size",
+            "dropout_rng": f"Keras SeedGenerator, keras.utils.set_random_seed({self.config.seed})",
+            **self.notes,
+        }
+        if self.engine == "jax":
+            settings["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+        return settings
+
+    def close(self) -> None:
+        self.model = self.weighted = None
+        self.x_train = self.y_train = self.x_test = self.y_test = None
+        self.keras.backend.clear_session()
+
+
+class KerasBackend(Backend):
+    """Keras 3 on TensorFlow, JAX or PyTorch: ``--frameworks keras``, ``keras:jax``, ``keras:torch``."""
+
+    name = "keras"
+    framework = "Keras"
+    variants = ENGINES
+    deterministic = True
+
+    def unavailable_reason(self) -> str | None:
+        reason = missing_module_reason("keras", extra="keras")
+        if reason is None and all(missing_module_reason(engine, extra=ENGINE_EXTRAS[engine]) for engine in ENGINES):
+            return f"no Keras engine is installed (one of: {', '.join(ENGINES)})"
+        return reason
+
+    def framework_version(self, variant: str | None = None) -> str:
+        engine = engine_for(variant)
+        keras_version = distribution_version("keras") or "not installed"
+        return f"{keras_version} ({engine} {distribution_version(*ENGINE_DISTRIBUTIONS[engine]) or 'not installed'})"
+
+    def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
+        """Keras reads ``KERAS_BACKEND`` at import, and jax its thread pool and platforms at start."""
+        engine = engine_for(variant)
+        jit_compile_for(config, engine)  # reject a bad option before a worker starts
+        env = {"KERAS_BACKEND": engine}
+        if engine == "jax":
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # allocate as needed, like the other engines
+            if config.threads:
+                env[JAX_THREADS_ENV] = str(config.threads)
+        if config.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""
+            if engine == "jax":
+                env["JAX_PLATFORMS"] = "cpu"
+            elif engine == "torch":
+                env["KERAS_TORCH_DEVICE"] = "cpu"
+        return env
+
+    def import_framework(self, variant: str | None = None) -> None:
+        engine = engine_for(variant)
+        reason = missing_module_reason(engine, extra=ENGINE_EXTRAS[engine])
+        if reason:
+            raise BackendUnavailable(f"Keras engine {engine}: {reason}")
+        import keras  # noqa: F401  (imports the engine named by KERAS_BACKEND)
+
+    def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
+        engine = engine_for(variant)
+        self.import_framework(engine)
+        return KerasSession(spec, config, engine)
