@@ -216,6 +216,9 @@ def list_command() -> None:
 
 
 # --- commands defined in cnnbench/commands/ (one registration line each, keep this anchor) ---
+cli.add_command(__import__("cnnbench.commands.compare", fromlist=["compare_command"]).compare_command)
+cli.add_command(__import__("cnnbench.commands.export", fromlist=["export_command"]).export_command)
+cli.add_command(__import__("cnnbench.commands.history", fromlist=["history_command"]).history_command)
 
 
 def _safe(func):
