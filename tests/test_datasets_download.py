@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
+import time
 
 import numpy as np
 import pytest
@@ -160,3 +162,29 @@ def test_archive_download_verified_by_members(env):
         arrays = dataset.load(DataConfig(dataset=dataset.name), progress=False)
     assert arrays.verified and download_folder_files(dataset.name) == ["cifar-10-binary.tar.gz"]
     assert np.bincount(arrays.y_train).sum() == 30
+
+
+def test_decompression_bomb_is_refused_before_it_fills_memory(env):
+    """A .gz that inflates past the declared size is not the published file."""
+    content = tiny_idx_content(n_train=30, n_test=10)
+    bomb = dict(content, **{TRAIN_IMAGES: content[TRAIN_IMAGES] + bytes(50_000_000)})
+    files = {f"{name}.gz": gzip.compress(data, compresslevel=1) for name, data in bomb.items()}
+    with serve_files(files) as (base, _):
+        dataset = tiny_idx_dataset(content, base_urls=(f"{base}/ok/",))
+        with pytest.raises(ChecksumError, match=rf"more than the expected {len(content[TRAIN_IMAGES])} bytes"):
+            dataset.load(DataConfig(dataset=dataset.name), progress=False)
+    assert download_folder_files(dataset.name) == []
+
+
+def test_stale_temporary_files_are_cleaned_but_fresh_ones_kept(env, served):
+    content, base, _ = served
+    dataset = tiny_idx_dataset(content, base_urls=(f"{base}/ok/",))
+    folder = locate.download_folder(dataset.name)
+    folder.mkdir(parents=True)
+    stale, fresh = folder / f".{TRAIN_IMAGES}.gz.old.part", folder / f".{TRAIN_IMAGES}.gz.live.part"
+    stale.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    dataset.load(DataConfig(dataset=dataset.name), progress=False)
+    assert not stale.exists() and fresh.exists()

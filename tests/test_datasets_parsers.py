@@ -11,7 +11,8 @@ import pytest
 from cnnbench.datasets.archive import check_member, read_members
 from cnnbench.datasets.base import check_arrays
 from cnnbench.datasets.cifar10 import CIFAR10, parse_batch
-from cnnbench.datasets.idx import load_idx_pair, parse_idx, parse_idx_pair, read_bytes
+from cnnbench.datasets.archive import read_bytes
+from cnnbench.datasets.idx import load_idx_pair, parse_idx, parse_idx_pair
 from cnnbench.datasets.mnist import MNIST, TRAIN_IMAGES, TRAIN_LABELS
 from cnnbench.datasets.testing import cifar_batch_bytes, idx_bytes, link_member, tar_bytes, tiny_cifar_content, tiny_idx_content
 from cnnbench.errors import DatasetError
@@ -229,3 +230,18 @@ def test_cifar_dataset_rejects_unsafe_archive_end_to_end(tmp_path, monkeypatch):
     one_line(exc)
     assert not (tmp_path / ".bashrc").exists()
     assert not (tmp_path / "cache" / "arrays").exists() or not any((tmp_path / "cache" / "arrays").rglob("*.npy"))
+
+
+def test_read_bytes_refuses_content_larger_than_declared(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes(10_000)))
+    assert len(read_bytes(path, max_bytes=10_000)) == 10_000
+    with pytest.raises(DatasetError, match="more than the expected 9999 bytes") as exc:
+        read_bytes(path, max_bytes=9_999)
+    one_line(exc)
+
+
+def test_archive_member_larger_than_declared(tmp_path):
+    path = write_archive(tmp_path, [("cifar-10-batches-bin/test_batch.bin", bytes(5000))])
+    with pytest.raises(DatasetError, match="has 5000 bytes, more than the expected 3073"):
+        read_members(path, {"test_batch.bin"}, ("cifar-10-batches-bin/",), max_sizes={"test_batch.bin": 3073})

@@ -1,6 +1,7 @@
-"""Reading files out of tar archives (e.g. ``cifar-10-binary.tar.gz``) without trusting them.
+"""Reading dataset files as published (raw, gzip-compressed, or in a tar archive) without trusting them.
 
-Archives are never extracted to disk: the wanted members are read into memory, which is all the
+Reads are bounded by the dataset's declared sizes, so a hostile mirror cannot exhaust memory
+with a decompression bomb. Archives are never extracted to disk: the wanted members are read into memory, which is all the
 parser needs. Every member is still checked first, and an archive holding any absolute path,
 ``..`` component, link pointing outside the archive's root, or device/fifo is rejected as a whole:
 such an archive is not an official file, and extracting it elsewhere would be unsafe.
@@ -8,6 +9,7 @@ such an archive is not an official file, and extracting it elsewhere would be un
 
 from __future__ import annotations
 
+import gzip
 import posixpath
 import tarfile
 import zlib
@@ -20,6 +22,33 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 
 def is_archive(path: Path) -> bool:
     return path.name.endswith(ARCHIVE_SUFFIXES)
+
+
+def read_bytes(path: Path, label: str | None = None, max_bytes: int | None = None) -> bytes:
+    """The decompressed content of ``path`` (gzip detected by its magic bytes, not its name).
+
+    ``label`` names the file in messages (e.g. a download's URL instead of its temporary file);
+    content longer than ``max_bytes`` is refused before it is all in memory.
+    """
+    name = label or str(path)
+    limit = -1 if max_bytes is None else max_bytes + 1
+    try:
+        with open(path, "rb") as handle:
+            compressed = handle.read(2) == b"\x1f\x8b"
+            handle.seek(0)
+            if compressed:
+                try:
+                    with gzip.GzipFile(fileobj=handle) as unzipped:
+                        data = unzipped.read(limit)
+                except (OSError, EOFError, zlib.error) as exc:
+                    raise DatasetError(f"{name}: corrupt or truncated gzip data ({exc})") from None
+            else:
+                data = handle.read(limit)
+    except OSError as exc:
+        raise DatasetError(f"cannot read {name}: {exc.strerror or exc}") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise DatasetError(f"{name}: more than the expected {max_bytes} bytes (not the published file)")
+    return data
 
 
 def _escapes_root(path: str) -> bool:
@@ -45,10 +74,13 @@ def check_member(member: tarfile.TarInfo, archive: str) -> str:
     return posixpath.normpath(name)
 
 
-def read_members(path: Path, wanted: set[str], prefixes: tuple[str, ...] = ("",), label: str | None = None) -> dict[str, bytes]:
+def read_members(
+    path: Path, wanted: set[str], prefixes: tuple[str, ...] = ("",), label: str | None = None, max_sizes: dict[str, int] | None = None
+) -> dict[str, bytes]:
     """The content of each wanted file found as ``<prefix><name>`` in the archive at ``path``.
 
-    ``label`` names the archive in messages (default: its file name).
+    ``label`` names the archive in messages (default: its file name); a wanted member larger
+    than its ``max_sizes`` entry is refused before it is read.
     All members are checked (see ``check_member``), including those not wanted. Missing wanted
     files are simply absent from the result; the caller names them.
     """
@@ -64,6 +96,8 @@ def read_members(path: Path, wanted: set[str], prefixes: tuple[str, ...] = ("",)
                     continue
                 if name in found:
                     raise DatasetError(f"{label}: {name} appears twice in the archive; archive rejected")
+                if max_sizes and name in max_sizes and member.size > max_sizes[name]:
+                    raise DatasetError(f"{label}: member {member_path} has {member.size} bytes, more than the expected {max_sizes[name]}")
                 handle = tar.extractfile(member)
                 data = handle.read() if handle else b""
                 if len(data) != member.size:

@@ -33,11 +33,12 @@ STALE_TEMP_S = 3600
 
 
 def fingerprint(paths: Iterable[Path]) -> list[list[Any]]:
-    """(resolved path, size, mtime in ns) of each source file: cheap, and changes when a file does."""
+    """Resolved path, inode, size, mtime and ctime of each source file: cheap, and any rewrite,
+    replacement or move changes it (ctime cannot be set back, unlike a copied mtime)."""
     result = []
     for path in paths:
         stat = path.stat()
-        result.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        result.append([str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns])
     return result
 
 

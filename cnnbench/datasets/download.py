@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +21,8 @@ from cnnbench.errors import DatasetError
 
 ALLOWED_SCHEMES = ("https", "http", "file")
 CHUNK_BYTES = 1 << 20
+#: A temporary download file older than this was left by a killed process.
+STALE_PART_S = 24 * 3600
 
 
 class TransferError(Exception):
@@ -39,6 +42,17 @@ def ensure_folder(folder: Path, purpose: str = "dataset cache") -> Path:
             f"cannot write the {purpose} at {folder} ({exc.strerror or exc}); set ${CACHE_DIR_ENV} to a writable folder"
         ) from None
     return folder
+
+
+def remove_stale_parts(folder: Path) -> None:
+    """Delete temporary files that killed downloads left in ``folder`` (never a live one)."""
+    now = time.time()
+    for part in folder.glob(".*.part"):
+        try:
+            if now - part.stat().st_mtime > STALE_PART_S:
+                part.unlink()
+        except OSError:
+            pass
 
 
 def _progress(enabled: bool):
@@ -92,6 +106,7 @@ def download(urls: Sequence[str], dest: Path, check: Callable[[Path, str], None]
     error lists every URL tried and why; a checksum failure is raised as ``ChecksumError``.
     """
     ensure_folder(dest.parent)
+    remove_stale_parts(dest.parent)
     failures: list[str] = []
     checksum_failed = False
     for url in urls:

@@ -24,11 +24,10 @@ import numpy as np
 
 from cnnbench.config import DataConfig
 from cnnbench.datasets import cache
-from cnnbench.datasets.archive import is_archive, read_members
+from cnnbench.datasets.archive import is_archive, read_bytes, read_members
 from cnnbench.datasets.base import Dataset, DatasetArrays, check_arrays
 from cnnbench.datasets.checksums import CanonicalFile, ChecksumError, verify_content
 from cnnbench.datasets.download import download
-from cnnbench.datasets.idx import read_bytes
 from cnnbench.datasets.locate import DATA_DIR_ENV, MIRROR_ENV, candidate_folders, download_folder, offline_reason
 from cnnbench.errors import DatasetError
 
@@ -115,6 +114,9 @@ class FileDataset(Dataset):
     def _declared(self) -> dict[str, CanonicalFile]:
         return {f.name: f for f in self.files}
 
+    def _max_sizes(self) -> dict[str, int]:
+        return {f.name: f.size for f in self.files if f.size is not None}
+
     def read_content(self, paths: tuple[Path, ...]) -> tuple[dict[str, bytes], dict[str, str]]:
         """The canonical files' bytes and, for messages, where each came from."""
         wanted = set(self._declared())
@@ -123,14 +125,14 @@ class FileDataset(Dataset):
         prefixes = (*(f"{sub}/" for sub in self.content_folders), "")
         for path in paths:
             if is_archive(path):
-                members = read_members(path, wanted, prefixes)
+                members = read_members(path, wanted, prefixes, max_sizes=self._max_sizes())
                 missing = sorted(wanted - set(members))
                 if missing:
                     raise DatasetError(f"{path} lacks {', '.join(missing)} (expected under {' or '.join(p or 'the top' for p in prefixes)})")
                 content.update(members)
                 origins.update({name: f"{path}" for name in members})
             else:
-                content[canonical_name(path)] = read_bytes(path)
+                content[canonical_name(path)] = read_bytes(path, max_bytes=self._max_sizes().get(canonical_name(path)))
                 origins[canonical_name(path)] = str(path)
         return content, origins
 
@@ -155,12 +157,14 @@ class FileDataset(Dataset):
         declared = self._declared()
         try:
             if is_archive(Path(item.filename)):
-                content = read_members(path, set(declared), (*(f"{sub}/" for sub in self.content_folders), ""), label=url)
+                prefixes = (*(f"{sub}/" for sub in self.content_folders), "")
+                content = read_members(path, set(declared), prefixes, label=url, max_sizes=self._max_sizes())
                 missing = sorted(set(declared) - set(content))
                 if missing:
                     raise ChecksumError(f"{url} lacks {', '.join(missing)}")
             else:
-                content = {canonical_name(Path(item.filename)): read_bytes(path, label=url)}
+                name = canonical_name(Path(item.filename))
+                content = {name: read_bytes(path, label=url, max_bytes=self._max_sizes().get(name))}
         except ChecksumError:
             raise
         except DatasetError as exc:

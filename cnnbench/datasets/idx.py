@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
-import gzip
 import math
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from cnnbench.datasets.archive import read_bytes
 from cnnbench.errors import DatasetError
 
 #: IDX type codes for the element dtypes MNIST-style files use.
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-
-
-def read_bytes(path: Path, label: str | None = None) -> bytes:
-    """The decompressed content of ``path`` (gzip detected by its magic bytes, not its name).
-
-    ``label`` names the file in messages (e.g. a download's URL instead of its temporary file).
-    """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read {label or path}: {exc.strerror or exc}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DatasetError(f"{label or path}: corrupt or truncated gzip data ({exc})") from None
-    return data
 
 
 def parse_idx(data: bytes, name: str = "IDX data", expected_ndim: int | None = None) -> np.ndarray:
