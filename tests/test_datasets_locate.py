@@ -122,9 +122,21 @@ def test_corrupt_file_in_the_download_cache_is_deleted(env, tiny):
     bad[TRAIN_IMAGES] = bytes(len(content[TRAIN_IMAGES]))
     cache_folder = locate.download_folder(dataset.name)
     write_files(cache_folder, bad)
-    with pytest.raises(ChecksumError, match="the cached copy was deleted"):
+    with pytest.raises(ChecksumError, match=f"deleted {TRAIN_IMAGES}.gz from the cache, run again to download afresh"):
         dataset.load(DataConfig(dataset=dataset.name, offline=True))
     assert not (cache_folder / f"{TRAIN_IMAGES}.gz").exists()
+    assert (cache_folder / f"{TRAIN_LABELS}.gz").exists()  # the good files stay
+
+
+def test_unreadable_gzip_in_the_download_cache_is_deleted(env, tiny):
+    content, dataset = tiny
+    cache_folder = locate.download_folder(dataset.name)
+    write_files(cache_folder, content)
+    damaged = cache_folder / f"{TRAIN_LABELS}.gz"
+    damaged.write_bytes(damaged.read_bytes()[:-12])
+    with pytest.raises(DatasetError, match=f"corrupt or truncated gzip data.*deleted {TRAIN_LABELS}.gz from the cache"):
+        dataset.load(DataConfig(dataset=dataset.name, offline=True))
+    assert not damaged.exists() and (cache_folder / f"{TRAIN_IMAGES}.gz").exists()
 
 
 def test_unwritable_cache_folder(env, tiny, monkeypatch):

@@ -141,6 +141,18 @@ class FileDataset(Dataset):
         results = [verify_content(declared, content[name], origins.get(name, name)) for name, declared in self._declared().items()]
         return bool(results) and all(results)
 
+    def _failing_paths(self, paths: tuple[Path, ...]) -> list[Path]:
+        """Which of ``paths`` cannot be read or do not match their checksums (checked one by one)."""
+        declared, bad = self._declared(), []
+        for path in paths:
+            try:
+                content, origins = self.read_content((path,))
+                for name, data in content.items():
+                    verify_content(declared[name], data, origins[name])
+            except DatasetError:
+                bad.append(path)
+        return bad
+
     # -- downloading ----------------------------------------------------------------------------
 
     def urls(self, item: Download) -> tuple[str, ...]:
@@ -244,15 +256,18 @@ class FileDataset(Dataset):
         key = self._cache_key(source)
         hit = cache.load(self.name, key)
         if hit is None:
-            content, origins = self.read_content(source.paths)
             try:
+                content, origins = self.read_content(source.paths)
                 verified = self.verify(content, origins)
-            except ChecksumError as exc:
-                if source.origin == "cache":  # our own download went bad: never keep it as valid
-                    for path in source.paths:
-                        path.unlink(missing_ok=True)
-                    raise ChecksumError(f"{exc}; the cached copy was deleted, run again to download it afresh") from None
-                raise
+            except DatasetError as exc:
+                if source.origin != "cache":
+                    raise  # a user's file: reported, never deleted
+                # A file in our download folder went bad: never keep it as if valid.
+                bad = self._failing_paths(source.paths)
+                for path in bad:
+                    path.unlink(missing_ok=True)
+                deleted = f"; deleted {', '.join(p.name for p in bad)} from the cache, run again to download afresh" if bad else ""
+                raise type(exc)(f"{exc}{deleted}") from None
             x_train, y_train, x_test, y_test = self.parse(content)
             del content
             check_arrays(self, x_train, y_train, x_test, y_test)
