@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 from urllib.parse import urlparse
@@ -72,6 +70,10 @@ def _progress(enabled: bool):
 
 def _fetch(url: str, out, label: str, progress: bool, timeout: float) -> None:
     """Stream ``url`` into the open file ``out``; ``TransferError`` for any network-side failure."""
+    import http.client  # here, not at the top: workers import this module and never download
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": "cnnbench (dataset download)"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response, _progress(progress) as bar:
@@ -82,7 +84,7 @@ def _fetch(url: str, out, label: str, progress: bool, timeout: float) -> None:
             while True:
                 try:
                     chunk = response.read(CHUNK_BYTES)
-                except (OSError, urllib.error.URLError, ValueError) as exc:
+                except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as exc:
                     raise TransferError(f"transfer failed after {received} bytes ({exc})") from None
                 if not chunk:
                     break
@@ -95,7 +97,7 @@ def _fetch(url: str, out, label: str, progress: bool, timeout: float) -> None:
         raise TransferError(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise TransferError(f"{exc.reason}") from None
-    except (TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         raise TransferError(f"{type(exc).__name__}: {exc}") from None
 
 
