@@ -200,8 +200,9 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    aligns = ["---" if i == 0 or not any(c[:1].isdigit() or c[:1] in "+-" for c in (r[i] for r in rows)) else "---:" for i in range(len(header))] if rows else ["---"] * len(header)
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: range | Sequence[int] = ()) -> str:
+    """A GitHub markdown table; columns in ``right`` (numbers) are right-aligned."""
+    aligns = ["---:" if i in right else "---" for i in range(len(header))]
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "| " + " | ".join(aligns) + " |"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -230,7 +231,7 @@ def run_markdown(result: RunResult) -> str:
         f"{describe_run(result)}. Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores; commit `{env.get('git_commit') or '?'}`.",
         "Values are medians over repeats (each a fresh process), ± half the inter-quartile range.",
         "",
-        _table(header, rows),
+        _table(header, rows, right=range(2, 2 + len(METRICS))),
         "",
     ]
     return "\n".join(lines)
@@ -262,7 +263,7 @@ def comparison_markdown(comparison: Comparison) -> str:
         "",
         outcome,
         "",
-        _table(header, rows),
+        _table(header, rows, right=range(2, 7)),
         "",
         f"Medians over repeats ± half IQR. A row is a regression when the change passes its threshold in the bad "
         f"direction and the noise test agrees (one-sided Mann-Whitney U, alpha {comparison.alpha:g}, with enough repeats).",

@@ -27,10 +27,10 @@ class StoredRun:
 
     @property
     def label(self) -> str:
-        """``2025-01-31 14:02`` plus the short commit when known."""
-        created = self.result.created.replace("T", " ")[:16]
+        """``2025-01-31`` / ``14:02`` / short commit (when known), one per line."""
+        date, _, time = self.result.created.partition("T")
         commit = (self.result.environment.get("git_commit") or "")[:8]
-        return f"{created} {commit}".strip()
+        return "\n".join(part for part in (date, time[:5], commit) if part)
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def plot_history(runs: Sequence[StoredRun], metric: Metric, path: str | os.PathL
     scale = 100.0 if metric.fraction else 1.0
     unit = "%" if metric.fraction else metric.unit
     x = list(range(len(rows)))
-    fig, ax = plt.subplots(figsize=(max(7.0, min(16.0, 1.0 + 0.55 * len(rows))), 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(8.0, min(16.0, 2.5 + 0.7 * len(rows))), 4.8), dpi=120)
     for name in names:
         med = [p[name].median * scale if name in p else math.nan for _, p in rows]
         low = [p[name].q1 * scale if name in p else math.nan for _, p in rows]
@@ -117,14 +117,16 @@ def plot_history(runs: Sequence[StoredRun], metric: Metric, path: str | os.PathL
         (line,) = ax.plot(x, med, marker="o", markersize=4, linewidth=1.6, label=name)
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
     ax.set_xticks(x)
-    ax.set_xticklabels([run.label.replace(" ", "\n", 1) for run, _ in rows], fontsize=7, rotation=0 if len(rows) <= 8 else 45, ha="center" if len(rows) <= 8 else "right")
+    crowded = len(rows) > 12
+    labels = [run.label.replace("\n", " ") if crowded else run.label for run, _ in rows]
+    ax.set_xticklabels(labels, fontsize=7, rotation=45 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(f"{metric.label} ({unit}), {metric.direction}" if unit else f"{metric.label}, {metric.direction}")
     ax.set_xlabel("run (oldest left); band: inter-quartile range of the repeats")
     dataset = runs[0].result.data.dataset if runs else "?"
     ax.set_title(title or f"cnnbench {dataset}: {metric.label} across {len(rows)} run{'s' if len(rows) != 1 else ''}")
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.05)
-    ax.legend(title="framework", fontsize=8, loc="best")
+    ax.legend(title="framework", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     out = Path(path)
     try:

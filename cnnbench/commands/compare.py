@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -14,6 +15,11 @@ from cnnbench.compare import (
     Comparison, compare_runs, metric_for, parse_fail_on,
 )
 from cnnbench.errors import UsageError
+
+def wide_console() -> Console:
+    """Like the CLI's console: a fixed wide width when stdout is not a terminal (logs, CI)."""
+    return Console(width=None if sys.stdout.isatty() else 200)
+
 
 VERDICT_STYLE = {WORSE: "bold red", FAILED: "bold red", BETTER: "green", MISSING: "yellow", NEW: "cyan"}
 
@@ -73,7 +79,7 @@ def compare_command(baseline: str, current: str, fail_on: str, metrics: str, alp
         results.load(base_path), results.load(cur_path), thresholds, chosen, alpha, fail_on_missing,
         baseline_name=base_path.name, current_name=cur_path.name,
     )
-    console = Console()
+    console = wide_console()
     console.print(comparison_table(comparison))
     for warning in comparison.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnbench import history, results
+from cnnbench.commands.compare import wide_console
 from cnnbench.compare import format_spread, metric_for
 from cnnbench.errors import UsageError
 
@@ -53,7 +54,7 @@ def history_command(runs: tuple[str, ...], metric: str, dataset: str | None, las
             run.path.name, run.result.environment.get("git_commit") or "-",
             *[format_spread(chosen, values[name]) if name in found else "-" for name in names],
         )
-    Console().print(table)
+    wide_console().print(table)
     if plot_path:
         out = history.plot_history(stored, chosen, Path(plot_path))
         err.print(f"wrote {out}", highlight=False)

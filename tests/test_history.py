@@ -1,0 +1,111 @@
+"""cnnbench history: a metric across stored runs, as a table and a PNG."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+import resultgen
+from cnnbench import history
+from cnnbench.cli import cli
+from cnnbench.compare import metric_for
+from cnnbench.results import SCHEMA_VERSION
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Five MNIST-like runs saved out of order, jax missing from one, plus one CIFAR run."""
+    folder = tmp_path / "results"
+    torch = [2000, 2100, 1900, 2150, 2200]
+    jax = [1100, 1150, None, 1200, 1190]
+    for day in (3, 1, 5, 2, 4):
+        i = day - 1
+        backends = [resultgen.backend("torch", [torch[i] * f for f in (0.98, 1.0, 1.03)], accuracy=0.95 + i / 100)]
+        if jax[i]:
+            backends.append(resultgen.backend("jax", [jax[i] * f for f in (0.97, 1.0, 1.01)], accuracy=0.94 + i / 100))
+        env = {**resultgen.ENVIRONMENT, "git_commit": f"c0ffee{day}0000"}
+        run = resultgen.run(backends, run_id=f"2025010{day}T120000Z", created=f"2025-01-0{day}T12:00:00+00:00", environment=env)
+        resultgen.save(run, folder)
+    cifar = resultgen.run([resultgen.backend("torch", [500.0])], run_id="20250106T120000Z", created="2025-01-06T12:00:00+00:00", dataset="synthetic-cifar")
+    resultgen.save(cifar, folder)
+    return folder
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["history", *args])
+
+
+def test_rows_are_ordered_by_time_and_filtered_to_one_dataset(store):
+    runs, skipped = history.load_runs(history.store_files(store))
+    assert not skipped and len(runs) == 6
+    runs, dataset = history.select_dataset(runs, "synthetic")
+    names, rows = history.history_rows(runs, metric_for("train_throughput"))
+    assert dataset == "synthetic" and names == ["torch", "jax"]
+    assert [run.result.run_id for run, _ in rows] == [f"2025010{d}T120000Z" for d in range(1, 6)]
+    assert [round(points["torch"].median) for _, points in rows] == [2000, 2100, 1900, 2150, 2200]
+    assert "jax" not in rows[2][1]
+    assert rows[0][1]["torch"].q1 < rows[0][1]["torch"].median < rows[0][1]["torch"].q3
+
+
+def test_history_command_table_and_plot(store, tmp_path):
+    plot = tmp_path / "plots" / "train.png"
+    result = invoke("--results-dir", str(store), "--dataset", "synthetic", "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "T120000Z" in line]
+    assert len(lines) == 5 and "20250101T120000Z" in lines[0] and "2,000" in lines[0]
+    assert "c0ffee1" in lines[0] and "-" in lines[2].split("│")[-2]  # jax absent on day 3
+    width, height = png_size(plot)
+    assert width >= 800 and height >= 500
+
+
+def test_newest_dataset_is_the_default_and_last_limits(store):
+    result = invoke("--results-dir", str(store))
+    assert result.exit_code == 0 and "synthetic-cifar" in result.output and "20250106T120000Z" in result.output
+    assert "20250101T120000Z" not in result.output
+    result = invoke("--results-dir", str(store), "--dataset", "synthetic", "--last", "2")
+    assert "20250105T120000Z" in result.output and "20250103T120000Z" not in result.output
+
+
+def test_accuracy_history_in_percent(store, tmp_path):
+    result = invoke("--results-dir", str(store), "--dataset", "synthetic", "--metric", "accuracy", "--plot", str(tmp_path / "acc.png"))
+    assert result.exit_code == 0, result.output
+    assert "95.00%" in result.output and "99.00%" in result.output
+    assert png_size(tmp_path / "acc.png")[0] > 0
+
+
+def test_unreadable_files_in_the_store_are_skipped_with_the_reason(store):
+    (store / "20250107T120000Z_broken.json").write_text("{not json")
+    future = store / "20250108T120000Z_future.json"
+    future.write_text(f'{{"schema_version": {SCHEMA_VERSION + 1}}}')
+    result = invoke("--results-dir", str(store), "--dataset", "synthetic")
+    assert result.exit_code == 0
+    assert "20250107T120000Z_broken.json: not valid JSON" in result.output
+    assert "20250108T120000Z_future.json: schema version" in result.output
+
+
+def test_bad_input_exits_2(store, tmp_path):
+    bad = tmp_path / "named.json"
+    bad.write_text("{}")
+    result = invoke(str(bad))
+    assert result.exit_code == 2 and "named.json" in result.output
+    assert invoke("--results-dir", str(tmp_path / "empty")).exit_code == 2
+    assert invoke("--results-dir", str(store), "--metric", "speed").exit_code == 2
+    assert invoke("--results-dir", str(store), "--dataset", "imagenet").exit_code == 2
+    assert invoke("--results-dir", str(store), "--last", "0").exit_code == 2
+
+
+def test_explicit_runs(store):
+    files = sorted(store.glob("2025010[12]*.json"))
+    result = invoke(*map(str, files), "--metric", "peak_rss")
+    assert result.exit_code == 0 and "peak memory" in result.output
+    assert "20250101T120000Z" in result.output and "20250103T120000Z" not in result.output
