@@ -224,6 +224,13 @@ def test_settings_record_mode_threads_and_xla():
     np.testing.assert_allclose(xla_session.predict(x), make_session(spec).predict(x), atol=1e-4, rtol=0)
 
 
+def test_onednn_option_reaches_the_worker_environment():
+    backend = TFRawBackend()
+    assert backend.process_environment(None, TrainConfig()) == {}
+    off = TrainConfig(backend_options={"tf.onednn": "false"})
+    assert backend.process_environment(None, off) == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
 def test_cuda_request_without_gpu_is_unavailable():
     import tensorflow as tf
 

@@ -213,11 +213,11 @@ class TFRawSession(Session):
         images = tf.TensorSpec([None, h, w, c], tf.float32)
         labels = tf.TensorSpec([None], tf.int64)
         variables = list(self.variables.values())
-        seed = self.config.seed
+        seed, has_dropout = self.config.seed, self.spec.has_dropout
 
         def train_step(x_all, y_all, rows):
             x, y = tf.gather(x_all, rows), tf.gather(y_all, rows)
-            dropout_seed = tf.stack([tf.constant(seed, tf.int64), self.dropout_step.assign_add(1)])
+            dropout_seed = tf.stack([tf.constant(seed, tf.int64), self.dropout_step.assign_add(1)]) if has_dropout else None
             with tf.GradientTape() as tape:
                 loss = self._loss(self._forward(x, training=True, dropout_seed=dropout_seed), y)
             self._apply_gradients(tape.gradient(loss, variables))
@@ -265,7 +265,7 @@ class TFRawSession(Session):
         if rows.shape.rank != 2:
             raise BackendError(f"batch indices must be [n_batches, batch_size], got shape {tuple(rows.shape)}")
         with tf.device(self.device_name):
-            losses = [self._train_step(self.x_train, self.y_train, rows[i]) for i in range(rows.shape[0])]
+            losses = [self._train_step(self.x_train, self.y_train, row) for row in tf.unstack(rows)]
             return tf.stack(losses).numpy().astype(np.float64) if losses else np.zeros(0)
 
     def evaluate(self, batch_size: int) -> tuple[float, float]:
@@ -359,6 +359,12 @@ class TFRawBackend(Backend):
 
     def framework_version(self, variant: str | None = None) -> str:
         return distribution_version(*TF_DISTRIBUTIONS) or "not installed"
+
+    def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
+        """``--backend-option tf.onednn=false`` turns TF's oneDNN kernels off; TF reads it at import."""
+        if config.option("tf", "onednn") is None:
+            return {}
+        return {"TF_ENABLE_ONEDNN_OPTS": "1" if config.flag("tf", "onednn") else "0"}
 
     def import_framework(self, variant: str | None = None) -> None:
         import tensorflow  # noqa: F401
