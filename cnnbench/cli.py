@@ -16,7 +16,8 @@ from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.plugins import load_registry
 from cnnbench.runner import ALLOCATORS, BackendTarget, RunInterrupted, RunObserver, RunOptions, parse_frameworks, run_benchmark
 
-console = Console()
+#: Tables stay readable in logs and CI: a fixed wide width when stdout is not a terminal.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
@@ -216,6 +217,8 @@ def list_command() -> None:
 
 
 # --- commands defined in cnnbench/commands/ (one registration line each, keep this anchor) ---
+cli.add_command(__import__("cnnbench.commands.check", fromlist=["check"]).check)
+cli.add_command(__import__("cnnbench.commands.datasets", fromlist=["datasets_command"]).datasets_command)
 cli.add_command(__import__("cnnbench.commands.compare", fromlist=["compare_command"]).compare_command)
 cli.add_command(__import__("cnnbench.commands.export", fromlist=["export_command"]).export_command)
 cli.add_command(__import__("cnnbench.commands.history", fromlist=["history_command"]).history_command)

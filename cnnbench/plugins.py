@@ -132,7 +132,7 @@ def load_registry(extra_plugins: Iterable[Any] = (), include_entry_points: bool 
     records = {record.name: record for _, record in loaded}
     for hook_name in HOOK_NAMES:
         target = registry.backends if hook_name == "register_backends" else registry.datasets
-        for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):  # registration order
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():  # in registration order
             record = records[impl.plugin_name]
             record.hooks.append(hook_name)
 

@@ -5,6 +5,7 @@ torch is imported inside methods only, so listing backends never pays for (or fa
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -203,6 +204,8 @@ class TorchBackend(Backend):
     name = "torch"
     framework = "PyTorch"
     deterministic = True
+    #: Subclasses (tests, variants) may swap the session implementation.
+    session_class = TorchSession
 
     def unavailable_reason(self) -> str | None:
         return missing_module_reason("torch", extra="torch")
@@ -227,4 +230,5 @@ class TorchBackend(Backend):
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cudnn.benchmark = True
-        return TorchSession(spec, config)
+        warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths")
+        return self.session_class(spec, config)
