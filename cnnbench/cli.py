@@ -103,6 +103,7 @@ def run_options(func):
         click.option("--allocator", type=click.Choice(ALLOCATORS), default="auto", show_default=True, help="Memory allocator for every backend (auto: tcmalloc when installed)."),
         click.option("--results-dir", type=click.Path(file_okay=False), default=None, help="Where result JSON files go [$CNNBENCH_RESULTS_DIR or ./results]."),
         click.option("--no-save", is_flag=True, default=False, help="Do not write a result file."),
+        click.option("--skip-parity", is_flag=True, default=False, help="Skip the parity check against the float64 reference (on by default)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -149,6 +150,7 @@ def execute_run(params: dict, train: TrainConfig, data: DataConfig, preset: str 
     options = RunOptions(
         repeat=params["repeat"], timeout_s=params["timeout_s"], target_accuracy=params["target_accuracy"],
         allocator=params["allocator"], results_dir=params["results_dir"], save=not params["no_save"], preset=preset,
+        measure_ceiling=True, parity=not params["skip_parity"],
     )
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
     try:
@@ -222,6 +224,24 @@ cli.add_command(__import__("cnnbench.commands.datasets", fromlist=["datasets_com
 cli.add_command(__import__("cnnbench.commands.compare", fromlist=["compare_command"]).compare_command)
 cli.add_command(__import__("cnnbench.commands.export", fromlist=["export_command"]).export_command)
 cli.add_command(__import__("cnnbench.commands.history", fromlist=["history_command"]).history_command)
+
+
+@cli.command("ceiling")
+@click.option("--threads", type=int, default=None, help="Threads [all cores].")
+@click.option("--refresh", is_flag=True, help="Measure again instead of using the cached value.")
+def ceiling_command(threads: int | None, refresh: bool) -> None:
+    """This machine's fp32 matmul ceiling (GFLOP/s), the yardstick of the efficiency column."""
+    import os
+
+    from cnnbench import ceiling
+
+    threads = threads or os.cpu_count() or 1
+    with console.status("measuring fp32 GEMM..."):
+        value = ceiling.ceiling(threads, refresh=refresh)
+    if not value:
+        raise UsageError("could not measure the matmul ceiling (neither NumPy nor PyTorch ran the probe)")
+    libraries = ", ".join(f"{name} {gflops:,.0f}" for name, gflops in value["per_library"].items())
+    console.print(f"fp32 matmul ceiling, {value['size']}x{value['size']}, {value['threads']} threads: {value['gflops']:,.0f} GFLOP/s ({libraries}); cached in {ceiling.cache_file()}")
 
 
 def _safe(func):

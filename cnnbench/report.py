@@ -47,8 +47,8 @@ def results_table(result: RunResult, title: str | None = None) -> Table:
     table = Table(title=title or default_title, title_justify="left")
     for name, justify in [
         ("framework", "left"), ("version", "left"), ("device", "left"), ("params", "right"), ("test acc", "right"),
-        ("train samples/s", "right"), ("eval samples/s", "right"), ("first epoch s", "right"), ("total s", "right"),
-        ("status", "left"),
+        ("train samples/s", "right"), ("GFLOP/s (% peak)", "right"), ("eval samples/s", "right"),
+        ("first epoch s", "right"), ("total s", "right"), ("parity", "left"), ("status", "left"),
     ]:
         table.add_column(name, justify=justify, overflow="fold")
     for row in result.backends:
@@ -60,13 +60,39 @@ def results_table(result: RunResult, title: str | None = None) -> Table:
             row.device or "-",
             fmt_number(row.parameters),
             fmt_percent(row.median("test_accuracy")),
-            fmt_spread(_throughputs(row)),
+            fmt_spread(_throughputs(row)) + (" [red]![/red]" if parity_status(row) == "FAIL" else ""),
+            fmt_efficiency(result, row),
             fmt_spread(row.values("eval_throughput")),
             fmt_spread(row.values("first_epoch_s"), 2),
             fmt_spread(row.values("total_s"), 1),
+            fmt_parity(row),
             f"[{style}]{status}[/{style}]" if style else status,
         )
     return table
+
+
+def parity_status(row: BackendResult) -> str:
+    return str(row.parity.get("status", "not checked")) if row.parity else "not checked"
+
+
+def fmt_parity(row: BackendResult) -> str:
+    status = parity_status(row)
+    if status == "PASS":
+        return "[green]PASS[/green]"
+    if status == "FAIL":
+        return f"[red]FAIL[/red]: {row.parity.get('message', '')}"
+    return f"[dim]{status}[/dim]"
+
+
+def fmt_efficiency(result: RunResult, row: BackendResult) -> str:
+    """Achieved training GFLOP/s (spec FLOPs x samples/s) and its share of the matmul ceiling."""
+    from cnnbench.ceiling import efficiency
+
+    peak = (result.environment.get("matmul_ceiling") or {}).get("gflops")
+    achieved, fraction = efficiency(result.model.get("flops_train_per_sample"), row.median("train_throughput"), peak)
+    if achieved is None:
+        return "-"
+    return f"{achieved:,.0f}" + (f" ({100 * fraction:.0f}%)" if fraction is not None else "")
 
 
 def _throughputs(row: BackendResult) -> list[float]:
@@ -77,6 +103,8 @@ def _throughputs(row: BackendResult) -> list[float]:
 def print_result(result: RunResult, console: Console | None = None, title: str | None = None) -> None:
     console = console or Console()
     console.print(results_table(result, title))
+    if any(parity_status(row) == "FAIL" for row in result.backends):
+        console.print("[red]![/red] this backend failed the parity check: its speed is not for a model equal to the others' (see 'cnnbench check')")
     differing = differing_settings(result)
     if differing:
         console.print(settings_table(differing))

@@ -99,6 +99,10 @@ class RunOptions:
     save: bool = True
     preset: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Measure (once per machine, cached) the fp32 matmul ceiling for efficiency figures.
+    measure_ceiling: bool = False
+    #: Run the parity check against the float64 reference in each worker before training.
+    parity: bool = False
 
 
 def harness_environment(train: TrainConfig, allocator: str) -> tuple[dict[str, str], dict[str, Any]]:
@@ -223,7 +227,7 @@ def measure_backend(
         return replace(row, status=UNAVAILABLE, reason=reason), {}
     env_base, manifest = harness_environment(train, options.allocator)
     env = {**os.environ, **env_base, **backend.process_environment(target.variant, train), **options.extra_env}
-    request = WorkerRequest(target.name, target.variant, train, data, options.target_accuracy)
+    request = WorkerRequest(target.name, target.variant, train, data, options.target_accuracy, extra={"parity": options.parity})
     measurements: list[Measurement] = []
     records: dict[str, Any] = {}
     for repeat in range(1, options.repeat + 1):
@@ -241,7 +245,8 @@ def measure_backend(
             return replace(row, status=UNAVAILABLE, reason=payload.get("reason", "")), {}
         if status == OK:
             measurement = results.from_dict(Measurement, payload["measurement"])
-            row = replace(row, device=payload["device"], parameters=payload["parameters"], settings={**manifest, **payload["settings"]})
+            row = replace(row, device=payload["device"], parameters=payload["parameters"], settings={**manifest, **payload["settings"]},
+                          parity=row.parity or payload.get("parity") or {})
             records = {"model": payload.get("model", {}), "preprocessing": payload.get("preprocessing", {})}
         else:
             measurement = Measurement(status=status, reason=payload.get("reason", ""), peak_rss_mb=payload.get("peak_rss_mb"))
@@ -264,6 +269,12 @@ def run_benchmark(
     data.validate()
     result = RunResult(run_id=results.new_run_id(), created=results.now_iso(), train=train, data=data,
                        environment=environment.collect(), preset=options.preset, repeat=options.repeat)
+    if options.measure_ceiling:
+        from cnnbench import ceiling
+
+        measured = ceiling.ceiling(train.threads)
+        if measured:
+            result = replace(result, environment={**result.environment, "matmul_ceiling": measured})
     path: Path | None = None
     log_dir = Path(tempfile.mkdtemp(prefix="cnnbench-logs-"))
 

@@ -96,6 +96,20 @@ def run(request: WorkerRequest, events: EventStream) -> int:
     build_s = protocol.clock() - t
     parameters = int(sum(w.size for w in session.get_weights().values()))
 
+    parity: dict = {}
+    if request.extra.get("parity"):
+        from cnnbench.parity import check_session
+
+        events.emit("phase", name="parity check")
+        own_weights = weights if weights is not None else session.get_weights()
+        t = protocol.clock()
+        parity = check_session(
+            session, spec, request.train.optimizer, request.train.learning_rate, request.train.seed,
+            backend=backend, config=request.train, variant=request.variant,
+        )
+        parity["seconds"] = protocol.clock() - t
+        session.set_weights(own_weights)  # the check left other weights and optimizer state
+
     events.emit("phase", name="load_data")
     t = protocol.clock()
     session.load_data(data.x_train, data.y_train, data.x_test, data.y_test)
@@ -137,6 +151,7 @@ def run(request: WorkerRequest, events: EventStream) -> int:
         measurement=measurement,
         device=session.device,
         parameters=parameters,
+        parity=parity,
         settings=session.settings(),
         model={"name": spec.name, "parameters": spec.num_params, "flops_train_per_sample": spec.flops_train, "input_shape": list(spec.input_shape)},
         preprocessing=data.record,

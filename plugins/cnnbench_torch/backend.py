@@ -175,6 +175,11 @@ class TorchSession(Session):
                 module.bias.copy_(torch.from_numpy(np.asarray(weights[f"{layer_name}/bias"], dtype=np.float32)))
         self._make_optimizer()
 
+    def peak_device_memory_mb(self) -> float | None:
+        if self.dev.type != "cuda":
+            return None
+        return self.torch.cuda.max_memory_allocated(self.dev) / 2**20
+
     def sync(self) -> None:
         if self.dev.type == "cuda":
             self.torch.cuda.synchronize()
