@@ -1,0 +1,205 @@
+"""``cnnbench check``: every selected backend against the float64 reference, each in its own process.
+
+A process per backend because frameworks read their environment at import (Keras' engine is
+fixed per process) and must not share threads or allocators; the child is
+``python -m cnnbench.parity REQUEST.json RESULT.json`` with the same harness environment as a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from cnnbench import parity
+from cnnbench.config import DEVICES, TrainConfig
+from cnnbench.errors import UsageError
+from cnnbench.plugins import Registry, load_registry
+from cnnbench.runner import BackendTarget, harness_environment, parse_frameworks
+from cnnbench.spec import spec_for
+
+
+def _parse_backend_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--backend-option must look like KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _learning_rates(optimizer: str, adam_lr: float, sgd_lr: float) -> dict[str, float]:
+    chosen = {"adam": adam_lr, "sgd": sgd_lr}
+    if optimizer != "both":
+        chosen = {optimizer: chosen[optimizer]}
+    for name, rate in chosen.items():
+        TrainConfig(optimizer=name, learning_rate=rate).validate()
+    return chosen
+
+
+def run_check_process(request: dict[str, Any], env: dict[str, str], timeout_s: float | None, log_path: Path) -> dict[str, Any]:
+    """Run one backend's check in a fresh interpreter; never raises for the child's faults."""
+    with tempfile.TemporaryDirectory(prefix="cnnbench-check-") as tmp:
+        request_path, result_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request_path.write_text(json.dumps(request))
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cnnbench.parity", str(request_path), str(result_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                return {"status": parity.FAIL, "message": f"no result after {timeout_s:g} s (timeout); worker killed (log: {log_path})", "checks": {}}
+            except BaseException:
+                _kill(proc)
+                raise
+        if result_path.exists():
+            return json.loads(result_path.read_text())
+    reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    return {"status": parity.FAIL, "message": f"worker {reason} without a result: {_last_line(log_path)} (log: {log_path})", "checks": {}}
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def check_targets(
+    targets: list[BackendTarget], registry: Registry, request_base: dict[str, Any], train: TrainConfig,
+    timeout_s: float | None, on_start=lambda target: None,
+) -> list[tuple[BackendTarget, dict[str, Any]]]:
+    """The parity result of every target, in order (UNAVAILABLE rows for missing frameworks)."""
+    log_dir = Path(tempfile.mkdtemp(prefix="cnnbench-check-logs-"))
+    env_base, _ = harness_environment(train, "auto")
+    outcomes = []
+    for target in targets:
+        backend = registry.backend(target.name).item
+        reason = backend.unavailable_reason()
+        if reason:
+            outcomes.append((target, {"status": parity.UNAVAILABLE, "message": reason, "checks": {}}))
+            continue
+        on_start(target)
+        env = {**os.environ, **env_base, **backend.process_environment(target.variant, train)}
+        request = {**request_base, "backend": target.name, "variant": target.variant}
+        result = run_check_process(request, env, timeout_s, log_dir / f"{target.id.replace(':', '-')}.log")
+        result.setdefault("framework_version", backend.framework_version(target.variant))
+        outcomes.append((target, result))
+    return outcomes
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+def _ratio(check: dict[str, Any]) -> str:
+    if check.get("ratio") is None:
+        return "-" if check.get("passed") else "inf"
+    return f"{check['ratio']:.2f}"
+
+
+def _tolerance(check: dict[str, Any]) -> str:
+    if check.get("tolerance") == 0:
+        return "exact"
+    return _number(check.get("tolerance"))
+
+
+def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) -> Table:
+    status = result["status"]
+    colour = {"PASS": "green", "FAIL": "red"}.get(status, "yellow")
+    where = f" on {result['device']}" if result.get("device") else ""
+    took = f", {result['elapsed_s']:.1f} s" if result.get("elapsed_s") is not None else ""
+    title = f"{target.id} ({framework} {result.get('framework_version', '')}){where}{took}: [{colour}]{status}[/{colour}]"
+    table = Table(title=title, title_justify="left", caption=result.get("message", ""), caption_justify="left")
+    for column, justify in (("check", "left"), ("max abs diff", "right"), ("max rel diff", "right"), ("tolerance", "right"), ("diff/tol", "right"), ("result", "center"), ("note", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for name, check in result.get("checks", {}).items():
+        verdict = "[green]PASS[/green]" if check["passed"] else "[red]FAIL[/red]"
+        table.add_row(name, _number(check.get("max_abs")), _number(check.get("max_rel")), _tolerance(check), _ratio(check), verdict, check.get("detail", ""))
+    return table
+
+
+@click.command()
+@click.option("--frameworks", "-f", default="all", show_default=True, help="Comma list of backends (name or name:variant), or 'all'.")
+@click.option("--dataset", "-d", default="mnist", show_default=True,
+              help="Dataset whose input shape and classes choose the model variant; its files are not read (seeded synthetic images of that shape are used).")
+@click.option("--dropout", type=float, default=None, help="Dropout of the variant (default: 0.2 for colour datasets). Training steps are always checked without dropout.")
+@click.option("--optimizer", type=click.Choice(("adam", "sgd", "both")), default="both", show_default=True, help="Optimizer(s) whose steps are checked.")
+@click.option("--adam-lr", type=float, default=parity.DEFAULT_LEARNING_RATES["adam"], show_default=True, help="Learning rate of the Adam steps.")
+@click.option("--sgd-lr", type=float, default=parity.DEFAULT_LEARNING_RATES["sgd"], show_default=True, help="Learning rate of the SGD steps.")
+@click.option("--steps", type=int, default=parity.DEFAULT_STEPS, show_default=True, help="Optimizer steps compared.")
+@click.option("--batch-size", type=int, default=parity.DEFAULT_BATCH, show_default=True, help="Images per batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and images.")
+@click.option("--init", type=click.Choice(("glorot-uniform", "normal")), default="glorot-uniform", show_default=True, help="Weight-init scheme of the shared weights.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads per framework [all cores].")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Device.")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE", help="Backend switch, e.g. tf.xla=true (repeatable).")
+@click.option("--timeout", "timeout_s", type=float, default=600, show_default=True, help="Seconds before a backend's check is killed.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results to this JSON file.")
+def check(frameworks, dataset, dropout, optimizer, adam_lr, sgd_lr, steps, batch_size, seed, init, threads, device, backend_options, timeout_s, json_path) -> None:
+    """Check that every backend computes the same function as a float64 NumPy reference.
+
+    The same seeded weights and images go into each backend and the reference: logits, loss,
+    gradients, evaluate, then a few Adam and SGD steps (dropout off); one table per backend.
+    Exit code 1 when any backend fails.
+    """
+    from cnnbench.cli import console  # the CLI's console (wide when not a terminal); imported late: cli imports us
+    if steps < 1:
+        raise UsageError(f"steps must be at least 1, got {steps}")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if timeout_s <= 0:
+        raise UsageError(f"timeout must be positive, got {timeout_s:g}")
+    learning_rates = _learning_rates(optimizer, adam_lr, sgd_lr)
+    registry = load_registry()
+    targets = parse_frameworks(frameworks, registry)
+    data_source = registry.dataset(dataset).item
+    train = TrainConfig(seed=seed, init=init, dropout=dropout, threads=threads or os.cpu_count() or 1, device=device,
+                        backend_options=_parse_backend_options(backend_options)).validate()
+    spec = spec_for(data_source.input_shape, data_source.num_classes, dropout)
+    request = {
+        "train": asdict(train), "input_shape": list(spec.input_shape), "num_classes": spec.num_classes, "dropout": dropout,
+        "learning_rates": learning_rates, "seed": seed, "steps": steps, "init": init, "batch": batch_size,
+    }
+    console.print(
+        f"parity against the float64 reference: {spec.name} {'x'.join(map(str, spec.input_shape))} ({spec.num_classes} classes, "
+        f"{spec.num_params:,} parameters), {init} weights and {batch_size} synthetic images from seed {seed}, "
+        f"{steps} steps of {', '.join(f'{name} lr={rate:g}' for name, rate in learning_rates.items())}",
+        highlight=False,
+    )
+    with console.status("") as status:
+        outcomes = check_targets(targets, registry, request, train, timeout_s, on_start=lambda target: status.update(f"checking {target.id}..."))
+    for target, result in outcomes:
+        framework = registry.backend(target.name).item.framework
+        if result["status"] == parity.UNAVAILABLE:
+            console.print(f"{target.id} ({framework}): [yellow]not checked[/yellow]: {result['message']}", highlight=False)
+            continue
+        console.print(result_table(target, framework, result))
+    summary = ", ".join(f"{target.id} {result['status']}" for target, result in outcomes)
+    console.print(f"summary: {summary}", highlight=False)
+    if json_path:
+        Path(json_path).write_text(json.dumps([{"backend": target.id, **result} for target, result in outcomes], indent=1, default=str))
+    if any(result["status"] == parity.FAIL for _, result in outcomes):
+        sys.exit(1)

@@ -1,0 +1,454 @@
+"""A float64 NumPy LeNet: the yardstick every backend is compared against (``cnnbench check``).
+
+Built by walking ``ModelSpec.layers`` as a backend does, but written out by hand - im2col
+convolutions with TensorFlow's SAME padding (for kernel 4: one row/column before, two after),
+max pooling whose gradient goes to the first maximum of each window, flatten in (H, W, C)
+order, dense layers, mean softmax cross-entropy and the backward pass of each - so that it
+shares no kernel and no convention with any framework. Dropout layers are the identity: the
+reference is the network with dropout inactive. ReLU's derivative at exactly 0 is 0, as in
+every framework.
+
+``Conventions`` lets the parity check ask "would the backend match if it had flattened in
+(C, H, W) order / padded on the other side?", to name a mistake instead of only reporting it.
+
+Also the two optimizers every backend uses, in their textbook form: plain SGD and
+bias-corrected Adam (Kingma & Ba, algorithm 1) with ``cnnbench.config``'s beta1/beta2/epsilon.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON
+from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
+
+Weights = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """Choices a backend can get wrong without changing any shape. The defaults are the spec's."""
+
+    #: Order in which the last pool's output is flattened: "HWC" (canonical) or "CHW" (PyTorch's native).
+    flatten: str = "HWC"
+    #: Where SAME padding puts the odd extra row/column: "after" (TensorFlow, canonical) or "before".
+    same_extra: str = "after"
+
+
+CANONICAL = Conventions()
+
+
+def same_padding(size: int, window: int, stride: int, extra: str = "after") -> tuple[int, int]:
+    """(before, after) padding of TensorFlow's SAME: output ceil(size / stride), odd extra after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    small, large = total // 2, total - total // 2
+    return (small, large) if extra == "after" else (large, small)
+
+
+def _windows(x: np.ndarray, window: int, stride: int, out_h: int, out_w: int) -> np.ndarray:
+    """A view (N, out_h, out_w, window, window, C) of the windows of NHWC ``x``."""
+    view = sliding_window_view(x, (window, window), axis=(1, 2))  # (N, H', W', C, kh, kw)
+    view = view[:, : (out_h - 1) * stride + 1 : stride, : (out_w - 1) * stride + 1 : stride]
+    return view.transpose(0, 1, 2, 4, 5, 3)
+
+
+def _scatter_windows(target: np.ndarray, per_offset, window: int, stride: int, out_h: int, out_w: int) -> None:
+    """Add ``per_offset(i, j)`` (N, out_h, out_w, C) into the (i, j) element of every window of ``target``."""
+    for i in range(window):
+        for j in range(window):
+            target[:, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride, :] += per_offset(i, j)
+
+
+def _pads(layer, height: int, width: int, window: int, conventions: Conventions) -> tuple[tuple[int, int], tuple[int, int]]:
+    if layer.padding == "SAME":
+        return same_padding(height, window, layer.stride, conventions.same_extra), same_padding(width, window, layer.stride, conventions.same_extra)
+    if layer.padding == "VALID":
+        return (0, 0), (0, 0)
+    raise ValueError(f"{layer.name}: unknown padding {layer.padding!r}")
+
+
+def _activate(name: str | None, z: np.ndarray) -> np.ndarray:
+    if name is None:
+        return z
+    if name == "relu":
+        return np.maximum(z, 0.0)
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+def _activation_grad(name: str | None, z: np.ndarray, upstream: np.ndarray) -> np.ndarray:
+    if name is None:
+        return upstream
+    return upstream * (z > 0)  # relu'(0) = 0, as in every framework
+
+
+def _conv_forward(layer: Conv2D, kernel: np.ndarray, bias: np.ndarray, x: np.ndarray, conventions: Conventions):
+    n, height, width, channels = x.shape
+    k, s = layer.kernel_size, layer.stride
+    (top, bottom), (left, right) = _pads(layer, height, width, k, conventions)
+    padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    out_h, out_w = (padded.shape[1] - k) // s + 1, (padded.shape[2] - k) // s + 1
+    cols = _windows(padded, k, s, out_h, out_w).reshape(n * out_h * out_w, k * k * channels)
+    z = (cols @ kernel.reshape(k * k * channels, layer.filters) + bias).reshape(n, out_h, out_w, layer.filters)
+    return z, {"cols": cols, "padded_shape": padded.shape, "crop": (top, left, height, width)}
+
+
+def _conv_backward(layer: Conv2D, kernel: np.ndarray, cache: dict, dz: np.ndarray, need_input_grad: bool):
+    n, out_h, out_w, filters = dz.shape
+    flat = dz.reshape(-1, filters)
+    d_kernel = (cache["cols"].T @ flat).reshape(kernel.shape)
+    d_bias = flat.sum(axis=0)
+    if not need_input_grad:
+        return d_kernel, d_bias, None
+    k, s = layer.kernel_size, layer.stride
+    channels = kernel.shape[2]
+    d_cols = (flat @ kernel.reshape(-1, filters).T).reshape(n, out_h, out_w, k, k, channels)
+    d_padded = np.zeros(cache["padded_shape"])
+    _scatter_windows(d_padded, lambda i, j: d_cols[:, :, :, i, j, :], k, s, out_h, out_w)
+    top, left, height, width = cache["crop"]
+    return d_kernel, d_bias, d_padded[:, top : top + height, left : left + width, :]
+
+
+def _pool_forward(layer: MaxPool2D, x: np.ndarray, conventions: Conventions):
+    n, height, width, channels = x.shape
+    p, s = layer.pool_size, layer.stride
+    (top, bottom), (left, right) = _pads(layer, height, width, p, conventions)
+    padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-np.inf)
+    out_h, out_w = (padded.shape[1] - p) // s + 1, (padded.shape[2] - p) // s + 1
+    windows = _windows(padded, p, s, out_h, out_w).reshape(n, out_h, out_w, p * p, channels)
+    argmax = windows.argmax(axis=3)  # first maximum in row-major window order
+    out = np.take_along_axis(windows, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    return out, {"argmax": argmax, "windows": windows, "input_shape": x.shape, "padded_shape": padded.shape, "crop": (top, left, height, width)}
+
+
+def _pool_backward(layer: MaxPool2D, cache: dict, d_out: np.ndarray) -> np.ndarray:
+    p, s = layer.pool_size, layer.stride
+    _, out_h, out_w, _ = d_out.shape
+    argmax = cache["argmax"]
+    d_padded = np.zeros(cache["padded_shape"])
+    _scatter_windows(d_padded, lambda i, j: np.where(argmax == i * p + j, d_out, 0.0), p, s, out_h, out_w)
+    top, left, height, width = cache["crop"]
+    return d_padded[:, top : top + height, left : left + width, :]
+
+
+def _flatten(x: np.ndarray, conventions: Conventions) -> np.ndarray:
+    if conventions.flatten == "HWC":
+        return x.reshape(x.shape[0], -1)
+    if conventions.flatten == "CHW":
+        return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+    raise ValueError(f"unknown flatten order {conventions.flatten!r}")
+
+
+def _unflatten(d: np.ndarray, shape: tuple[int, ...], conventions: Conventions) -> np.ndarray:
+    if conventions.flatten == "HWC":
+        return d.reshape(shape)
+    n, h, w, c = shape
+    return d.reshape(n, c, h, w).transpose(0, 2, 3, 1)
+
+
+@functools.cache
+def _openblas_thread_controls() -> tuple:
+    """(set, get) thread-count functions of every OpenBLAS loaded in this process (NumPy's among them)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+    except OSError:
+        return ()
+    controls = []
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+            set_threads = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
+            get_threads = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
+            if set_threads is not None and get_threads is not None:
+                controls.append((set_threads, get_threads))
+                break
+    return tuple(controls)
+
+
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run NumPy's BLAS on one thread for a while.
+
+    The reference's matrices are small; on a busy 2-core machine OpenBLAS's second thread
+    waits for a core and a 6-MFLOP product took 0.5 s instead of 0.5 ms. A no-op where the
+    BLAS is not OpenBLAS or /proc is absent.
+    """
+    controls = _openblas_thread_controls()
+    previous = [(set_threads, get_threads()) for set_threads, get_threads in controls]
+    for set_threads, _ in controls:
+        set_threads(1)
+    try:
+        yield
+    finally:
+        for set_threads, threads in previous:
+            set_threads(threads)
+
+
+def _as64(weights: Weights) -> Weights:
+    return {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
+
+
+def forward(spec: ModelSpec, weights: Weights, x: np.ndarray, conventions: Conventions = CANONICAL, tape: list | None = None) -> np.ndarray:
+    """Logits (float64) for NHWC ``x``; dropout inactive. ``tape`` collects what backward needs."""
+    with single_threaded_blas():
+        return _forward(spec, _as64(weights), np.asarray(x, dtype=np.float64), conventions, tape)
+
+
+def _forward(spec: ModelSpec, weights: Weights, h: np.ndarray, conventions: Conventions, tape: list | None) -> np.ndarray:
+    for layer in spec.layers:
+        if isinstance(layer, Conv2D):
+            z, cache = _conv_forward(layer, weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"], h, conventions)
+            entry = (layer, {**cache, "z": z})
+            h = _activate(layer.activation, z)
+        elif isinstance(layer, MaxPool2D):
+            h, cache = _pool_forward(layer, h, conventions)
+            entry = (layer, cache)
+        elif isinstance(layer, Flatten):
+            entry = (layer, {"shape": h.shape})
+            h = _flatten(h, conventions)
+        elif isinstance(layer, Dense):
+            z = h @ weights[f"{layer.name}/kernel"] + weights[f"{layer.name}/bias"]
+            entry = (layer, {"x": h, "z": z})
+            h = _activate(layer.activation, z)
+        elif isinstance(layer, Dropout):
+            continue
+        else:
+            raise TypeError(f"unknown layer {layer!r}")
+        if tape is not None:
+            tape.append(entry)
+    return h
+
+
+def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of integer ``labels`` and its gradient with respect to the logits."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n = logits.shape[0]
+    rows = np.arange(n)
+    labels = np.asarray(labels, dtype=np.int64)
+    loss = -log_probs[rows, labels].mean()
+    d_logits = np.exp(log_probs)
+    d_logits[rows, labels] -= 1.0
+    return float(loss), d_logits / n
+
+
+def loss_and_gradients(
+    spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.ndarray, conventions: Conventions = CANONICAL
+) -> tuple[float, Weights, np.ndarray]:
+    """(mean cross-entropy, gradients in the canonical layout, logits), all float64; dropout inactive."""
+    with single_threaded_blas():
+        return _loss_and_gradients(spec, _as64(weights), np.asarray(x, dtype=np.float64), y, conventions)
+
+
+def _loss_and_gradients(spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.ndarray, conventions: Conventions):
+    tape: list[tuple[Any, dict]] = []
+    logits = _forward(spec, weights, x, conventions, tape)
+    loss, upstream = softmax_cross_entropy(logits, y)
+    grads = _backward(tape, weights, upstream, len(tape) - 1, conventions)
+    return loss, {name: grads[name] for name in spec.param_shapes()}, logits
+
+
+def _backward(
+    tape: list, weights: Weights, upstream: np.ndarray, start: int, conventions: Conventions,
+    at_z: bool = False, record: dict[int, np.ndarray] | None = None,
+) -> Weights:
+    """Backpropagate ``upstream`` from ``tape[start]`` down to the first weighted layer.
+
+    ``upstream`` is the gradient with respect to that entry's output, or to its pre-activation
+    with ``at_z``. Returns the parameter gradients of the layers passed; ``record`` receives
+    the gradient arriving at each entry's output.
+    """
+    grads: Weights = {}
+    first_weighted = next(i for i, (layer, _) in enumerate(tape) if isinstance(layer, (Conv2D, Dense)))
+    for index in range(start, first_weighted - 1, -1):
+        layer, cache = tape[index]
+        if record is not None:
+            record[index] = upstream
+        need_input_grad = index > first_weighted
+        if isinstance(layer, (Dense, Conv2D)):
+            dz = upstream if (at_z and index == start) else _activation_grad(layer.activation, cache["z"], upstream)
+            kernel = weights[f"{layer.name}/kernel"]
+            if isinstance(layer, Dense):
+                grads[f"{layer.name}/kernel"] = cache["x"].T @ dz
+                grads[f"{layer.name}/bias"] = dz.sum(axis=0)
+                upstream = dz @ kernel.T if need_input_grad else None
+            else:
+                grads[f"{layer.name}/kernel"], grads[f"{layer.name}/bias"], upstream = _conv_backward(layer, kernel, cache, dz, need_input_grad)
+        elif isinstance(layer, MaxPool2D):
+            upstream = _pool_backward(layer, cache, upstream)
+        elif isinstance(layer, Flatten):
+            upstream = _unflatten(upstream, cache["shape"], conventions)
+    return grads
+
+
+def _passes_gradient(layer, cache: dict, position: tuple) -> bool:
+    """Whether the activation of ``layer`` lets a gradient through at ``position``."""
+    if isinstance(layer, (Conv2D, Dense)) and layer.activation == "relu":
+        return bool(cache["z"][position] > 0)
+    return True
+
+
+def gradients_and_kinks(
+    spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.ndarray, rel: float, conventions: Conventions = CANONICAL
+) -> tuple[float, Weights, np.ndarray, Weights, int]:
+    """``loss_and_gradients`` plus, per weight, how far the gradients can move at near-ties.
+
+    The gradients of ReLU and max pooling jump where a pre-activation crosses 0 or where the
+    two largest values of a pooling window swap. Where the float64 forward lies within
+    ``rel`` x (largest magnitude in that layer) of such a point, a float32 forward can land on
+    either side and both gradients are right. For each such decision the change it makes to
+    every gradient is backpropagated through its own sample (first order, one decision at a
+    time) and summed in absolute value.
+
+    Returns (loss, gradients, logits, allowance per weight, number of near-tie decisions).
+    """
+    with single_threaded_blas():
+        weights = _as64(weights)
+        x = np.asarray(x, dtype=np.float64)
+        tape: list[tuple[Any, dict]] = []
+        logits = _forward(spec, weights, x, conventions, tape)
+        loss, upstream = softmax_cross_entropy(logits, y)
+        record: dict[int, np.ndarray] = {}
+        grads = _backward(tape, weights, upstream, len(tape) - 1, conventions, record=record)
+        allowance, count = _kink_allowance(spec, weights, x, conventions, tape, record, rel)
+        return loss, {name: grads[name] for name in spec.param_shapes()}, logits, allowance, count
+
+
+def _kink_allowance(spec, weights, x, conventions, tape, record, rel) -> tuple[Weights, int]:
+    """See ``gradients_and_kinks``; ``tape`` and ``record`` come from the full-batch pass."""
+    allowance = {name: np.zeros(shape) for name, shape in spec.param_shapes().items()}
+    sample_tapes: dict[int, list] = {}
+    count = 0
+
+    def add_flip(sample: int, start: int, delta: np.ndarray, at_z: bool) -> None:
+        if sample not in sample_tapes:
+            sample_tapes[sample] = []
+            _forward(spec, weights, x[sample : sample + 1], conventions, sample_tapes[sample])
+        for name, change in _backward(sample_tapes[sample], weights, delta, start, conventions, at_z=at_z).items():
+            allowance[name] += np.abs(change)
+
+    for index, (layer, cache) in enumerate(tape):
+        if isinstance(layer, (Conv2D, Dense)) and layer.activation == "relu" and index in record:
+            z, grad_out = cache["z"], record[index]
+            for position in map(tuple, np.argwhere((np.abs(z) <= rel * np.abs(z).max()) & (grad_out != 0))):
+                delta = np.zeros((1,) + z.shape[1:])
+                delta[(0,) + position[1:]] = grad_out[position] * (-1.0 if z[position] > 0 else 1.0)
+                add_flip(position[0], index, delta, at_z=True)
+                count += 1
+        elif isinstance(layer, MaxPool2D) and index in record and index > 0:
+            count += _pool_flips(layer, cache, record[index], tape[index - 1], rel, add_flip, index - 1)
+    return allowance, count
+
+
+def _pool_flips(layer: MaxPool2D, cache: dict, grad_out: np.ndarray, producer_entry, rel: float, add_flip, producer_index: int) -> int:
+    """Reroute each window's gradient to every other element that float32 could make its maximum.
+
+    Candidates are the elements within ``rel`` x the layer's largest value of the window's
+    maximum whose own ReLU may pass a gradient (pre-activation above -``rel`` x its largest),
+    which covers the all-zero windows of dead ReLUs where one element sits on the kink.
+    """
+    producer, producer_cache = producer_entry
+    windows, argmax = cache["windows"], cache["argmax"]
+    p, s = layer.pool_size, layer.stride
+    top_pad, left_pad = cache["crop"][:2]
+    input_shape = cache["input_shape"]
+    out_h, out_w = grad_out.shape[1:3]
+    finite = windows[np.isfinite(windows)]
+    scale = np.abs(finite).max() if finite.size else 0.0
+    candidate = windows >= windows.max(axis=3, keepdims=True) - rel * scale
+    has_z = isinstance(producer, (Conv2D, Dense)) and "z" in producer_cache
+    if has_z and producer.activation == "relu":
+        z = producer_cache["z"]
+        bottom = cache["padded_shape"][1] - top_pad - input_shape[1]
+        right = cache["padded_shape"][2] - left_pad - input_shape[2]
+        z_padded = np.pad(z, ((0, 0), (top_pad, bottom), (left_pad, right), (0, 0)), constant_values=-np.inf)
+        can_pass = _windows(z_padded, p, s, out_h, out_w).reshape(windows.shape) > -rel * np.abs(z).max()
+    else:
+        can_pass = np.isfinite(windows)
+    offsets = np.arange(p * p).reshape(1, 1, 1, p * p, 1)
+    alternatives = candidate & can_pass & (offsets != argmax[:, :, :, None, :]) & (grad_out[:, :, :, None, :] != 0)
+    count = 0
+    for n, i, j, k, c in map(tuple, np.argwhere(alternatives)):
+        chosen = int(argmax[n, i, j, c])
+        pos_a = (i * s + chosen // p - top_pad, j * s + chosen % p - left_pad)
+        pos_b = (i * s + k // p - top_pad, j * s + k % p - left_pad)
+        dout = grad_out[n, i, j, c]
+        delta = np.zeros((1,) + tuple(input_shape[1:]))
+        # With the producer's pre-activation as the target, b's ReLU counts as passing (it is near its kink).
+        passes_a = _passes_gradient(producer, producer_cache, (n, *pos_a, c)) if has_z else True
+        delta[(0, *pos_a, c)] -= dout * passes_a
+        delta[(0, *pos_b, c)] += dout
+        add_flip(int(n), producer_index, delta, has_z)
+        count += 1
+    return count
+
+
+class SGD:
+    """Plain SGD without momentum: w <- w - lr * g."""
+
+    name = "sgd"
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = learning_rate
+
+    def step(self, weights: Weights, grads: Weights) -> Weights:
+        return {name: np.asarray(w, np.float64) - self.learning_rate * grads[name] for name, w in weights.items()}
+
+
+class Adam:
+    """Bias-corrected Adam: w <- w - lr * m_hat / (sqrt(v_hat) + epsilon), moments starting at 0."""
+
+    name = "adam"
+
+    def __init__(self, learning_rate: float, beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2, epsilon: float = ADAM_EPSILON):
+        self.learning_rate, self.beta1, self.beta2, self.epsilon = learning_rate, beta1, beta2, epsilon
+        self.t = 0
+        self.m: Weights = {}
+        self.v: Weights = {}
+
+    def corrected_moments(self) -> tuple[Weights, Weights]:
+        """(m_hat, v_hat) after the latest step."""
+        m_hat = {name: m / (1 - self.beta1**self.t) for name, m in self.m.items()}
+        v_hat = {name: v / (1 - self.beta2**self.t) for name, v in self.v.items()}
+        return m_hat, v_hat
+
+    def step(self, weights: Weights, grads: Weights) -> Weights:
+        self.t += 1
+        for name, g in grads.items():
+            self.m[name] = self.beta1 * self.m.get(name, 0.0) + (1 - self.beta1) * g
+            self.v[name] = self.beta2 * self.v.get(name, 0.0) + (1 - self.beta2) * g * g
+        m_hat, v_hat = self.corrected_moments()
+        return {
+            name: np.asarray(w, np.float64) - self.learning_rate * m_hat[name] / (np.sqrt(v_hat[name]) + self.epsilon)
+            for name, w in weights.items()
+        }
+
+
+def adam_update_bound(t: int, beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2) -> float:
+    """The largest |m_hat / sqrt(v_hat)| any gradient history can give at step ``t`` (Cauchy-Schwarz).
+
+    1 at the first step (the update is lr * sign(g)); an Adam step never moves a weight by
+    more than ``learning_rate`` times this.
+    """
+    total = sum(((1 - beta1) * beta1 ** (t - j)) ** 2 / ((1 - beta2) * beta2 ** (t - j)) for j in range(1, t + 1))
+    return math.sqrt(1 - beta2**t) / (1 - beta1**t) * math.sqrt(total)
+
+
+def make_optimizer(name: str, learning_rate: float) -> SGD | Adam:
+    if name == "adam":
+        return Adam(learning_rate)
+    if name == "sgd":
+        return SGD(learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}")
