@@ -219,6 +219,7 @@ def list_command() -> None:
 
 
 # --- commands defined in cnnbench/commands/ (one registration line each, keep this anchor) ---
+cli.add_command(__import__("cnnbench.commands.plugins", fromlist=["plugins_command"]).plugins_command)
 cli.add_command(__import__("cnnbench.commands.check", fromlist=["check"]).check)
 cli.add_command(__import__("cnnbench.commands.datasets", fromlist=["datasets_command"]).datasets_command)
 cli.add_command(__import__("cnnbench.commands.compare", fromlist=["compare_command"]).compare_command)
