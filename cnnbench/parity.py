@@ -242,9 +242,7 @@ def _diagnose_logits(spec: ModelSpec, weights: Weights, x: np.ndarray, logits: n
 GRADIENT_RULE = f"{GRAD_REL:g} x max|reference| + near-tie allowance"
 
 
-def forward_checks(session, spec: ModelSpec, weights: Weights, data: CheckData) -> list[Check]:
-    """Predict, loss and gradients, evaluate, and that none of them changes the weights."""
-    checks: list[Check] = []
+def _forward_checks(checks: list[Check], session, spec: ModelSpec, weights: Weights, data: CheckData) -> None:
     x, y = data.x_batch, data.y_batch
     loss_ref, grads_ref, logits_ref, kinks, n_kinks = ref.gradients_and_kinks(spec, weights, x, y, KINK_REL)
 
@@ -272,24 +270,22 @@ def forward_checks(session, spec: ModelSpec, weights: Weights, data: CheckData) 
         checks.append(check)
 
     checks.append(_check_round_trip("weights unchanged", session, weights))
-    return checks
 
 
-def evaluate_checks(session, spec: ModelSpec, weights: Weights, data: CheckData) -> list[Check]:
-    """``evaluate`` on the check batch as test set, with a batch size that leaves a partial batch."""
+def _evaluate_checks(checks: list[Check], session, spec: ModelSpec, weights: Weights, data: CheckData) -> None:
+    """On the check batch as test set, with a batch size that leaves a partial last batch."""
     logits_ref = ref.forward(spec, weights, data.x_batch)
     loss_ref, _ = ref.softmax_cross_entropy(logits_ref, data.y_batch)
     n = len(data.y_batch)
     eval_batch = max(1, (3 * n) // 8)
     loss, accuracy = _call("evaluate", session.evaluate, eval_batch)
-    checks = [compare("evaluate loss", loss, loss_ref, LOSS_REL * abs(loss_ref), f"{LOSS_REL:g} x |reference| (batch size {eval_batch} of {n})")]
+    checks.append(compare("evaluate loss", loss, loss_ref, LOSS_REL * abs(loss_ref), f"{LOSS_REL:g} x |reference| (batch size {eval_batch} of {n})"))
     # A prediction may legitimately flip where the top two logits are within the logits tolerance.
     top2 = np.sort(logits_ref, axis=1)[:, -2:]
     ambiguous = int((top2[:, 1] - top2[:, 0] <= 2 * LOGITS_REL * np.abs(logits_ref).max()).sum())
     accuracy_ref = float((logits_ref.argmax(axis=1) == data.y_batch).mean())
     checks.append(compare("evaluate accuracy", accuracy, accuracy_ref, ambiguous / n, "1/n per near-tie of the top two logits", f"{accuracy:.4f} vs {accuracy_ref:.4f}"))
     checks.append(_check_round_trip("weights unchanged by evaluate", session, weights))
-    return checks
 
 
 def _reference_steps(spec: ModelSpec, weights: Weights, data: CheckData, optimizer: str, learning_rate: float):
@@ -325,8 +321,7 @@ def _reference_steps(spec: ModelSpec, weights: Weights, data: CheckData, optimiz
     return np.array(losses), np.array(loss_allowance), w, allowance, capped
 
 
-def step_checks(session, spec: ModelSpec, optimizer: str, learning_rate: float, weights: Weights, data: CheckData, loaded: bool = False) -> list[Check]:
-    """K steps of ``train_batches`` from ``weights`` (spec without dropout) against the reference."""
+def _step_checks(checks: list[Check], session, spec: ModelSpec, optimizer: str, learning_rate: float, weights: Weights, data: CheckData, loaded: bool) -> None:
     if spec.has_dropout:
         raise ValueError("step checks need a spec without dropout (see without_dropout)")
     steps = len(data.step_indices)
@@ -338,7 +333,7 @@ def step_checks(session, spec: ModelSpec, optimizer: str, learning_rate: float, 
     _call("sync", session.sync)
     final = _call("get_weights", session.get_weights)
     losses_ref, loss_allowance, final_ref, allowance, capped = _reference_steps(spec, weights, data, optimizer, learning_rate)
-    checks = [compare(f"{label}: losses of {steps} steps", losses, losses_ref, loss_allowance, f"{LOSS_REL:g} x |loss| + sum |g| x weight allowance (lr {learning_rate:g})")]
+    checks.append(compare(f"{label}: losses of {steps} steps", losses, losses_ref, loss_allowance, f"{LOSS_REL:g} x |loss| + sum |g| x weight allowance (lr {learning_rate:g})"))
     for name, expected in final_ref.items():
         if name not in final:
             checks.append(structural(f"{label}: {name} after {steps} steps", False, "missing from get_weights"))
@@ -349,7 +344,6 @@ def step_checks(session, spec: ModelSpec, optimizer: str, learning_rate: float, 
         if n_capped and optimizer == "adam":
             check.detail = f"{n_capped} of {capped[name].size} elements have gradients as small as their float32 error (allowance capped at 2 lr per step)"
         checks.append(check)
-    return checks
 
 
 def summarize(checks: list[Check], skipped: list[str] | None = None) -> dict[str, Any]:
@@ -357,12 +351,10 @@ def summarize(checks: list[Check], skipped: list[str] | None = None) -> dict[str
     failed = [check for check in checks if not check.passed]
     if failed:
         first = failed[0]
-        if first.detail:
-            what = first.detail
-        elif first.max_abs is not None:
-            what = f"max abs diff {first.max_abs:.3g} > tolerance {first.tolerance:.3g}" if first.tolerance is not None else f"max abs diff {first.max_abs:.3g}"
+        if first.max_abs is not None and first.tolerance is not None:
+            what = f"max abs diff {first.max_abs:.3g} > tolerance {first.tolerance:.3g}" + (f" ({first.detail})" if first.detail else "")
         else:
-            what = "failed"
+            what = first.detail or "failed"
         message = f"{first.name}: {what}"
         if len(failed) > 1:
             others = [check.name for check in failed[1:]]
@@ -379,6 +371,25 @@ def summarize(checks: list[Check], skipped: list[str] | None = None) -> dict[str
     if skipped:
         result["skipped"] = list(skipped)
     return result
+
+
+def forward_checks(session, spec: ModelSpec, weights: Weights, data: CheckData) -> list[Check]:
+    """Predict, loss and gradients against the reference; ``weights`` already set in ``session``."""
+    return _run_checks(lambda checks: _forward_checks(checks, session, spec, weights, data))
+
+
+def evaluate_checks(session, spec: ModelSpec, weights: Weights, data: CheckData) -> list[Check]:
+    """``evaluate`` against the reference; ``weights`` set and ``data`` loaded in ``session``."""
+    return _run_checks(lambda checks: _evaluate_checks(checks, session, spec, weights, data))
+
+
+def step_checks(session, spec: ModelSpec, optimizer: str, learning_rate: float, weights: Weights, data: CheckData, loaded: bool = False) -> list[Check]:
+    """K steps of ``train_batches`` from ``weights`` against the reference (``spec`` without dropout).
+
+    ``session`` must have been built with ``optimizer`` and ``learning_rate``; ``loaded``: the
+    check data is already loaded in it.
+    """
+    return _run_checks(lambda checks: _step_checks(checks, session, spec, optimizer, learning_rate, weights, data, loaded))
 
 
 def _run_checks(run: Callable[[list[Check]], None]) -> list[Check]:
