@@ -77,7 +77,7 @@ def run_options(func):
     """Options shared by ``run`` and commands built on it."""
     options = [
         click.option("--frameworks", "-f", default="all", show_default=True, help="Comma list of backends (name or name:variant), or 'all'."),
-        click.option("--dataset", "-d", default="mnist", show_default=True, help="Registered dataset name (see 'cnnbench list')."),
+        click.option("--dataset", "-d", default=None, help="Registered dataset name (see 'cnnbench list') [mnist]."),
         click.option("--epochs", "-e", type=int, default=None, help="Training epochs [1]."),
         click.option("--batch-size", "-b", type=int, default=None, help="Training batch size [100]."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [adam]."),
@@ -104,6 +104,7 @@ def run_options(func):
         click.option("--results-dir", type=click.Path(file_okay=False), default=None, help="Where result JSON files go [$CNNBENCH_RESULTS_DIR or ./results]."),
         click.option("--no-save", is_flag=True, default=False, help="Do not write a result file."),
         click.option("--skip-parity", is_flag=True, default=False, help="Skip the parity check against the float64 reference (on by default)."),
+        click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write loss / accuracy curves and throughput bars to FILE.png (evaluates after every epoch)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -140,7 +141,7 @@ def build_configs(params: dict, base_train: TrainConfig | None = None, base_data
     return train.validate(), data.validate()
 
 
-def execute_run(params: dict, train: TrainConfig, data: DataConfig, preset: str | None = None, title: str | None = None):
+def execute_run(params: dict, train: TrainConfig, data: DataConfig, preset: str | None = None, title: str | None = None, show: bool = True):
     """Validate, prepare the dataset once, run every backend in its own process, print and save."""
     registry = load_registry()
     targets = parse_frameworks(params["frameworks"], registry)
@@ -150,7 +151,7 @@ def execute_run(params: dict, train: TrainConfig, data: DataConfig, preset: str 
     options = RunOptions(
         repeat=params["repeat"], timeout_s=params["timeout_s"], target_accuracy=params["target_accuracy"],
         allocator=params["allocator"], results_dir=params["results_dir"], save=not params["no_save"], preset=preset,
-        measure_ceiling=True, parity=not params["skip_parity"],
+        measure_ceiling=True, parity=not params["skip_parity"], evaluate_each_epoch=bool(params.get("plot")),
     )
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
     try:
@@ -161,7 +162,8 @@ def execute_run(params: dict, train: TrainConfig, data: DataConfig, preset: str 
         where = f"; finished results saved to {stop.path}" if stop.path else ""
         err_console.print(f"[yellow]interrupted[/yellow]{where}")
         sys.exit(130)
-    report.print_result(result, console, title)
+    if show:
+        report.print_result(result, console, title)
     if path:
         console.print(f"saved {path}")
     return result, path
@@ -169,12 +171,74 @@ def execute_run(params: dict, train: TrainConfig, data: DataConfig, preset: str 
 
 @cli.command()
 @run_options
-def run(**params) -> None:
+@click.option("--preset", default=None, help="Start from a named preset (see 'cnnbench presets'); flags override it.")
+def run(preset: str | None, **params) -> None:
     """Train and evaluate the LeNet in each framework; print a table and save a result JSON."""
-    train, data = build_configs(params)
-    result, _ = execute_run(params, train, data)
+    from cnnbench import presets
+
+    chosen = presets.get(preset) if preset else None
+    train, data = build_configs(params, chosen.train if chosen else None, chosen.data if chosen else None)
+    result, _ = execute_run(params, train, data, preset=preset)
+    if params["plot"]:
+        from cnnbench.plots import plot_runs
+
+        console.print(f"plot written to {plot_runs([(preset or data.dataset, result)], params['plot'])}")
     if any(row.status not in ("ok", "unavailable") for row in result.backends):
         sys.exit(1)
+
+
+@cli.command("presets")
+def presets_command() -> None:
+    """The reference chapter's experiments, as named presets for 'run --preset' and 'reproduce'."""
+    from cnnbench import presets
+
+    table = Table(title="Presets (the reference chapter's results table)", title_justify="left")
+    for column in ("preset", "published", "optimizer", "epochs", "init", "dropout", "data", "what"):
+        table.add_column(column, overflow="fold")
+    for p in presets.PRESETS.values():
+        data = p.data.dataset + (f", {p.data.validation:,} held out" if p.data.validation else "")
+        table.add_row(
+            p.name, f"{100 * p.published_accuracy:.2f}% ({p.published_with})", f"{p.train.optimizer} {p.train.learning_rate:g}",
+            str(p.train.epochs), p.train.init, f"{p.train.dropout:g}" if p.train.dropout else "-", data,
+            p.description + (f". {p.notes}" if p.notes else ""),
+        )
+    console.print(table)
+
+
+@cli.command("reproduce")
+@click.option("--frameworks", "-f", default="all", show_default=True, help="Comma list of backends, or 'all'.")
+@click.option("--presets", "preset_names", default="all", show_default=True, help="Comma list of presets, or 'all'.")
+@click.option("--quick", is_flag=True, help="Shortened runs for CI: fewer epochs, seeded subsets (the table says so).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files.")
+@click.option("--offline", is_flag=True, default=False, help="Never download datasets.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads per framework [all cores].")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds before a backend's worker is killed.")
+@click.option("--results-dir", type=click.Path(file_okay=False), default=None, help="Where result JSON files go.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write curves and throughput bars for every preset to FILE.png.")
+def reproduce_command(frameworks, preset_names, quick, data_dir, offline, threads, timeout_s, results_dir, plot) -> None:
+    """Run the chapter's experiments in every framework; published vs measured accuracy side by side."""
+    import time
+
+    from cnnbench import presets
+    from cnnbench.config import override
+
+    chosen = presets.parse(preset_names)
+    params = {"frameworks": frameworks, "repeat": 1, "timeout_s": timeout_s, "target_accuracy": None, "allocator": "auto",
+              "results_dir": results_dir, "no_save": False, "skip_parity": False, "plot": True}
+    runs = []
+    started = time.perf_counter()
+    for preset in chosen:
+        train, data = preset.configs(quick)
+        train = override(train, threads=threads).validate()
+        data = override(data, data_dir=data_dir, offline=offline or None).validate()
+        console.rule(f"{preset.name}{' (quick)' if quick else ''}")
+        result, _ = execute_run(params, train, data, preset=preset.name, show=False)
+        runs.append((preset, result))
+    console.print(report.reproduce_table(runs, quick, time.perf_counter() - started))
+    if plot:
+        from cnnbench.plots import plot_runs
+
+        console.print(f"plot written to {plot_runs([(p.name, r) for p, r in runs], plot)}")
 
 
 @cli.command("list")

@@ -82,13 +82,18 @@ def measure(
     config: TrainConfig,
     progress: ProgressCallback | None = None,
     target_accuracy: float | None = None,
+    evaluate_each_epoch: bool = False,
 ) -> ProtocolOutcome:
-    """Train ``config.epochs`` epochs and evaluate, returning timings and metrics."""
+    """Train ``config.epochs`` epochs and evaluate, returning timings and metrics.
+
+    With ``target_accuracy`` or ``evaluate_each_epoch`` the test set is evaluated after every
+    epoch (outside the training clock) for time-to-accuracy and accuracy curves.
+    """
     outcome = ProtocolOutcome()
     n_train, batch = len(data.y_train), config.batch_size
     if n_train < batch:
         raise ValueError(f"the training set ({n_train} images) is smaller than one batch ({batch})")
-    evaluate_each_epoch = target_accuracy is not None
+    evaluate_each_epoch = evaluate_each_epoch or target_accuracy is not None
     per_epoch_rates: list[float] = []
     single_epoch_steady: float | None = None
 
@@ -133,7 +138,7 @@ def measure(
         if evaluate_each_epoch:
             outcome.test_loss, outcome.test_accuracy, outcome.eval_s = _evaluate(session, config, len(data.y_test))
             record_accuracy = outcome.test_accuracy
-            if outcome.time_to_accuracy_s is None and outcome.test_accuracy >= target_accuracy:
+            if target_accuracy is not None and outcome.time_to_accuracy_s is None and outcome.test_accuracy >= target_accuracy:
                 outcome.time_to_accuracy_s = outcome.train_s
         outcome.epochs.append(EpochRecord(epoch, mean_loss, seconds, samples, samples / seconds, record_accuracy))
 

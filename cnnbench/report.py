@@ -131,3 +131,38 @@ def settings_table(differing: dict[str, dict[str, Any]]) -> Table:
     for key, values in differing.items():
         table.add_row(key, *[str(values.get(b, "-")) for b in backends])
     return table
+
+
+def reproduce_table(runs: list, quick: bool, wall_s: float | None = None) -> Table:
+    """Published vs measured test accuracy per preset and framework, with training time.
+
+    ``runs`` holds (preset, RunResult) pairs. Quick runs are labelled in the title: their
+    numbers are not comparable with the published ones.
+    """
+    backends: list[str] = []
+    for _, run in runs:
+        for row in run.backends:
+            if row.backend not in backends:
+                backends.append(row.backend)
+    title = "Reproducing the reference chapter" + (" - QUICK: fewer epochs and subsets, not comparable with the published figures" if quick else "")
+    if wall_s is not None:
+        title += f" (wall time {wall_s / 60:.1f} min)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("experiment")
+    table.add_column("published", justify="right")
+    for backend in backends:
+        table.add_column(f"{backend}\nacc (diff) | train s", justify="right")
+    for preset, run in runs:
+        cells = []
+        for backend in backends:
+            row = run.backend(backend)
+            accuracy = row.median("test_accuracy") if row else None
+            if row is None or accuracy is None:
+                cells.append("-" if row is None else f"[dim]{row.status}[/dim]")
+                continue
+            diff = 100 * (accuracy - preset.published_accuracy)
+            colour = "green" if abs(diff) <= 0.5 else ("yellow" if abs(diff) <= 1.0 else "red")
+            cells.append(f"{100 * accuracy:.2f}% ([{colour}]{diff:+.2f}[/{colour}]) | {fmt_number(row.median('train_s'), 0)}")
+        epochs = run.train.epochs
+        table.add_row(f"{preset.name} ({epochs} ep)", f"{100 * preset.published_accuracy:.2f}% ({preset.published_with})", *cells)
+    return table

@@ -103,6 +103,8 @@ class RunOptions:
     measure_ceiling: bool = False
     #: Run the parity check against the float64 reference in each worker before training.
     parity: bool = False
+    #: Evaluate after every epoch (accuracy curves for plots); never counted as training time.
+    evaluate_each_epoch: bool = False
 
 
 def harness_environment(train: TrainConfig, allocator: str) -> tuple[dict[str, str], dict[str, Any]]:
@@ -227,7 +229,7 @@ def measure_backend(
         return replace(row, status=UNAVAILABLE, reason=reason), {}
     env_base, manifest = harness_environment(train, options.allocator)
     env = {**os.environ, **env_base, **backend.process_environment(target.variant, train), **options.extra_env}
-    request = WorkerRequest(target.name, target.variant, train, data, options.target_accuracy, extra={"parity": options.parity})
+    request = WorkerRequest(target.name, target.variant, train, data, options.target_accuracy, extra={"parity": options.parity, "evaluate_each_epoch": options.evaluate_each_epoch})
     measurements: list[Measurement] = []
     records: dict[str, Any] = {}
     for repeat in range(1, options.repeat + 1):

@@ -123,6 +123,7 @@ def run(request: WorkerRequest, events: EventStream) -> int:
         request.train,
         progress=lambda epoch, done, total: events.emit("progress", epoch=epoch, done=done, total=total),
         target_accuracy=request.target_accuracy,
+        evaluate_each_epoch=bool(request.extra.get("evaluate_each_epoch")),
     )
     measurement = {
         "status": outcome.status,

@@ -155,7 +155,7 @@ class TorchSession(Session):
             grads[f"{layer_name}/kernel"] = from_native(f"{layer_name}/kernel", module.weight.grad.cpu().numpy())
             grads[f"{layer_name}/bias"] = module.bias.grad.cpu().numpy().copy()
         self.model.zero_grad(set_to_none=True)
-        return float(loss), grads
+        return float(loss.detach()), grads
 
     def get_weights(self) -> dict[str, np.ndarray]:
         weights = {}
