@@ -1,12 +1,13 @@
 """Compare two runs metric by metric, and decide what is a regression without crying wolf.
 
-A change is a regression only when it is both *large* (beyond the metric's threshold, in the
-direction that is worse for that metric) and *real* (not explained by the noise the repeats
-show). With repeats on both sides the noise test is an exact one-sided Mann-Whitney U test
-over the per-repeat values (each repeat is a fresh process, so repeats are independent); when
-the sample sizes are too small for the test to ever reach ``alpha`` (e.g. 2 vs 2), the two
-sets of values must not overlap at all; with a single value on either side, only the
-threshold decides. Written here in a few lines instead of depending on scipy.
+A change is a regression only when it is *large* (its median passes the metric's threshold, in
+the direction that is worse for that metric) and the repeats show it is *beyond the threshold,
+not noise*: the current repeats are tested against the baseline repeats moved by the threshold
+(e.g. 90% of each baseline throughput for -10%). With repeats on both sides that test is an
+exact one-sided Mann-Whitney U test (each repeat is a fresh process, so repeats are
+independent); when the sample sizes are too small for it ever to reach ``alpha`` (e.g. 2 vs 2)
+the two sets must not overlap at all; with a single value on either side the threshold alone
+decides. The test is written here in a few lines instead of depending on scipy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import typing
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
@@ -72,9 +74,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("peak_rss_mb", "peak memory (RSS)", "MB", False, ("peak_rss", "rss", "memory")),
 )
 
-_NUMERIC_FIELDS = {
-    f for cls in (Measurement, Phases) for f, tp in cls.__annotations__.items() if "float" in str(tp) and "tuple" not in str(tp)
-}
+#: Any single-number field of a repeat can be compared or plotted, not only the five above.
+_NUMERIC_FIELDS = {name for cls in (Measurement, Phases) for name, tp in typing.get_type_hints(cls).items() if tp in (float, float | None)}
 
 
 def metric_for(name: str) -> Metric:
@@ -116,6 +117,17 @@ class Threshold:
         elif self.kind == "pp":
             moved *= 100
         return moved > self.amount + 1e-9 * max(1.0, self.amount)  # 0.96 - 0.95 is not "more than 1 pp"
+
+    def shift(self, metric: Metric, value: float, toward_worse: bool) -> float:
+        """``value`` moved by the threshold toward worse (or better): the line a change must clear."""
+        step = {"%": abs(value) * self.amount / 100, "pp": self.amount / 100}.get(self.kind, self.amount)
+        return value + step * _direction(metric, toward_worse)
+
+
+def _direction(metric: Metric, toward_worse: bool) -> float:
+    """+1 when worse (or better, if asked) means a larger value, else -1."""
+    worse_is_larger = not metric.bigger_is_better
+    return 1.0 if worse_is_larger == toward_worse else -1.0
 
 
 DEFAULT_FAIL_ON = "train_throughput:-10%,eval_throughput:-10%,first_epoch:+25%,accuracy:-1pp,peak_rss:+20%"
@@ -217,16 +229,16 @@ class Evidence:
     p_value: float | None = None
 
 
-def noise_test(worse_side: Sequence[float], better_side: Sequence[float], alpha: float) -> Evidence:
-    """Is ``worse_side`` really larger than ``better_side``? (callers orient the values)."""
-    n, m = len(worse_side), len(better_side)
+def noise_test(current: Sequence[float], reference: Sequence[float], alpha: float) -> Evidence:
+    """Are the ``current`` values really larger than the ``reference`` ones? (callers orient the values)."""
+    n, m = len(current), len(reference)
     sizes = f"{n} vs {m}"
     if n == 1 and m == 1:
-        return Evidence(worse_side[0] > better_side[0], "single values: threshold only")
+        return Evidence(current[0] > reference[0], "single values: threshold only")
     if smallest_p(n, m) <= alpha:
-        p = mann_whitney_greater(worse_side, better_side)
+        p = mann_whitney_greater(current, reference)
         return Evidence(p <= alpha, f"p={p:.3g} (Mann-Whitney, {sizes})", p)
-    separated = min(worse_side) > max(better_side)
+    separated = min(current) > max(reference)
     return Evidence(separated, f"{'no overlap' if separated else 'ranges overlap'} ({sizes}, too few repeats for a test)")
 
 
@@ -308,14 +320,16 @@ def judge(backend: str, metric: Metric, baseline: Sequence[float], current: Sequ
         side = "baseline" if not base else "current run"
         return replace(row, verdict=NOT_AVAILABLE, evidence=f"no value in the {side}")
     b, c = stats.median(base), stats.median(cur)
-    # Orient the values so that "larger" means "worse" for the noise test.
-    worse = [-v for v in cur] if metric.bigger_is_better else list(cur)
-    ref = [-v for v in base] if metric.bigger_is_better else list(base)
     gate = threshold or Threshold(0.0, "")
     for toward_worse, verdict in ((True, WORSE), (False, BETTER)):
         if not gate.beyond(metric, b, c, toward_worse):
             continue
-        evidence = noise_test(worse, ref, alpha) if toward_worse else noise_test(ref, worse, alpha)
+        # Test the current repeats against the baseline repeats moved by the threshold, values
+        # oriented so that larger means further in the direction tested: the change must be
+        # significantly *beyond the threshold*, not merely different from zero.
+        sign = _direction(metric, toward_worse)
+        line = [sign * gate.shift(metric, v, toward_worse) for v in base]
+        evidence = noise_test([sign * v for v in cur], line, alpha)
         if evidence.significant:
             return replace(row, verdict=verdict, regression=toward_worse and threshold is not None, evidence=evidence.text)
         return replace(row, verdict=SAME, evidence=f"within noise: {evidence.text}")

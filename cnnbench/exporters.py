@@ -265,8 +265,9 @@ def comparison_markdown(comparison: Comparison) -> str:
         "",
         _table(header, rows, right=range(2, 7)),
         "",
-        f"Medians over repeats ± half IQR. A row is a regression when the change passes its threshold in the bad "
-        f"direction and the noise test agrees (one-sided Mann-Whitney U, alpha {comparison.alpha:g}, with enough repeats).",
+        f"Medians over repeats ± half IQR. A row is a regression when its change passes the threshold in the bad direction "
+        f"and the repeats put it beyond the threshold, not within noise (one-sided Mann-Whitney U against the baseline "
+        f"moved by the threshold, alpha {comparison.alpha:g}; with too few repeats for the test: no overlap).",
     ]
     if comparison.warnings:
         lines += ["", "> [!WARNING]", "> These runs differ in more than the code:"]

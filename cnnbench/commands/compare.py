@@ -67,8 +67,8 @@ def compare_command(baseline: str, current: str, fail_on: str, metrics: str, alp
     """Compare CURRENT (default: latest) against BASELINE, per framework and metric.
 
     BASELINE and CURRENT are result files, names in the store, or latest / latest~N. A row is a
-    regression when its change passes the metric's threshold in the bad direction and is beyond
-    the noise of the repeats. Exit status: 1 on a regression, 0 otherwise, 2 on bad input.
+    regression when its change passes the metric's threshold in the bad direction and the
+    repeats put it beyond the threshold, not within noise. Exit status: 1 on a regression, 0 otherwise, 2 on bad input.
     """
     thresholds = parse_fail_on(fail_on, DEFAULT_THRESHOLDS)
     chosen = [metric_for(name) for name in metrics.split(",") if name.strip()]
