@@ -800,7 +800,10 @@ class BackendConformance:
             registry = load_registry()
             if test_class.backend_name not in registry.backends:
                 plugins = ", ".join(f"{p.name} ({p.status}{': ' + p.error if p.error else ''})" for p in registry.plugins)
-                raise ConformanceError(f"no backend named {test_class.backend_name!r} is registered; plugins found: {plugins or 'none'}")
+                raise ConformanceError(
+                    f"no backend named {test_class.backend_name!r} is registered; plugins found: {plugins or 'none'} "
+                    "(entry points come from installed distributions: pip install -e <your plugin>)"
+                )
             return registry.backends[test_class.backend_name].item
         raise ConformanceError(f"{test_class.__name__}: set `backend = YourBackend()` or `backend_name = '...'`, or override the conformance_backend fixture")
 
