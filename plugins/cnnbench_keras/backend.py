@@ -328,8 +328,9 @@ class KerasSession(Session):
         return loss.detach(), torch.autograd.grad(loss, [v.value for v in variables])
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        to_numpy = self.ops.convert_to_numpy
-        return {name: np.array(to_numpy(variable), dtype=np.float32) for name, variable in self._variables()}
+        ops = self.ops
+        # Through a tensor copy: NumPy 2 warns about the __array__ of Keras and TF variables (no copy argument).
+        return {name: np.array(ops.convert_to_numpy(ops.copy(variable)), dtype=np.float32) for name, variable in self._variables()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         named = self._variables()
