@@ -359,6 +359,23 @@ class KerasSession(Session):
 
                 torch.cuda.synchronize()
 
+    def peak_device_memory_mb(self) -> float | None:
+        if not self.device.startswith("cuda"):
+            return None
+        if self.engine == "tensorflow":
+            import tensorflow as tf
+
+            peak = tf.config.experimental.get_memory_info("GPU:0").get("peak")
+        elif self.engine == "jax":
+            import jax
+
+            peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+        else:
+            import torch
+
+            peak = torch.cuda.max_memory_allocated()
+        return None if peak is None else peak / 2**20
+
     def settings(self) -> dict[str, Any]:
         jit_compile = bool(self.model.jit_compile)  # "auto" resolved by Keras at compile
         settings: dict[str, Any] = {
