@@ -302,9 +302,9 @@ def check_parameter_count(spec: ModelSpec, weights: dict[str, np.ndarray] | None
     if extra:
         problems.append("unexpected " + ", ".join(extra))
     if problems or count != spec.num_params:
-        counted = f"{len(shapes)} arrays" if len(shapes) != len(expected) else "arrays"
+        arrays = f" in {len(shapes)} arrays" if len(shapes) != len(expected) else ""
         raise ConformanceError(
-            f"parameter count {spec.num_params:,} expected ({spec.name}, {len(expected)} arrays), backend has {count:,} in {counted}{where} "
+            f"parameter count {spec.num_params:,} expected ({spec.name}, {len(expected)} arrays), backend has {count:,}{arrays}{where} "
             f"({'; '.join(problems) or 'shapes listed differ in order'}); canonical names and shapes: spec.param_shapes()"
         )
     wrong_dtype = [f"{name} is {np.asarray(value).dtype}" for name, value in weights.items() if np.asarray(value).dtype != np.float32]
