@@ -10,8 +10,13 @@ same seeded images (``make_synthetic``, the spec's input shape) go through both,
 - ``predict`` twice on the same batch (identical: no dropout or other randomness in inference),
   logits, ``loss_and_gradients`` (loss and every gradient), ``evaluate`` (loss and accuracy
   with a batch size that leaves a partial last batch);
-- K optimizer steps through ``train_batches`` on rows of a seeded permutation: per-step losses
-  and every weight tensor afterwards, for Adam and/or SGD.
+- K optimizer steps (Adam and/or SGD) through ``train_batches`` on rows of a seeded permutation,
+  one batch per call, the reference taking each step from the backend's own weights and its
+  own moments of the gradients at those weights: per-step losses and every weight tensor after
+  every step. Comparing whole trajectories would compare drift instead: Keras' epsilon
+  placement (below) legitimately moves thousands of near-zero-gradient weights by ~lr after
+  one Adam step, which changes every later gradient far beyond float32 error. Then the same K
+  batches in one call, against the one-batch calls (what the benchmark runs).
 
 The step comparison needs dropout off, and ``train_batches`` always drops: it runs in a second
 session built from the spec with its Dropout layers removed (``without_dropout``); same weight
@@ -31,23 +36,31 @@ element-wise relative error is meaningless for values near zero.
   (12,544 for conv1 on MNIST, 16,384 on CIFAR) whose cancellation leaves the result small
   against its terms; PyTorch measured <= 2e-6. GPU convolution algorithms (Winograd, FFT) are
   less exact than direct ones, hence the 50x margin. Every injected bug is off by > 1e-2.
-- weights after K steps: a per-element bound propagated from ``GRAD_REL``, not a guess. With
-  delta = GRAD_REL * max|g| the allowed gradient error of a tensor at a step:
-  SGD moves by lr * g, so its allowance grows by lr * delta per step. Adam moves by
+- near-ties: ReLU's and max-pool's gradients jump where a pre-activation crosses 0 or a pooling
+  window's top two values swap; where the float64 forward is within ``KINK_REL`` x the layer's
+  largest value of such a point, float32 may land on either side (measured: a window whose top
+  two differed by 2e-8 rerouted and moved conv2's kernel gradient by 1e-2 relative, about one
+  batch in three of the checks). ``reference.gradients_and_kinks`` backpropagates the other
+  choice of each such decision and the gradient tolerance grows by those changes, per element.
+- weights after a step: a per-element bound propagated from the gradient tolerance, not a
+  guess. With delta = GRAD_REL * max|g| + the near-tie allowance (per element):
+  SGD moves by lr * g, so its weights may differ by lr * delta. Adam moves by
   lr * m_hat / (sqrt(v_hat) + eps): an error delta in the gradients changes m_hat by <= delta
   and sqrt(v_hat) by <= delta, so the update by <= lr * (1 + U) * delta / (sqrt(v_hat) + eps),
   where U = ``reference.adam_update_bound(t)`` (~1) bounds |m_hat| / sqrt(v_hat). For
   elements whose gradient is as small as its float32 error this is large - at step 1 Adam
   moves every weight by ~lr * sign(g), and a sign flip of a near-zero gradient is an honest
   difference of 2 lr - so the allowance is capped at 2 lr U per step, and the detail says how
-  many elements reached the cap. Keras and TensorFlow's ApplyAdam add epsilon to sqrt(v)
+  many elements reached the cap (with |m_hat| > 0; elements whose gradient is exactly 0 stay). Keras and TensorFlow's ApplyAdam add epsilon to sqrt(v)
   before bias correction (an effective epsilon of eps / sqrt(1 - beta2^t), 32x larger at
   t = 1); the allowance adds lr * |m_hat| * that epsilon / (sqrt(v_hat) + eps)^2 so either
   standard placement passes. Each step also allows float32 rounding of the stored weight and
   of the update (4 ulp each). A wrong learning rate, beta, bias correction, batch or batch
   order moves the well-conditioned majority of weights far outside these bounds.
-- per-step training losses: ``LOSS_REL`` plus the first-order effect of the weight allowance
-  so far, sum |g| * allowance.
+- per-step training losses: ``LOSS_REL`` (each step starts from the backend's own weights).
+- the same K batches in one ``train_batches`` call against K calls of one batch: the summed step
+  allowances (and, for losses, their first-order effect sum |g| x allowance); deterministic
+  backends match exactly.
 - exact (tolerance 0): weight round trips; predict twice on the same input.
 """
 
@@ -288,62 +301,91 @@ def _evaluate_checks(checks: list[Check], session, spec: ModelSpec, weights: Wei
     checks.append(_check_round_trip("weights unchanged by evaluate", session, weights))
 
 
-def _reference_steps(spec: ModelSpec, weights: Weights, data: CheckData, optimizer: str, learning_rate: float):
-    """The reference trajectory and the allowance of each quantity (see the module docstring)."""
-    opt = ref.make_optimizer(optimizer, learning_rate)
-    w = {name: np.asarray(value, np.float64) for name, value in weights.items()}
-    allowance = {name: np.zeros_like(value) for name, value in w.items()}
-    delta_max: dict[str, Any] = {name: 0.0 for name in w}
-    capped = {name: np.zeros(value.shape, dtype=bool) for name, value in w.items()}
-    losses, loss_allowance = [], []
-    for t, row in enumerate(data.step_indices, start=1):
-        loss, grads, _, kinks, _ = ref.gradients_and_kinks(spec, w, data.x_train[row], data.y_train[row], KINK_REL)
-        losses.append(loss)
-        loss_allowance.append(LOSS_REL * abs(loss) + sum(float((np.abs(grads[name]) * allowance[name]).sum()) for name in w))
-        new_w = opt.step(w, grads)
-        if optimizer == "adam":
-            m_hat, v_hat = opt.corrected_moments()
-            bound = ref.adam_update_bound(t, opt.beta1, opt.beta2)
-            epsilon_hat = opt.epsilon / math.sqrt(1 - opt.beta2**t)
-        for name in w:
-            delta = kinks[name] + GRAD_REL * float(np.abs(grads[name]).max())  # allowed gradient error, per element
-            if optimizer == "adam":
-                # m_hat and sqrt(v_hat) are weighted averages over the steps so far: the largest error bounds theirs.
-                delta_max[name] = np.maximum(delta_max[name], delta)
-                denominator = np.sqrt(v_hat[name]) + opt.epsilon
-                sensitivity = (1 + bound) * delta_max[name] / denominator + np.abs(m_hat[name]) * epsilon_hat / denominator**2
-                capped[name] |= sensitivity >= 2 * bound
-                step = learning_rate * np.minimum(2 * bound, sensitivity)
-            else:
-                step = learning_rate * delta
-            allowance[name] += step + ROUNDING * (np.abs(new_w[name]) + np.abs(new_w[name] - w[name]))
-        w = new_w
-    return np.array(losses), np.array(loss_allowance), w, allowance, capped
+def _step_allowance(optimizer, t: int, learning_rate: float, grads: Weights, kinks: Weights, before: Weights, after: Weights, delta_max: dict, capped: dict) -> Weights:
+    """How far a float32 backend's weights may be from the reference's after step ``t`` (module docstring)."""
+    allowance: Weights = {}
+    if optimizer.name == "adam":
+        m_hat, v_hat = optimizer.corrected_moments()
+        bound = ref.adam_update_bound(t, optimizer.beta1, optimizer.beta2)
+        epsilon_hat = optimizer.epsilon / math.sqrt(1 - optimizer.beta2**t)
+    for name, grad in grads.items():
+        delta = kinks[name] + GRAD_REL * float(np.abs(grad).max())  # allowed gradient error, per element
+        if optimizer.name == "adam":
+            # m_hat and sqrt(v_hat) are weighted averages over the steps so far: the largest error bounds theirs.
+            delta_max[name] = np.maximum(delta_max.get(name, 0.0), delta)
+            denominator = np.sqrt(v_hat[name]) + optimizer.epsilon
+            sensitivity = (1 + bound) * delta_max[name] / denominator + np.abs(m_hat[name]) * epsilon_hat / denominator**2
+            capped[name] = capped.get(name, False) | ((sensitivity >= 2 * bound) & (np.abs(m_hat[name]) > 0))
+            step = learning_rate * np.minimum(2 * bound, sensitivity)
+        else:
+            step = learning_rate * delta
+        allowance[name] = step + ROUNDING * (np.abs(after[name]) + np.abs(after[name] - before[name]))
+    return allowance
+
+
+def _worst(checks: list[Check]) -> Check:
+    """The failing check with the largest ratio, else the passing one closest to its tolerance."""
+    return max(checks, key=lambda check: (not check.passed, check.ratio if check.ratio is not None else math.inf))
 
 
 def _step_checks(checks: list[Check], session, spec: ModelSpec, optimizer: str, learning_rate: float, weights: Weights, data: CheckData, loaded: bool) -> None:
     if spec.has_dropout:
         raise ValueError("step checks need a spec without dropout (see without_dropout)")
     steps = len(data.step_indices)
-    label = optimizer
     _call("set_weights", session.set_weights, weights)
     if not loaded:
         _call("load_data", session.load_data, data.x_train, data.y_train, data.x_batch, data.y_batch)
-    losses = np.asarray(_call("train_batches", session.train_batches, data.step_indices), dtype=np.float64).ravel()
-    _call("sync", session.sync)
-    final = _call("get_weights", session.get_weights)
-    losses_ref, loss_allowance, final_ref, allowance, capped = _reference_steps(spec, weights, data, optimizer, learning_rate)
-    checks.append(compare(f"{label}: losses of {steps} steps", losses, losses_ref, loss_allowance, f"{LOSS_REL:g} x |loss| + sum |g| x weight allowance (lr {learning_rate:g})"))
-    for name, expected in final_ref.items():
-        if name not in final:
-            checks.append(structural(f"{label}: {name} after {steps} steps", False, "missing from get_weights"))
-            continue
-        rule = "per element: lr x propagated gradient tolerance + rounding" if optimizer == "adam" else f"per element: lr x {GRAD_REL:g} x max|g| per step + rounding"
-        check = compare(f"{label}: {name} after {steps} steps", final[name], expected, allowance[name], rule)
-        n_capped = int(capped[name].sum())
-        if n_capped and optimizer == "adam":
-            check.detail = f"{n_capped} of {capped[name].size} elements have gradients as small as their float32 error (allowance capped at 2 lr per step)"
+
+    # One step per call, the reference starting every step from the backend's own weights: each
+    # comparison is one step's error, never a trajectory that drifted (see the module docstring).
+    opt = ref.make_optimizer(optimizer, learning_rate)
+    current = {name: np.asarray(value, np.float32) for name, value in weights.items()}
+    losses, losses_ref, grads_by_step, allowances = [], [], [], []
+    per_tensor: dict[str, list[Check]] = {name: [] for name in weights}
+    delta_max: dict[str, Any] = {}
+    capped: dict[str, Any] = {}
+    for t, row in enumerate(data.step_indices, start=1):
+        step_loss = np.asarray(_call("train_batches", session.train_batches, data.step_indices[t - 1 : t]), dtype=np.float64).ravel()
+        after = _call("get_weights", session.get_weights)
+        loss_ref, grads, _, kinks, _ = ref.gradients_and_kinks(spec, current, data.x_train[row], data.y_train[row], KINK_REL)
+        predicted = opt.step(current, grads)
+        allowance = _step_allowance(opt, t, learning_rate, grads, kinks, current, predicted, delta_max, capped)
+        for name in weights:
+            check = compare(f"{optimizer}: {name} after each step", after.get(name, np.array(np.nan)), predicted[name], allowance[name], "")
+            check.detail = f"step {t}"
+            per_tensor[name].append(check)
+        losses.append(step_loss[0] if step_loss.size == 1 else np.nan)
+        losses_ref.append(loss_ref)
+        grads_by_step.append(grads)
+        allowances.append(allowance)
+        current = after
+    checks.append(compare(f"{optimizer}: loss of each step", losses, losses_ref, LOSS_REL * np.abs(losses_ref), f"{LOSS_REL:g} x |reference| at the backend's weights (lr {learning_rate:g})"))
+    rule = "per element, one step: lr x propagated gradient tolerance (capped at 2 lr) + rounding" if optimizer == "adam" else f"per element, one step: lr x ({GRAD_REL:g} x max|g| + near-tie allowance) + rounding"
+    for name, step_checks_of_tensor in per_tensor.items():
+        check = _worst(step_checks_of_tensor)
+        check.rule = rule
+        n_capped = int(np.sum(capped.get(name, False)))
+        if n_capped:
+            check.detail += f"; Adam allowance capped at 2 lr for {n_capped} of {weights[name].size} elements (|g| within its tolerance of 0)"
         checks.append(check)
+
+    # The same batches in one call: what the benchmark does. Same backend both times, so the
+    # allowances of the steps (summed) bound any difference; deterministic backends give none.
+    _call("set_weights", session.set_weights, weights)
+    one_call = np.asarray(_call("train_batches", session.train_batches, data.step_indices), dtype=np.float64).ravel()
+    final = _call("get_weights", session.get_weights)
+    cumulative = {name: np.zeros(np.shape(value)) for name, value in weights.items()}
+    loss_tolerance = []
+    for grads, allowance in zip(grads_by_step, allowances):
+        loss_tolerance.append(LOSS_REL * abs(losses_ref[len(loss_tolerance)]) + sum(float((np.abs(grads[name]) * cumulative[name]).sum()) for name in grads))
+        for name in cumulative:
+            cumulative[name] += allowance[name]
+    checks.append(compare(f"{optimizer}: {steps} batches in one call, losses", one_call, losses, loss_tolerance,
+                          "as one call per batch, within the steps' allowances", "train_batches with all rows at once"))
+    weight_checks = [compare(f"{optimizer}: {steps} batches in one call, weights", final.get(name, np.array(np.nan)), current[name], cumulative[name], "as one call per batch, within the summed step allowances") for name in weights]
+    worst = _worst(weight_checks)
+    worst.detail = f"worst: {list(weights)[weight_checks.index(worst)]}"
+    checks.append(worst)
 
 
 def summarize(checks: list[Check], skipped: list[str] | None = None) -> dict[str, Any]:
