@@ -78,7 +78,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cnnbench import reference as ref
-from cnnbench.config import ADAM_EPSILON, TrainConfig
+from cnnbench.config import TrainConfig
 from cnnbench.spec import Conv2D, Dropout, MaxPool2D, ModelSpec
 
 LOGITS_REL = 1e-5

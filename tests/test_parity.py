@@ -157,14 +157,17 @@ def _available(name: str) -> str | None:
     return registry.backends[name].item.unavailable_reason()
 
 
-@pytest.mark.parametrize("name", ["torch", "tf", "keras", "jax"])
+@pytest.mark.parametrize("name", ["tf", "keras", "jax"])
 def test_backend_passes_parity_in_its_own_process(name, tmp_path):
-    """Export (native -> canonical), round trip and gradients cover each backend's layout conversion both ways."""
+    """Export (native -> canonical), round trip and gradients cover each backend's layout conversion both ways.
+
+    PyTorch is checked in this process above; the others each need their own (Keras' engine is per process).
+    """
     reason = _available(name)
     if reason:
         pytest.skip(reason)
     out = tmp_path / "parity.json"
-    result = CliRunner().invoke(cli, ["check", "-f", name, "--optimizer", "adam", "--steps", "2", "--threads", "1", "--json", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["check", "-f", name, "--optimizer", "adam", "--steps", "1", "--threads", "1", "--json", str(out)], catch_exceptions=False)
     (row,) = json.loads(out.read_text())
     assert result.exit_code == 0 and row["status"] == "PASS", row["message"]
     for check in ["export: native -> canonical", "weights round trip", *GRADIENTS, "adam: dense1/kernel after each step"]:
