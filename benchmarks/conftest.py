@@ -72,6 +72,8 @@ def pytest_generate_tests(metafunc):
 class BenchSession:
     """A backend's session with the synthetic data loaded and a stream of training batches."""
 
+    batch, eval_batch = BATCH, EVAL_BATCH
+
     def __init__(self, name: str):
         from cnnbench import preprocess
         from cnnbench.config import DataConfig

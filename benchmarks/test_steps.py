@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BATCH, EVAL_BATCH
-
 
 @pytest.mark.benchmark(group="train step (batch 100)")
 def test_train_step(benchmark, bench_session, rounds):
@@ -21,10 +19,10 @@ def test_train_step(benchmark, bench_session, rounds):
         session.sync()
         return losses
 
-    benchmark.extra_info.update(bench_session.info(), samples_per_round=BATCH)
+    benchmark.extra_info.update(bench_session.info(), samples_per_round=bench_session.batch)
     losses = benchmark.pedantic(step, setup=lambda: ((bench_session.next_batch(),), {}), rounds=timed, warmup_rounds=warmup, iterations=1)
     assert len(losses) == 1 and losses[0] == losses[0]  # one finite-or-not-NaN loss per step
-    benchmark.extra_info["samples_per_s_median"] = BATCH / benchmark.stats.stats.median
+    benchmark.extra_info["samples_per_s_median"] = bench_session.batch / benchmark.stats.stats.median
 
 
 @pytest.mark.benchmark(group="eval batch (1000 images)")
@@ -33,11 +31,11 @@ def test_eval_batch(benchmark, bench_session, rounds):
     session = bench_session.session
 
     def evaluate():
-        result = session.evaluate(EVAL_BATCH)
+        result = session.evaluate(bench_session.eval_batch)
         session.sync()
         return result
 
-    benchmark.extra_info.update(bench_session.info(), samples_per_round=EVAL_BATCH)
+    benchmark.extra_info.update(bench_session.info(), samples_per_round=bench_session.eval_batch)
     loss, accuracy = benchmark.pedantic(evaluate, rounds=max(3, timed // 3), warmup_rounds=max(1, warmup // 3), iterations=1)
     assert 0.0 <= accuracy <= 1.0 and loss == loss
-    benchmark.extra_info["samples_per_s_median"] = EVAL_BATCH / benchmark.stats.stats.median
+    benchmark.extra_info["samples_per_s_median"] = bench_session.eval_batch / benchmark.stats.stats.median
