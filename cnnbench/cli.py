@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -89,6 +90,7 @@ def run_options(func):
         click.option("--warmup-steps", type=int, default=None, help="Batches excluded from steady state when running one epoch [10]."),
         click.option("--eval-batch-size", type=int, default=None, help="Evaluation batch size [1000]."),
         click.option("--device", type=click.Choice(DEVICES), default=None, help="Device [auto]."),
+        click.option("--devices", default=None, metavar="N|N1,N2,...", help="Data-parallel devices per host (global batch = batch size x devices); N measures 1, 2, 4 ... N and prints a scaling table; see docs/distributed.md."),
         click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE", help="Backend switch, e.g. tf.xla=true (repeatable)."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files (else $CNNBENCH_DATA_DIR, the cache...)."),
         click.option("--offline", is_flag=True, default=False, help="Never download datasets."),
@@ -178,6 +180,11 @@ def run(preset: str | None, **params) -> None:
 
     chosen = presets.get(preset) if preset else None
     train, data = build_configs(params, chosen.train if chosen else None, chosen.data if chosen else None)
+    if params.get("devices"):  # data-parallel runs and the scaling report
+        from cnnbench.commands.scale import run_device_counts
+
+        run_device_counts(params, train, data, preset)
+        return
     result, _ = execute_run(params, train, data, preset=preset)
     if params["plot"]:
         from cnnbench.plots import plot_runs
@@ -256,7 +263,7 @@ def list_command() -> None:
         backends.add_row(
             name, backend.framework, ", ".join(backend.variants) or "-", _safe(backend.framework_version) or "-",
             f"{plugin.name} ({plugin.distribution} {plugin.version})".strip(),
-            "[green]available[/green]" if not reason else f"[dim]unavailable: {reason}[/dim]",
+            "[green]available[/green]" if not reason else f"[dim]unavailable: {escape(reason)}[/dim]",
         )
     console.print(backends)
     datasets = Table(title="Datasets", title_justify="left")
@@ -278,12 +285,13 @@ def list_command() -> None:
         for column in ("plugin", "module", "status"):
             table.add_column(column, overflow="fold")
         for plugin in broken:
-            table.add_row(plugin.name, plugin.module, f"[red]{plugin.status}[/red]: {plugin.error}")
+            table.add_row(plugin.name, plugin.module, f"[red]{plugin.status}[/red]: {escape(plugin.error)}")
         console.print(table)
 
 
 # --- commands defined in cnnbench/commands/ (one registration line each, keep this anchor) ---
 cli.add_command(__import__("cnnbench.commands.plugins", fromlist=["plugins_command"]).plugins_command)
+cli.add_command(__import__("cnnbench.commands.scale", fromlist=["scale_command"]).scale_command)
 cli.add_command(__import__("cnnbench.commands.check", fromlist=["check"]).check)
 cli.add_command(__import__("cnnbench.commands.datasets", fromlist=["datasets_command"]).datasets_command)
 cli.add_command(__import__("cnnbench.commands.compare", fromlist=["compare_command"]).compare_command)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cnnbench import stats
 from cnnbench.results import OK, BackendResult, RunResult
 
-STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "diverged": "yellow", "interrupted": "yellow", "unavailable": "dim"}
+STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "diverged": "yellow", "interrupted": "yellow", "unavailable": "dim", "unsupported": "dim"}
 
 
 def fmt_number(value: float | None, digits: int = 0, suffix: str = "") -> str:
@@ -53,7 +54,7 @@ def results_table(result: RunResult, title: str | None = None) -> Table:
         table.add_column(name, justify=justify, overflow="fold")
     for row in result.backends:
         style = STATUS_STYLE.get(row.status, "")
-        status = row.status if row.status == OK else f"{row.status}: {row.reason}"
+        status = row.status if row.status == OK else escape(f"{row.status}: {row.reason}")
         table.add_row(
             backend_label(row),
             row.framework_version,
@@ -80,7 +81,7 @@ def fmt_parity(row: BackendResult) -> str:
     if status == "PASS":
         return "[green]PASS[/green]"
     if status == "FAIL":
-        return f"[red]FAIL[/red]: {row.parity.get('message', '')}"
+        return f"[red]FAIL[/red]: {escape(str(row.parity.get('message', '')))}"
     return f"[dim]{status}[/dim]"
 
 

@@ -27,6 +27,8 @@ RESULTS_DIR_ENV = "CNNBENCH_RESULTS_DIR"
 
 #: Status values of a measurement / backend row.
 OK, FAILED, TIMEOUT, DIVERGED, INTERRUPTED, UNAVAILABLE = "ok", "failed", "timeout", "diverged", "interrupted", "unavailable"
+#: The backend cannot run what was asked (e.g. data-parallel on an engine without it); the reason says why.
+UNSUPPORTED = "unsupported"
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,10 @@ def results_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """Sortable by time; the random suffix keeps two runs started in the same second apart."""
+    import secrets
+
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
 
 
 def now_iso() -> str:
@@ -219,6 +224,9 @@ def save(result: RunResult, directory: str | os.PathLike | None = None, filename
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
         with os.fdopen(fd, "w") as handle:
             handle.write(dumps(result))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a result file is for sharing
         os.replace(tmp, path)
     except OSError as exc:
         raise UsageError(f"cannot write results to {folder}: {exc.strerror or exc}") from None

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cnnbench import environment, results
+from cnnbench import distributed, environment, results
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.errors import UsageError
 from cnnbench.plugins import Registry
 from cnnbench.protocol import clock
-from cnnbench.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNAVAILABLE, BackendResult, Measurement, RunResult
+from cnnbench.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNAVAILABLE, UNSUPPORTED, BackendResult, Measurement, RunResult
 from cnnbench.worker import WorkerRequest
 
 #: Where Debian's libtcmalloc-minimal4 puts the allocator the notes measured (+40% for JAX).
@@ -101,7 +101,7 @@ class RunOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Measure (once per machine, cached) the fp32 matmul ceiling for efficiency figures.
     measure_ceiling: bool = False
-    #: Run the parity check against the float64 reference in each worker before training.
+    #: Run the parity check against the float64 reference before training (first repeat only).
     parity: bool = False
     #: Evaluate after every epoch (accuracy curves for plots); never counted as training time.
     evaluate_each_epoch: bool = False
@@ -137,15 +137,19 @@ def _signal_name(code: int) -> str:
 
 
 def run_worker(
-    request: WorkerRequest, env: dict[str, str], timeout_s: float | None, on_event, log_path: Path
+    request: WorkerRequest, env: dict[str, str], timeout_s: float | None, on_event, log_path: Path, launcher: list[str] | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """Run one worker; returns (status, final event payload). Never raises for the worker's faults."""
+    """Run one worker; returns (status, final event payload). Never raises for the worker's faults.
+
+    ``launcher``: ``python`` arguments of a process launcher (torchrun) that starts one worker per
+    device; the first one on this host sends the events, and a dead rank ends the whole group.
+    """
     with tempfile.TemporaryDirectory(prefix="cnnbench-") as tmp:
         request_path = Path(tmp) / "request.json"
         request_path.write_text(request.to_json())
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "cnnbench.worker", str(request_path)],
+                [sys.executable, *(launcher or []), "-m", "cnnbench.worker", str(request_path)],
                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, text=True, start_new_session=True,
             )
             lines: queue.Queue[str | None] = queue.Queue()
@@ -189,6 +193,9 @@ def run_worker(
         return UNAVAILABLE, final[1]
     if final:
         return FAILED, final[1]
+    launcher_failure = distributed.describe_launcher_failure(_read_log(log_path)) if launcher else None
+    if launcher_failure:
+        return FAILED, {"reason": launcher_failure}
     if code < 0:
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
         return FAILED, {"reason": f"worker killed by {_signal_name(code)}{hint}"}
@@ -196,11 +203,33 @@ def run_worker(
 
 
 def _kill(proc: subprocess.Popen) -> None:
+    # Launchers such as torchrun start each rank in a session of its own: kill them by pid too.
+    for child in _descendants(proc.pid):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _read_log(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _last_line(path: Path) -> str:
@@ -227,6 +256,9 @@ def measure_backend(
     reason = backend.unavailable_reason()
     if reason:
         return replace(row, status=UNAVAILABLE, reason=reason), {}
+    reason = backend.devices_unsupported_reason(target.variant, train)
+    if reason:
+        return replace(row, status=UNSUPPORTED, reason=reason), {}
     env_base, manifest = harness_environment(train, options.allocator)
     env = {**os.environ, **env_base, **backend.process_environment(target.variant, train), **options.extra_env}
     request = WorkerRequest(target.name, target.variant, train, data, options.target_accuracy, extra={"parity": options.parity, "evaluate_each_epoch": options.evaluate_each_epoch})
@@ -242,7 +274,10 @@ def measure_backend(
             elif kind == "phase":
                 observer.phase(target, event["name"])
 
-        status, payload = run_worker(request, env, options.timeout_s, on_event, log_path)
+        launcher = backend.worker_launcher(target.variant, train)  # per repeat: a fresh rendezvous port
+        if repeat > 1 and row.parity:  # the check is about the code, not the run: once per backend
+            request = replace(request, extra={**request.extra, "parity": False})
+        status, payload = run_worker(request, env, options.timeout_s, on_event, log_path, launcher)
         if status == UNAVAILABLE:
             return replace(row, status=UNAVAILABLE, reason=payload.get("reason", "")), {}
         if status == OK:

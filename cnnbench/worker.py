@@ -12,7 +12,7 @@ import os
 import resource
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TextIO
 
 from cnnbench import config as config_mod
@@ -56,19 +56,42 @@ class EventStream:
 
 
 def _take_over_stdout() -> EventStream:
+    from cnnbench.distributed import is_reporting_process
+
     events_fd = os.dup(1)
     os.dup2(2, 1)  # framework chatter on fd 1 now lands in the log (stderr)
     sys.stdout = sys.stderr
+    if not is_reporting_process():  # another rank of a data-parallel group on this host: silent
+        os.close(events_fd)
+        return EventStream(open(os.devnull, "w"))
     return EventStream(os.fdopen(events_fd, "w", buffering=1))
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory (MiB) since the last ``reset_peak_rss`` (Linux VmHWM), else since start."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> None:
+    """Start the peak-memory high-water mark afresh (Linux >= 4.0), so that work before training
+    (the parity check, a second dropout-free session) does not count as the training's memory."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
 
 
 def run(request: WorkerRequest, events: EventStream) -> int:
     # Imports that may be slow or fail stay inside, so failures become events.
-    from cnnbench import preprocess, protocol
+    from cnnbench import distributed, preprocess, protocol
     from cnnbench.initializers import initial_weights
     from cnnbench.plugins import load_registry
     from cnnbench.results import OK
@@ -109,6 +132,10 @@ def run(request: WorkerRequest, events: EventStream) -> int:
         )
         parity["seconds"] = protocol.clock() - t
         session.set_weights(own_weights)  # the check left other weights and optimizer state
+        import gc
+
+        gc.collect()
+        reset_peak_rss()
 
     events.emit("phase", name="load_data")
     t = protocol.clock()
@@ -117,10 +144,14 @@ def run(request: WorkerRequest, events: EventStream) -> int:
     load_data_s = protocol.clock() - t
 
     events.emit("phase", name="train", device=session.device)
+    # Data-parallel: the protocol draws global batches (per-device batch x replicas); each session
+    # takes its replicas' share of every row, so the batch order stays the harness's.
+    where = distributed.cluster()
+    global_batch = distributed.global_batch_size(request.train, where)
     outcome = protocol.measure(
         session,
         data,
-        request.train,
+        replace(request.train, batch_size=global_batch),
         progress=lambda epoch, done, total: events.emit("progress", epoch=epoch, done=done, total=total),
         target_accuracy=request.target_accuracy,
         evaluate_each_epoch=bool(request.extra.get("evaluate_each_epoch")),
@@ -153,7 +184,12 @@ def run(request: WorkerRequest, events: EventStream) -> int:
         device=session.device,
         parameters=parameters,
         parity=parity,
-        settings=session.settings(),
+        settings={
+            **session.settings(),
+            "devices_per_host": request.train.devices,
+            "hosts": where.num_hosts,
+            "global_batch": global_batch,
+        },
         model={"name": spec.name, "parameters": spec.num_params, "flops_train_per_sample": spec.flops_train, "input_shape": list(spec.input_shape)},
         preprocessing=data.record,
     )
