@@ -230,10 +230,7 @@ class KerasSession(Session):
         return self.keras.device(self.device_scope) if self.device_scope else contextlib.nullcontext()
 
     def _compile(self) -> None:
-        """Compile with a fresh optimizer: the way to reset its state (moments and step count).
-
-        Nothing is traced here: Keras traces the train step at the first ``train_on_batch``.
-        """
+        """Loss, optimizer and metrics; Keras traces the train step at the first ``train_on_batch``."""
         keras = self.keras
         if self.config.optimizer == "adam":
             optimizer = keras.optimizers.Adam(
@@ -342,7 +339,18 @@ class KerasSession(Session):
         with self._placement():
             for name, variable in named:
                 variable.assign(np.asarray(weights[name], dtype=np.float32))
-            self._compile()
+            self._reset_optimizer()
+
+    def _reset_optimizer(self) -> None:
+        """Zero the step count and moments in place: a fresh optimizer without recompiling.
+
+        A new ``compile`` would do too, but would trace (TF) or compile (jax.jit) the train
+        step again at the next batch, seconds per call in the parity checks.
+        """
+        optimizer = self.model.optimizer
+        for variable in optimizer.variables:
+            variable.assign(self.ops.zeros(variable.shape, variable.dtype))
+        optimizer.learning_rate = self.config.learning_rate  # the one optimizer variable that is not state
 
     def sync(self) -> None:
         if self.engine == "jax":
@@ -435,7 +443,21 @@ class KerasBackend(Backend):
                 env["JAX_PLATFORMS"] = "cpu"
             elif engine == "torch":
                 env["KERAS_TORCH_DEVICE"] = "cpu"
+        if engine == "jax" and config.devices > 1:  # simulated host devices for DataParallel's mesh
+            from cnnbench.distributed import with_forced_host_devices
+
+            env["XLA_FLAGS"] = with_forced_host_devices(os.environ.get("XLA_FLAGS", ""), config.devices)
         return env
+
+    def devices_unsupported_reason(self, variant: str | None, config: TrainConfig) -> str | None:
+        """keras.distribution.DataParallel where the engine implements it (JAX); see data_parallel.py."""
+        from cnnbench import distributed
+
+        if not distributed.is_data_parallel(config):
+            return None
+        from cnnbench_keras.data_parallel import unsupported_engine_reason
+
+        return unsupported_engine_reason(engine_for(variant))
 
     def import_framework(self, variant: str | None = None) -> None:
         engine = engine_for(variant)
@@ -447,4 +469,11 @@ class KerasBackend(Backend):
     def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
         engine = engine_for(variant)
         self.import_framework(engine)
+        from cnnbench import distributed
+
+        where = distributed.cluster()
+        if distributed.is_data_parallel(config, where):
+            from cnnbench_keras.data_parallel import KerasDataParallelSession
+
+            return KerasDataParallelSession(spec, config, engine, where)
         return KerasSession(spec, config, engine)
