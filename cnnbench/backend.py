@@ -118,6 +118,26 @@ class Backend(ABC):
     def import_framework(self, variant: str | None = None) -> None:
         """Import the framework. The harness times this call as the import phase."""
 
+    def devices_unsupported_reason(self, variant: str | None, config: TrainConfig) -> str | None:
+        """None when this backend can train on ``config.devices`` devices per host (and the hosts of
+        ``cnnbench.distributed.cluster()``); otherwise why not, shown as an "unsupported" row.
+
+        Called in the parent: must not import the framework. A backend that supports more than
+        one device trains data-parallel through its framework's own engine; its session receives
+        global-batch index rows and takes its replicas' share (``cnnbench.distributed``).
+        """
+        from cnnbench import distributed
+
+        if not distributed.is_data_parallel(config):
+            return None
+        return f"the {self.name} backend has no data-parallel implementation"
+
+    def worker_launcher(self, variant: str | None, config: TrainConfig) -> list[str]:
+        """``python`` arguments placed before ``-m cnnbench.worker REQUEST`` to start the worker under
+        a process launcher (e.g. ``-m torch.distributed.run --nproc-per-node 2 ...``: one worker
+        per device; only local rank 0 sends events). Empty: one plain worker process."""
+        return []
+
     @abstractmethod
     def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
         """Build the model from ``spec`` and its optimizer from ``config`` on ``config.device``.

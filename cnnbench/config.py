@@ -41,6 +41,9 @@ class TrainConfig:
     warmup_steps: int = 10
     eval_batch_size: int = 1000
     device: str = "auto"
+    #: Data-parallel devices (replicas) per host; the global batch is ``batch_size`` x devices x hosts
+    #: (see ``cnnbench.distributed``). 1 = the single-device path.
+    devices: int = 1
     #: Backend-specific switches, "backend.key" -> value (e.g. "tf.xla": "true"); recorded in results.
     backend_options: dict[str, str] = field(default_factory=dict)
 
@@ -74,6 +77,8 @@ class TrainConfig:
             raise UsageError(f"threads must be at least 1, got {self.threads}")
         if self.warmup_steps < 0:
             raise UsageError(f"warm-up steps must be 0 or more, got {self.warmup_steps}")
+        if not isinstance(self.devices, int) or self.devices < 1:
+            raise UsageError(f"devices must be at least 1, got {self.devices!r}")
         if self.device not in DEVICES:
             raise UsageError(f"unknown device {self.device!r}; choose from: {', '.join(DEVICES)}")
         return self

@@ -191,11 +191,12 @@ def run_worker(
         return OK, final[1]
     if final and final[0] == "unavailable":
         return UNAVAILABLE, final[1]
+    # Under a launcher, the reporting rank's error is often only "a peer went away": name the rank that died.
+    launcher_failure = distributed.describe_launcher_failure(_read_log(log_path), final[1].get("reason") if final else None) if launcher else None
+    if launcher_failure:
+        return FAILED, {**(final[1] if final else {}), "reason": launcher_failure}
     if final:
         return FAILED, final[1]
-    launcher_failure = distributed.describe_launcher_failure(_read_log(log_path)) if launcher else None
-    if launcher_failure:
-        return FAILED, {"reason": launcher_failure}
     if code < 0:
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
         return FAILED, {"reason": f"worker killed by {_signal_name(code)}{hint}"}

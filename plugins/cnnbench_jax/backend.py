@@ -341,11 +341,26 @@ class JaxBackend(Backend):
             env["JAX_PLATFORMS"] = "cpu"
         if config.threads:
             env[THREADS_ENV] = str(config.threads)
+        from cnnbench import distributed
+
+        if config.devices > 1:  # simulated host devices for the mesh; harmless where GPUs are used
+            env["XLA_FLAGS"] = distributed.with_forced_host_devices(os.environ.get("XLA_FLAGS", ""), config.devices)
         return env
 
     def import_framework(self, variant: str | None = None) -> None:
         import jax  # noqa: F401
         import optax  # noqa: F401
 
+    def devices_unsupported_reason(self, variant: str | None, config: TrainConfig) -> str | None:
+        return None  # jax.sharding on any number of local devices; jax.distributed across hosts
+
     def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
+        from cnnbench import distributed
+
+        where = distributed.cluster()
+        if distributed.is_data_parallel(config, where):
+            from cnnbench_jax.sharded import ShardedJaxSession, initialize_cluster
+
+            initialize_cluster(where)  # before any device is touched
+            return ShardedJaxSession(spec, config, where)
         return JaxSession(spec, config)

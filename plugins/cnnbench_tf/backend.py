@@ -362,15 +362,43 @@ class TFRawBackend(Backend):
 
     def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
         """``--backend-option tf.onednn=false`` turns TF's oneDNN kernels off; TF reads it at import."""
+        env = self.data_parallel_environment(config)
         if config.option("tf", "onednn") is None:
-            return {}
-        return {"TF_ENABLE_ONEDNN_OPTS": "1" if config.flag("tf", "onednn") else "0"}
+            return env
+        return {**env, "TF_ENABLE_ONEDNN_OPTS": "1" if config.flag("tf", "onednn") else "0"}
 
     def import_framework(self, variant: str | None = None) -> None:
         import tensorflow  # noqa: F401
 
+    def devices_unsupported_reason(self, variant: str | None, config: TrainConfig) -> str | None:
+        """MirroredStrategy on one host, MultiWorkerMirroredStrategy (TF_CONFIG) on several; not with XLA."""
+        from cnnbench import distributed
+
+        where = distributed.cluster()
+        if not distributed.is_data_parallel(config, where):
+            return None
+        if config.flag("tf", "xla"):
+            return "tf.xla=true: the data-parallel step (strategy.run) is not XLA-compiled here; drop the option"
+        if where.multi_host and config.devices > 1 and config.device == "cpu":
+            return "MultiWorkerMirroredStrategy drives one CPU device per worker: use --devices 1 on each CPU host"
+        return None
+
+    def data_parallel_environment(self, config: TrainConfig) -> dict[str, str]:
+        """TF_CONFIG for MultiWorkerMirroredStrategy when ``CNNBENCH_HOSTS`` lists several hosts."""
+        from cnnbench import distributed
+
+        where = distributed.cluster()
+        return {"TF_CONFIG": distributed.tf_config(where)} if where.multi_host else {}
+
     def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
         import tensorflow as tf
 
+        from cnnbench import distributed
+
         notes = configure_runtime(tf, config)  # before any op runs: TF fixes these at start-up
+        where = distributed.cluster()
+        if distributed.is_data_parallel(config, where):
+            from cnnbench_tf.mirrored import TFMirroredSession
+
+            return TFMirroredSession(spec, config, notes, where)
         return TFRawSession(spec, config, notes)

@@ -221,6 +221,28 @@ class TorchBackend(Backend):
     def import_framework(self, variant: str | None = None) -> None:
         import torch  # noqa: F401
 
+    def devices_unsupported_reason(self, variant: str | None, config: TrainConfig) -> str | None:
+        return None  # DistributedDataParallel: any number of devices per host, any number of hosts
+
+    def worker_launcher(self, variant: str | None, config: TrainConfig) -> list[str]:
+        """torchrun with one rank per device (see ``cnnbench.distributed.torchrun_arguments``)."""
+        from cnnbench import distributed
+
+        where = distributed.cluster()
+        if not distributed.is_data_parallel(config, where):
+            return []
+        return distributed.torchrun_arguments(config.devices, where)
+
+    def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
+        """On one host, gloo and NCCL bind to the loopback interface only (ranks talk over 127.0.0.1)."""
+        from cnnbench import distributed
+
+        where = distributed.cluster()
+        if not distributed.is_data_parallel(config, where) or where.multi_host:
+            return {}
+        interface = distributed.loopback_interface()
+        return {"GLOO_SOCKET_IFNAME": interface, "NCCL_SOCKET_IFNAME": interface} if interface else {}
+
     def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> Session:
         import torch
 
@@ -236,4 +258,10 @@ class TorchBackend(Backend):
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cudnn.benchmark = True
         warnings.filterwarnings("ignore", message="Using padding='same' with even kernel lengths")
+        from cnnbench.distributed import is_data_parallel
+
+        if is_data_parallel(config):
+            from cnnbench_torch.ddp import DDPTorchSession
+
+            return DDPTorchSession(spec, config)
         return self.session_class(spec, config)

@@ -1,0 +1,151 @@
+"""JAX data-parallel: jax.sharding with a one-axis Mesh, the batch sharded, parameters replicated.
+
+The train step is the single-device one (same forward, optax optimizer, dropout key from
+(seed, step)), jitted with explicit shardings: every global-batch row is placed sharded over
+the ``data`` axis, the gathered images are constrained to that sharding, and params, optimizer
+state and the resident dataset are replicated. XLA's SPMD partitioner inserts the gradient
+all-reduce. Random bits are partitionable (``jax_threefry_partitionable``), so dropout masks do
+not depend on the number of devices.
+
+Simulated devices on a CPU machine come from ``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
+set in the worker's environment before jax is imported (``JaxBackend.process_environment``);
+several hosts join with ``jax.distributed.initialize`` (``initialize_cluster``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cnnbench.backend import BackendError, BackendUnavailable
+from cnnbench.config import TrainConfig
+from cnnbench.distributed import Cluster
+from cnnbench.spec import ModelSpec
+
+from cnnbench_jax.backend import JaxSession
+
+AXIS = "data"
+
+
+def initialize_cluster(where: Cluster) -> None:
+    """``jax.distributed.initialize`` with host 0 as coordinator, before any device is touched."""
+    import jax
+
+    if not where.multi_host or jax.distributed.is_initialized():
+        return
+    address, port = where.coordinator
+    jax.distributed.initialize(coordinator_address=f"{address}:{port}", num_processes=where.num_hosts, process_id=where.index)
+
+
+def mesh_devices(jax, config: TrainConfig, where: Cluster) -> list:
+    """The first ``config.devices`` local devices of every process (GPUs for auto/cuda when present)."""
+    platform = "cpu"
+    if config.device in ("auto", "cuda"):
+        try:
+            platform = "gpu" if jax.devices("gpu") else "cpu"
+        except RuntimeError:
+            if config.device == "cuda":
+                raise BackendUnavailable("CUDA requested but jax sees no GPU (is jax[cuda] installed?)") from None
+    local = jax.local_devices(backend=platform)
+    if len(local) < config.devices:
+        hint = " (XLA_FLAGS --xla_force_host_platform_device_count is set by the harness before jax starts)" if platform == "cpu" else ""
+        raise BackendUnavailable(f"{config.devices} {platform} devices per host requested, jax sees {len(local)}{hint}")
+    chosen = []
+    for process in range(where.num_hosts):
+        mine = sorted((d for d in jax.devices(platform) if d.process_index == process), key=lambda d: d.id)
+        chosen.extend(mine[: config.devices])
+    return chosen
+
+
+class ShardedJaxSession(JaxSession):
+    """A ``JaxSession`` whose arrays live on a mesh: replicated state, batch-sharded steps."""
+
+    def __init__(self, spec: ModelSpec, config: TrainConfig, where: Cluster):
+        import jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        self.cluster = where
+        self.mesh_device_list = mesh_devices(jax, config, where)
+        self.mesh = Mesh(np.array(self.mesh_device_list), (AXIS,))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.batch_sharded = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        super().__init__(spec, config)
+        first = self.mesh_device_list[0]
+        kind = "cpu" if first.platform == "cpu" else f"{first.platform} ({first.device_kind})"
+        self.device = f"{len(self.mesh_device_list)} x {kind}" + (" (simulated host devices)" if first.platform == "cpu" else "")
+
+    # -- placement: everything resident is replicated over the mesh --------------------------------
+
+    def _global(self, array: np.ndarray, sharding):
+        """A global array from the same host value on every process (each keeps its addressable shards)."""
+        return self.jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+    def _put(self, array: np.ndarray):
+        return self._global(np.asarray(array), self.replicated)
+
+    def _compile(self) -> None:
+        super()._compile()  # evaluate / predict / gradients: replicated inputs, replicated results
+        import optax
+
+        jax = self.jax
+        forward, optimizer, seed = self.forward, self.optimizer, self.config.seed
+        batch_sharded, replicated = self.batch_sharded, self.replicated
+
+        def mean_loss(params, x, y, key):
+            return optax.softmax_cross_entropy_with_integer_labels(forward(params, x, key), y).mean()
+
+        def step(params, opt_state, x_train, y_train, row, step_number, shard_batch):
+            key = jax.random.fold_in(jax.random.key(seed), step_number)
+            x, y = x_train[row], y_train[row]
+            if shard_batch:
+                x = jax.lax.with_sharding_constraint(x, batch_sharded)
+                y = jax.lax.with_sharding_constraint(y, batch_sharded)
+            loss, grads = jax.value_and_grad(mean_loss)(params, x, y, key)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        def jitted(shard_batch: bool):
+            row_sharding = batch_sharded if shard_batch else replicated
+            return jax.jit(
+                lambda params, opt_state, x_train, y_train, row, step_number: step(params, opt_state, x_train, y_train, row, step_number, shard_batch),
+                in_shardings=(replicated, replicated, replicated, replicated, row_sharding, replicated),
+                out_shardings=(replicated, replicated, replicated),
+                donate_argnums=(0, 1),
+            )
+
+        # A row that does not divide over the mesh (e.g. the parity check's small batches) runs
+        # replicated: the same result, without the speed-up.
+        self._sharded_steps = {True: jitted(True), False: jitted(False)}
+
+    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        if self.x_train is None:
+            raise BackendError("train_batches called before load_data")
+        rows = np.asarray(batch_indices)
+        if rows.ndim != 2:
+            raise ValueError(f"batch indices must be 2-D [n_batches, batch_size], got shape {rows.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.x_train.shape[0]):
+            raise ValueError(f"batch indices out of range [0, {self.x_train.shape[0]})")
+        if len(rows) == 0:
+            return np.zeros(0)
+        rows = rows.astype(np.int32)
+        shard_batch = rows.shape[1] % len(self.mesh_device_list) == 0
+        step = self._sharded_steps[shard_batch]
+        row_sharding = self.batch_sharded if shard_batch else self.replicated
+        losses = []
+        for row in rows:
+            step_number = self._global(np.asarray(self._step_number, dtype=np.int32), self.replicated)
+            self.params, self.opt_state, loss = step(self.params, self.opt_state, self.x_train, self.y_train, self._global(row, row_sharding), step_number)
+            self._step_number += 1
+            losses.append(loss)
+        return np.asarray([float(np.asarray(loss.addressable_data(0))) for loss in losses], dtype=np.float64)
+
+    def settings(self) -> dict[str, Any]:
+        settings = super().settings()
+        settings.update(
+            data_parallel=f"jax.sharding: Mesh(({len(self.mesh_device_list)},), ('{AXIS}',)), batch sharded, params replicated"
+            + (f", jax.distributed over {self.cluster.num_hosts} processes" if self.cluster.multi_host else ""),
+            mode="jit (SPMD-partitioned)",
+            threefry_partitionable=bool(self.jax.config.jax_threefry_partitionable),
+        )
+        return settings
