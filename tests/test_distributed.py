@@ -132,6 +132,32 @@ def test_engines_without_data_parallel_are_unsupported_rows_without_a_worker(tmp
         assert row.status == "unsupported" and "keras:jax" in row.reason and not row.repeats
 
 
+def test_scaling_report_from_saved_runs(tmp_path):
+    """Speed-up against the same backend's 1-device run, efficiency = speed-up / devices, accuracy delta."""
+    import resultgen
+
+    def at(devices: int, rows):
+        run = resultgen.run(rows)
+        return replace(run, run_id=f"run{devices}", train=replace(run.train, devices=devices))
+
+    one = at(1, [resultgen.backend("torch", [1000.0], accuracy=0.98), resultgen.backend("jax", [500.0], accuracy=0.97)])
+    torch_two = replace(resultgen.backend("torch", [1500.0], accuracy=0.975), device="cpu (2 processes)",
+                        settings={"devices_per_host": 2, "hosts": 1, "global_batch": 200, "data_parallel": "torch DDP"})
+    jax_two = resultgen.backend("jax", [], status="unsupported", reason="not here")
+    two = at(2, [torch_two, jax_two])
+    paths = [resultgen.save(run, tmp_path, f"{run.run_id}.json") for run in (two, one)]
+    out = CliRunner().invoke(cli, ["scale", "--from", str(paths[0]), "--from", str(paths[1])], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert "1.50x" in out.output and "75%" in out.output and "-0.50 pt" in out.output and "unsupported: not here" in out.output
+    assert "simulated" in out.output  # every data-parallel row ran on CPU devices
+    from cnnbench.scaling import baseline, collect, speedup
+
+    points = collect([one, two])
+    assert [p.replicas for p in points["torch"]] == [1, 2] and points["torch"][1].global_batch == 200
+    assert speedup(points["torch"][1], baseline(points["torch"])) == pytest.approx(1.5)
+    assert speedup(points["jax"][1], baseline(points["jax"])) is None
+
+
 # --- the engines: gradient averaging ------------------------------------------------------------
 
 
@@ -253,3 +279,33 @@ def test_cli_scaling_report_for_every_backend(results_dir):
         assert two[backend].settings["global_batch"] == 40
         accuracy_one, accuracy_two = one[backend].median("test_accuracy"), two[backend].median("test_accuracy")
         assert accuracy_one > 0.9 and abs(accuracy_two - accuracy_one) <= 0.08, (backend, accuracy_one, accuracy_two)
+
+
+def run_two_hosts_on_loopback(target: str, tmp_path: Path) -> list:
+    """Two cnnbench processes as hosts 0 and 1 of CNNBENCH_HOSTS, both on 127.0.0.1."""
+    hosts = ",".join(f"127.0.0.1:{distributed.free_port()}" for _ in range(2))
+    args = ["-m", "cnnbench.cli", "run", "-f", target, "--devices", "1", "-d", "synthetic", "--dataset-option", "n_train=600",
+            "--dataset-option", "n_test=200", "--epochs", "2", "--batch-size", "20", "--threads", "1", "--skip-parity", "--timeout", "240"]
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "CNNBENCH_HOSTS": hosts, "CNNBENCH_HOST_INDEX": str(index), "GLOO_SOCKET_IFNAME": distributed.loopback_interface() or "lo"}
+        folder = tmp_path / f"host{index}"
+        processes.append((subprocess.Popen([sys.executable, *args, "--results-dir", str(folder)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), folder))
+    rows = []
+    for proc, folder in processes:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output[-3000:]
+        (saved,) = [results.load(path) for path in folder.glob("*.json")]
+        rows.append(saved.backends[0])
+    return rows
+
+
+@pytest.mark.parametrize("target", ["torch", pytest.param("tf", marks=pytest.mark.slow), pytest.param("jax", marks=pytest.mark.slow), pytest.param("keras:jax", marks=pytest.mark.slow)])
+def test_two_hosts_on_the_loopback_address_train_one_model(target, tmp_path):
+    """The multi-host path (torchrun static rendezvous, TF_CONFIG, jax.distributed) with two local processes."""
+    rows = run_two_hosts_on_loopback(target, tmp_path)
+    for row in rows:
+        assert row.status == "ok", row.reason
+        assert row.settings["hosts"] == 2 and row.settings["global_batch"] == 40
+    # one model, trained in lockstep: both hosts evaluate the same weights
+    assert rows[0].median("test_accuracy") == rows[1].median("test_accuracy") > 0.5

@@ -86,15 +86,21 @@ def print_scaling(runs: list[RunResult]) -> None:
         console.print(f"[dim]{SIMULATED_NOTE}[/dim]")
 
 
-def _scale_options(func):
-    """The run options; cnnbench.cli imports this module after defining them (import it through the CLI)."""
-    from cnnbench.cli import run_options
+class WithRunOptions(click.Command):
+    """A command that also takes every ``run`` option, looked up when first used: cnnbench.cli
+    defines them and imports this module, so they cannot be imported while it loads."""
 
-    return run_options(func)
+    _run_params: list[click.Parameter] | None = None
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if self._run_params is None:
+            from cnnbench.cli import run_options
+
+            self._run_params = list(reversed(run_options(lambda **_: None).__click_params__))
+        return [*self._run_params, *super().get_params(ctx)]
 
 
-@click.command("scale")
-@_scale_options
+@click.command("scale", cls=WithRunOptions)
 @click.option("--from", "from_files", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Report saved runs (one per device count) instead of running; repeatable.")
 def scale_command(from_files: tuple[str, ...], **params) -> None:
     """Data-parallel scaling: a run per device count (--devices, default 1,2), then speed-up and efficiency."""

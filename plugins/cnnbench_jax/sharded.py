@@ -73,7 +73,8 @@ class ShardedJaxSession(JaxSession):
         super().__init__(spec, config)
         first = self.mesh_device_list[0]
         kind = "cpu" if first.platform == "cpu" else f"{first.platform} ({first.device_kind})"
-        self.device = f"{len(self.mesh_device_list)} x {kind}" + (" (simulated host devices)" if first.platform == "cpu" else "")
+        simulated = " (simulated host devices)" if first.platform == "cpu" and not where.multi_host else ""
+        self.device = f"{len(self.mesh_device_list)} x {kind}{simulated}" + (f", {where.num_hosts} processes" if where.multi_host else "")
 
     # -- placement: everything resident is replicated over the mesh --------------------------------
 

@@ -70,12 +70,14 @@ class KerasDataParallelSession(KerasSession):
             keras.distribution.initialize(job_addresses=",".join(where.hosts), num_processes=where.num_hosts, process_id=where.index)
         self.cluster = where
         self.mesh_devices = data_parallel_devices(config, where)
-        self.distribution = keras.distribution.DataParallel(devices=self.mesh_devices)
+        # Each process passes its own share of every batch (train_batches): no dataset auto-sharding.
+        self.distribution = keras.distribution.DataParallel(devices=self.mesh_devices, auto_shard_dataset=False)
         keras.distribution.set_distribution(self.distribution)  # before the model: replicated variables
         super().__init__(spec, config, engine)
         KerasDataParallelSession._open_sessions += 1
         platform = self.mesh_devices[0].split(":")[0]
-        self.device = f"{len(self.mesh_devices)} x {self.device}" + (" (simulated host devices)" if platform == "cpu" else "")
+        simulated = " (simulated host devices)" if platform == "cpu" and not where.multi_host else ""
+        self.device = f"{len(self.mesh_devices)} x {self.device}{simulated}" + (f", {where.num_hosts} processes" if where.multi_host else "")
 
     def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         """Keras takes each process's share of the global batch and shards it over local devices."""

@@ -81,6 +81,8 @@ class TFMirroredSession(TFRawSession):
             self.device = f"{len(self.replica_devices)} x {name}"
         else:
             self.device = f"cpu ({len(self.replica_devices)} logical devices)" if len(self.replica_devices) > 1 else "cpu"
+        if where.multi_host:
+            self.device += f", worker {where.index} of {where.num_hosts}"
         tf.random.set_seed(config.seed)
         only_first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # counters advance once per step, not per replica
         with self.strategy.scope():

@@ -69,10 +69,11 @@ class DDPTorchSession(TorchSession):
         # DDP broadcasts rank 0's parameters, so a framework-initialised model starts equal everywhere.
         self.ddp = DistributedDataParallel(self.model, device_ids=[self.local_rank] if use_cuda else None)
         torch.manual_seed(config.seed * 1_000_003 + self.rank)  # dropout: an independent stream per rank
+        in_all = f", {self.world} in all" if self.world != self.local_world else ""
         if self.dev.type == "cuda":
-            self.device = f"{self.local_world} x {self.device}"
+            self.device = f"{self.local_world} x {self.device}{in_all}"
         else:
-            self.device = f"cpu ({self.local_world} processes)"
+            self.device = f"cpu ({self.local_world} process{'es' if self.local_world != 1 else ''}{in_all})"
         DDPTorchSession._open_sessions += 1
 
     def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
