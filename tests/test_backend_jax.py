@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -15,10 +16,12 @@ from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig  #
 from cnnbench.datasets.synthetic import make_synthetic  # noqa: E402
 from cnnbench.errors import BackendError, BackendUnavailable, UsageError  # noqa: E402
 from cnnbench.initializers import initial_weights  # noqa: E402
-from cnnbench.spec import CIFAR_LENET, MNIST_LENET  # noqa: E402
+from cnnbench.spec import CIFAR_LENET, MNIST_LENET, lenet  # noqa: E402
 from cnnbench_jax.backend import THREADS_ENV, JaxBackend  # noqa: E402
 
 SPECS = {"mnist": MNIST_LENET, "cifar": CIFAR_LENET}
+#: The CIFAR variant's layers on 12x12 images: dropout behaviour at a fraction of the CPU time.
+SMALL_DROPOUT = lenet((12, 12, 3), 10, dropout=0.2)
 
 
 def make_session(spec, **config):
@@ -159,16 +162,13 @@ def test_sgd_is_plain_gradient_descent_and_set_weights_resets_adam():
 
 
 def test_dropout_only_in_training_and_keyed_by_seed_and_step():
-    spec = CIFAR_LENET
-    session = make_session(spec, seed=0)
+    spec = SMALL_DROPOUT
+    session = make_session(spec, optimizer="sgd", learning_rate=1e-12, seed=0)  # weights barely move
     x_test, _ = load_synthetic(session, spec, n_train=32)
     np.testing.assert_array_equal(session.predict(x_test), session.predict(x_test))
     eval_loss = session.loss_and_gradients(*synthetic(spec, 32, seed=0))[0]  # the training images
     weights = session.get_weights()
     rows = np.tile(np.arange(32, dtype=np.int64), (2, 1))
-    session = make_session(spec, optimizer="sgd", learning_rate=1e-12, seed=0)  # weights barely move
-    load_synthetic(session, spec, n_train=32)
-    session.set_weights(weights)
     step0, step1 = session.train_batches(rows)  # same batch, steps 0 and 1: different masks
     assert step0 != step1 and eval_loss not in (step0, step1)
     session.set_weights(weights)  # the dropout stream restarts with the weights
@@ -200,12 +200,14 @@ def test_evaluate_agrees_with_predict_and_loss():
 
 
 def test_batch_order_is_honoured_and_deterministic_across_chunkings():
-    spec = CIFAR_LENET  # with dropout: the masks must follow the step, not the call
+    spec = SMALL_DROPOUT  # with dropout: the masks must follow the step, not the call
+    session = make_session(spec)
+    load_synthetic(session, spec, n_train=96)
+    weights = session.get_weights()
     rows = np.random.default_rng(1).permutation(96).reshape(4, 24)
     runs = {}
     for name, order, chunks in (("a", rows, [4]), ("a in chunks", rows, [1, 3]), ("b", rows[::-1], [4])):
-        session = make_session(spec)
-        load_synthetic(session, spec, n_train=96)
+        session.set_weights(weights)  # restarts the optimizer and the dropout stream
         bounds = np.cumsum([0, *chunks])
         losses = np.concatenate([session.train_batches(order[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])])
         runs[name] = (losses, session.get_weights())
@@ -216,13 +218,13 @@ def test_batch_order_is_honoured_and_deterministic_across_chunkings():
 
 
 def test_scan_mode_trains_like_the_loop():
-    spec = CIFAR_LENET
-    rows = np.random.default_rng(2).permutation(96).reshape(4, 24)
+    spec = SMALL_DROPOUT
+    rows = np.random.default_rng(2).permutation(64).reshape(4, 16)
     results = {}
     for scan in ("false", "true"):
         session = make_session(spec, backend_options={"jax.scan": scan})
-        load_synthetic(session, spec, n_train=96)
-        losses = np.concatenate([session.train_batches(rows[:3]), session.train_batches(rows[3:])])
+        load_synthetic(session, spec, n_train=64)
+        losses = np.concatenate([session.train_batches(rows[:2]), session.train_batches(rows[2:])])  # one compile
         results[session.settings()["mode"]] = (losses, session.get_weights())
     (loop_losses, loop_weights), (scan_losses, scan_weights) = results["jit"], results["jit + scan"]
     np.testing.assert_allclose(scan_losses, loop_losses, rtol=1e-5)
@@ -282,3 +284,21 @@ def test_listing_does_not_import_jax():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("JAX 0.")
+
+
+def test_train_step_compiles_once_across_calls_and_set_weights(caplog):
+    """Fresh optimizer state must look like the step's outputs, or the second step recompiles."""
+    import jax
+
+    spec = SMALL_DROPOUT
+    session = make_session(spec)
+    load_synthetic(session, spec, n_train=64)
+    weights = session.get_weights()
+    rows = np.arange(64, dtype=np.int64).reshape(4, 16)
+    with jax.log_compiles(True), caplog.at_level(logging.DEBUG, logger="jax"):
+        session.train_batches(rows[:1])
+        session.train_batches(rows[1:])
+        session.set_weights(weights)
+        session.train_batches(rows[:2])
+    compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(step)")]
+    assert len(compiles) == 1, [r.getMessage()[:120] for r in compiles]
