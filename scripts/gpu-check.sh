@@ -22,9 +22,9 @@ mkdir -p "$OUT_DIR"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x "$ROOT/.venv/bin/python" ]] && "$ROOT/.venv/bin/python" -c "import sys" 2>/dev/null; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
-STEP_TESTS=${STEP_TESTS:-240}       # seconds for the GPU tests
-STEP_BENCH=${STEP_BENCH:-180}       # seconds for the benchmark run (all backends)
-STEP_SCALE=${STEP_SCALE:-100}       # seconds for the multi-GPU scaling run (only with 2+ GPUs)
+STEP_TESTS=${STEP_TESTS:-210}       # seconds for the GPU tests
+STEP_BENCH=${STEP_BENCH:-150}       # seconds for the benchmark run (all backends)
+STEP_SCALE=${STEP_SCALE:-90}       # seconds for the multi-GPU scaling run (only with 2+ GPUs)
 
 say() { printf '\n== %s (%ss elapsed)\n' "$*" "$(( $(date +%s) - START ))"; }
 
@@ -88,14 +88,14 @@ if [[ "$GPUS" == "0" ]]; then
 fi
 
 say "GPU tests (tests/test_gpu.py; each test skips with the reason when its framework or devices are missing)"
-timeout "$STEP_TESTS" "$PYTHON" -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider 2>&1 | tail -25
+timeout -s INT -k 20 "$STEP_TESTS" "$PYTHON" -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider 2>&1 | tail -25
 echo "pytest exit code: ${PIPESTATUS[0]}"
 
 # Every backend, default variants plus the Keras engines that may be present without TensorFlow.
 FRAMEWORKS="torch,tf,jax,keras:jax,keras:torch,keras:tensorflow"
 if [[ "$DEVICE" == "cuda" ]]; then N_TRAIN=30000; EPOCHS=2; else N_TRAIN=2000; EPOCHS=1; fi
 say "benchmark: $FRAMEWORKS on $DEVICE, synthetic $N_TRAIN images, batch 100, $EPOCHS epochs"
-timeout "$STEP_BENCH" "${CNNBENCH[@]}" run -f "$FRAMEWORKS" --device "$DEVICE" -d synthetic \
+timeout -s INT -k 20 "$STEP_BENCH" "${CNNBENCH[@]}" run -f "$FRAMEWORKS" --device "$DEVICE" -d synthetic \
     --dataset-option "n_train=$N_TRAIN" --dataset-option n_test=5000 --epochs "$EPOCHS" --batch-size 100 \
     --timeout 90 --skip-parity 2>&1 | tee "$OUT_DIR/benchmark.txt" | grep -v "━"
 echo "benchmark exit code: ${PIPESTATUS[0]}"
@@ -103,7 +103,7 @@ echo "benchmark exit code: ${PIPESTATUS[0]}"
 
 if [[ "$GPUS" -ge 2 ]]; then
     say "data-parallel scaling on $GPUS GPUs: torch (NCCL), jax.sharding, keras:jax"
-    timeout "$STEP_SCALE" "${CNNBENCH[@]}" scale -f torch,jax,keras:jax,tf --device cuda --devices "1,2" -d synthetic \
+    timeout -s INT -k 20 "$STEP_SCALE" "${CNNBENCH[@]}" scale -f torch,jax,keras:jax,tf --device cuda --devices "1,2" -d synthetic \
         --dataset-option "n_train=$N_TRAIN" --dataset-option n_test=5000 --epochs 1 --batch-size 100 --timeout 60 --skip-parity 2>&1 \
         | tee "$OUT_DIR/scaling.txt" | grep -v "━"
 else

@@ -79,6 +79,22 @@ def test_device_counts():
         TrainConfig(devices=0).validate()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["run", "--devices", "0"], "--devices takes positive integers, got '0'"),
+    (["scale", "--devices", "two"], "--devices takes positive integers, got 'two'"),
+])
+def test_bad_device_counts_are_one_line_errors(args, message):
+    out = CliRunner().invoke(cli, [*args, "-f", "torch", "-d", "synthetic"], catch_exceptions=False)
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert out.exit_code == 2 and len(lines) == 1 and message in lines[0], out.output
+
+
+def test_a_bad_host_list_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("CNNBENCH_HOSTS", "10.0.0.1")
+    out = CliRunner().invoke(cli, ["run", "--devices", "2", "-f", "torch", "-d", "synthetic"], catch_exceptions=False)
+    assert out.exit_code == 2 and "ADDRESS:PORT" in out.output and "Traceback" not in out.output
+
+
 def test_shards_cover_the_batch_once_and_differ_by_at_most_one():
     for n, parts in [(100, 2), (16, 3), (7, 4)]:
         bounds = [distributed.shard_bounds(n, parts, i) for i in range(parts)]
