@@ -97,7 +97,7 @@ if [[ "$DEVICE" == "cuda" ]]; then N_TRAIN=30000; EPOCHS=2; else N_TRAIN=2000; E
 say "benchmark: $FRAMEWORKS on $DEVICE, synthetic $N_TRAIN images, batch 100, $EPOCHS epochs"
 timeout -s INT -k 20 "$STEP_BENCH" "${CNNBENCH[@]}" run -f "$FRAMEWORKS" --device "$DEVICE" -d synthetic \
     --dataset-option "n_train=$N_TRAIN" --dataset-option n_test=5000 --epochs "$EPOCHS" --batch-size 100 \
-    --timeout 90 --skip-parity 2>&1 | tee "$OUT_DIR/benchmark.txt" | grep -v "━"
+    --timeout 90 --skip-parity 2>&1 | tee "$OUT_DIR/benchmark.txt" | grep -av "━"
 echo "benchmark exit code: ${PIPESTATUS[0]}"
 "${CNNBENCH[@]}" export latest --format markdown -o "$OUT_DIR/benchmark.md" 2>/dev/null && echo "markdown table: $OUT_DIR/benchmark.md"
 
@@ -105,7 +105,7 @@ if [[ "$GPUS" -ge 2 ]]; then
     say "data-parallel scaling on $GPUS GPUs: torch (NCCL), jax.sharding, keras:jax"
     timeout -s INT -k 20 "$STEP_SCALE" "${CNNBENCH[@]}" scale -f torch,jax,keras:jax,tf --device cuda --devices "1,2" -d synthetic \
         --dataset-option "n_train=$N_TRAIN" --dataset-option n_test=5000 --epochs 1 --batch-size 100 --timeout 60 --skip-parity 2>&1 \
-        | tee "$OUT_DIR/scaling.txt" | grep -v "━"
+        | tee "$OUT_DIR/scaling.txt" | grep -av "━"
 else
     say "data-parallel scaling skipped: $GPUS GPU(s) visible (needs 2+)"
 fi
