@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 from rich.console import Console
@@ -12,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cnnbench import __version__, report
-from cnnbench.config import DEVICES, INIT_SCHEMES, OPTIMIZERS, DataConfig, TrainConfig
+from cnnbench.config import DEVICES, INIT_SCHEMES, OPTIMIZERS, DataConfig, TrainConfig, parse_key_values
 from cnnbench.errors import CnnbenchError, UsageError
 from cnnbench.plugins import load_registry
 from cnnbench.runner import ALLOCATORS, BackendTarget, RunInterrupted, RunObserver, RunOptions, parse_frameworks, run_benchmark
@@ -40,16 +39,6 @@ class CnnbenchGroup(click.Group):
 @click.version_option(__version__, prog_name="cnnbench")
 def cli() -> None:
     """Train the same LeNet in several frameworks; compare accuracy and speed."""
-
-
-def parse_key_values(pairs: tuple[str, ...], what: str) -> dict[str, str]:
-    parsed: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{what} must look like KEY=VALUE, got {pair!r}")
-        parsed[key.strip()] = value.strip()
-    return parsed
 
 
 class ProgressObserver(RunObserver):

@@ -124,3 +124,14 @@ def from_dict(cls: type, data: dict[str, Any]):
 def override(config, **changes):
     """``dataclasses.replace`` that ignores None values: explicit flags override presets."""
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def parse_key_values(pairs: tuple[str, ...] | list[str], what: str) -> dict[str, str]:
+    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; a pair without ``=`` is a UsageError naming ``what``."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{what} must look like KEY=VALUE, got {pair!r}")
+        parsed[key.strip()] = value.strip()
+    return parsed

@@ -169,7 +169,7 @@ def run_worker(
                         line = lines.get(timeout=wait)
                     except queue.Empty:
                         if deadline is not None and clock() >= deadline:
-                            _kill(proc)
+                            kill_worker(proc)
                             return TIMEOUT, {"reason": f"no result after {timeout_s:g} s (timeout); worker killed"}
                         continue
                     if line is None:
@@ -185,7 +185,7 @@ def run_worker(
                         on_event(kind, event)
                 code = proc.wait()
             except BaseException:
-                _kill(proc)
+                kill_worker(proc)
                 raise
     if final and final[0] == "result":
         return OK, final[1]
@@ -200,10 +200,11 @@ def run_worker(
     if code < 0:
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
         return FAILED, {"reason": f"worker killed by {_signal_name(code)}{hint}"}
-    return FAILED, {"reason": f"worker exited with code {code} without a result: {_last_line(log_path)}"}
+    return FAILED, {"reason": f"worker exited with code {code} without a result: {last_log_line(log_path)}"}
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def kill_worker(proc: subprocess.Popen) -> None:
+    """Kill a worker and everything it started; never raises."""
     # Launchers such as torchrun start each rank in a session of its own: kill them by pid too.
     for child in _descendants(proc.pid):
         try:
@@ -233,7 +234,8 @@ def _read_log(path: Path) -> str:
         return ""
 
 
-def _last_line(path: Path) -> str:
+def last_log_line(path: Path) -> str:
+    """The last non-empty line of a worker log: the one-line reason of a failure."""
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,21 +20,11 @@ import click
 from rich.table import Table
 
 from cnnbench import parity
-from cnnbench.config import DEVICES, TrainConfig
+from cnnbench.config import DEVICES, TrainConfig, parse_key_values
 from cnnbench.errors import UsageError
 from cnnbench.plugins import Registry, load_registry
-from cnnbench.runner import BackendTarget, harness_environment, parse_frameworks
+from cnnbench.runner import BackendTarget, harness_environment, kill_worker, last_log_line, parse_frameworks
 from cnnbench.spec import spec_for
-
-
-def _parse_backend_options(pairs: tuple[str, ...]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--backend-option must look like KEY=VALUE, got {pair!r}")
-        options[key.strip()] = value.strip()
-    return options
 
 
 def _learning_rates(optimizer: str, adam_lr: float, sgd_lr: float) -> dict[str, float]:
@@ -60,31 +49,15 @@ def run_check_process(request: dict[str, Any], env: dict[str, str], timeout_s: f
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                _kill(proc)
+                kill_worker(proc)
                 return {"status": parity.FAIL, "message": f"no result after {timeout_s:g} s (timeout); worker killed (log: {log_path})", "checks": {}}
             except BaseException:
-                _kill(proc)
+                kill_worker(proc)
                 raise
         if result_path.exists():
             return json.loads(result_path.read_text())
     reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    return {"status": parity.FAIL, "message": f"worker {reason} without a result: {_last_line(log_path)} (log: {log_path})", "checks": {}}
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else "(no output)"
+    return {"status": parity.FAIL, "message": f"worker {reason} without a result: {last_log_line(log_path)} (log: {log_path})", "checks": {}}
 
 
 def check_targets(
@@ -177,7 +150,7 @@ def check(frameworks, dataset, dropout, optimizer, adam_lr, sgd_lr, steps, batch
     targets = parse_frameworks(frameworks, registry)
     data_source = registry.dataset(dataset).item
     train = TrainConfig(seed=seed, init=init, dropout=dropout, threads=threads or os.cpu_count() or 1, device=device,
-                        backend_options=_parse_backend_options(backend_options)).validate()
+                        backend_options=parse_key_values(backend_options, "--backend-option")).validate()
     spec = spec_for(data_source.input_shape, data_source.num_classes, dropout)
     request = {
         "train": asdict(train), "input_shape": list(spec.input_shape), "num_classes": spec.num_classes, "dropout": dropout,
