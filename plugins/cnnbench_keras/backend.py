@@ -197,11 +197,10 @@ class KerasSession(Session):
     ``model.fit(x[indices.ravel()], ..., shuffle=False)`` with a callback collecting per-batch
     losses because it is as fast or faster: interleaved in one process on 20-batch calls (Keras
     3.15, 2 threads) ~1,950 against ~1,540 samples/s on the TF engine (fit builds an epoch
-    iterator and a tf.data pipeline per call) and equal (~880) on JAX. It is also simpler to get
-    right: fit's ``logs["loss"]`` is a running mean over the epoch, and a metrics reset from a
-    callback does not reach the JAX engine's in-loop state, whereas ``train_on_batch`` resets
-    the metrics itself, so each returned loss is the mean loss of exactly that batch (before
-    its update), in the harness's order. It syncs once per batch to return that float: nothing
+    iterator and a tf.data pipeline per call) and equal (~880) on JAX. It is also simpler: fit's
+    ``logs["loss"]`` is a running mean over the epoch unless a callback resets the metrics
+    before every batch, whereas ``train_on_batch`` resets them itself, so each returned loss is
+    the mean loss of exactly that batch (before its update), in the harness's order. It syncs once per batch to return that float: nothing
     measurable on a CPU; on a GPU it stops the host from queueing batches ahead.
     """
 
