@@ -30,13 +30,15 @@ ENGINE_DISTRIBUTIONS = {
     "jax": ("jax",),
     "torch": ("torch",),
 }
-#: Values of ``--backend-option keras.jit_compile``; "auto" lets Keras decide (XLA on for TF and JAX).
+#: Values of ``--backend-option keras.jit_compile``. "auto" lets Keras 3.15 decide: jax.jit on JAX,
+#: eager on torch, and on TF XLA only when TensorFlow sees a GPU (never on a CPU-only machine).
 JIT_COMPILE_CHOICES = {"auto": "auto", "true": True, "false": False}
-#: ``jit_compile`` per engine when the option is absent: each engine's fast path on this CPU.
+#: ``jit_compile`` per engine when the option is absent: each engine's fast path on this CPU, and the
+#: same mode as the framework's own backend here, on a GPU too (Keras' "auto" would use XLA there).
 #: TensorFlow: plain tf.function graphs, as the raw-TF backend (XLA measured slower on this 2-core
 #: CPU: ~1,570 against ~2,080 samples/s, MNIST batch 100);
 #: JAX: jax.jit, its only compiled path (False would run op by op); torch: eager, as the torch
-#: backend (Keras' jit_compile=True means torch.compile, with a warm-up of 20-30 s).
+#: backend (Keras' jit_compile=True means torch.compile, whose warm-up the notes measured at 20-34 s).
 DEFAULT_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}
 #: Sizes XLA's CPU thread pool in the jax engine (read by PJRT when the client starts).
 JAX_THREADS_ENV = "PJRT_NPROC"
