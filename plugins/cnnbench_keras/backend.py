@@ -404,7 +404,8 @@ class KerasSession(Session):
             **self.notes,
         }
         if self.engine == "jax":
-            settings["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")
+            for variable in ("XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "JAX_PLATFORMS"):
+                settings[variable] = os.environ.get(variable, "")
         return settings
 
     def close(self) -> None:
