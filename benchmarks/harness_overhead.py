@@ -6,9 +6,10 @@
    rounds. Target: cnnbench >= 90% of the bare loop.
 2. The protocol itself (chunked ``train_batches`` calls, progress events, syncs): one epoch
    through ``protocol.measure`` against one direct ``train_batches`` call over the same batches,
-   alternating in one process (PyTorch). Target: overhead < 3%.
+   alternating in ABBA order in one process (PyTorch). Target: overhead < 3%.
 
 Usage: python benchmarks/harness_overhead.py [--frameworks torch,tf,jax] [--epochs 3] [--n-train 20000] [--rounds 2]
+       [--protocol-rounds 8] [--skip-bare]
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def through_cnnbench(framework: str, epochs: int, n_train: int, registry, thread
     return list(row.repeats[0].train_throughput_samples)
 
 
-def protocol_overhead(n_train: int, threads: int, rounds: int) -> tuple[float, float]:
-    """(direct samples/s, protocol samples/s), medians over rounds, PyTorch in this process."""
+def protocol_overhead(n_train: int, threads: int, rounds: int) -> list[float]:
+    """Per-round overhead of protocol.measure over one direct train_batches call, PyTorch in this process.
+
+    Each round runs the same epoch both ways, in ABBA order (direct first in even rounds,
+    protocol first in odd ones) so a drift in machine speed does not masquerade as overhead.
+    Returns 1 - protocol/direct per round.
+    """
     from cnnbench import preprocess, protocol
     from cnnbench.datasets.mnist import MNIST
     from cnnbench.initializers import initial_weights
@@ -65,16 +71,27 @@ def protocol_overhead(n_train: int, threads: int, rounds: int) -> tuple[float, f
     session.load_data(data.x_train, data.y_train, data.x_test, data.y_test)
     session.train_batches(protocol.epoch_batch_indices(0, 99, n_train, 100)[:20])  # warm up
     events = io.StringIO()
-    direct, measured = [], []
-    for _ in range(rounds):
-        batches = protocol.epoch_batch_indices(0, 1, n_train, 100)
+    batches = protocol.epoch_batch_indices(0, 1, n_train, 100)
+
+    def direct() -> float:
+        session.sync()
         start = time.perf_counter()
         session.train_batches(batches)
         session.sync()
-        direct.append(batches.size / (time.perf_counter() - start))
+        return batches.size / (time.perf_counter() - start)
+
+    def through_protocol() -> float:
         outcome = protocol.measure(session, data, config, progress=lambda e, d, t: events.write(json.dumps({"e": e, "d": d, "t": t}) + "\n"))
-        measured.append(outcome.epochs[0].samples_per_s)
-    return stats.median(direct), stats.median(measured)
+        return outcome.epochs[0].samples_per_s
+
+    overheads = []
+    for round_index in range(rounds):
+        if round_index % 2 == 0:
+            d, m = direct(), through_protocol()
+        else:
+            m, d = through_protocol(), direct()
+        overheads.append(1 - m / d)
+    return overheads
 
 
 def main() -> None:
@@ -83,6 +100,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n-train", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--protocol-rounds", type=int, default=8, help="ABBA rounds of the protocol-overhead measurement")
+    parser.add_argument("--skip-bare", action="store_true", help="only measure the protocol overhead")
     args = parser.parse_args()
     console = Console(width=160)
     registry = load_registry()
@@ -94,7 +113,7 @@ def main() -> None:
     table = Table(title="Bare loop vs cnnbench (steady-state training samples/s, median of epochs 2..E over rounds)", title_justify="left")
     for column in ("framework", "bare loop", "cnnbench", "cnnbench / bare"):
         table.add_column(column, justify="right")
-    for framework in [f.strip() for f in args.frameworks.split(",") if f.strip()]:
+    for framework in [] if args.skip_bare else [f.strip() for f in args.frameworks.split(",") if f.strip()]:
         if framework not in registry.backends or registry.backends[framework].item.unavailable_reason():
             table.add_row(framework, "-", "-", "unavailable")
             continue
@@ -107,9 +126,11 @@ def main() -> None:
         table.add_row(framework, f"{b:,.0f}", f"{c:,.0f}", f"{100 * c / b:.1f}%")
         console.print(table)
 
-    direct, measured = protocol_overhead(args.n_train, threads, max(3, args.rounds))
-    console.print(f"protocol overhead (PyTorch, one epoch of {args.n_train:,}): direct train_batches {direct:,.0f} samples/s, "
-                  f"through protocol.measure {measured:,.0f} samples/s: overhead {100 * (1 - measured / direct):+.2f}%")
+    overheads = protocol_overhead(args.n_train, threads, args.protocol_rounds)
+    q1, q3 = np.percentile(overheads, [25, 75])
+    console.print(f"protocol overhead (PyTorch, one epoch of {args.n_train:,}, {len(overheads)} ABBA rounds): "
+                  f"median {100 * stats.median(overheads):+.2f}% (IQR {100 * q1:+.2f}% .. {100 * q3:+.2f}%); "
+                  f"per round: {', '.join(f'{100 * o:+.1f}%' for o in overheads)}")
 
 
 if __name__ == "__main__":
