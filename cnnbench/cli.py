@@ -58,11 +58,12 @@ class ProgressObserver(RunObserver):
         self.bar.update(self.task, description=f"{self.label}: epoch {epoch}/{self.epochs}", completed=(epoch - 1) * total + done, total=self.epochs * total)
 
     def backend_finished(self, result) -> None:
-        if self.task is None or self.label.split(" ")[0] != result.backend:
+        if self.task is None:
             return  # a row that never started a worker (unavailable, unsupported): no bar of its own
         status = "done" if result.status == "ok" else result.status
         self.bar.update(self.task, description=f"{self.label}: {status}")
         self.bar.stop_task(self.task)
+        self.task = None
 
 
 def run_options(func):
