@@ -5,7 +5,7 @@
    allocator and MNIST subset; steady-state samples/s is the median over epochs 2..E of all
    rounds. Target: cnnbench >= 90% of the bare loop.
 2. The protocol itself (chunked ``train_batches`` calls, progress events, syncs): one epoch
-   through ``protocol.measure`` against one direct ``train_batches`` call over the same batches,
+   through ``timing.measure`` against one direct ``train_batches`` call over the same batches,
    alternating in ABBA order in one process (PyTorch). Target: overhead < 3%.
 
 Usage: python benchmarks/harness_overhead.py [--frameworks torch,tf,jax] [--epochs 3] [--n-train 20000] [--rounds 2]
@@ -52,13 +52,13 @@ def through_cnnbench(framework: str, epochs: int, n_train: int, registry, thread
 
 
 def protocol_overhead(n_train: int, threads: int, rounds: int) -> list[float]:
-    """Per-round overhead of protocol.measure over one direct train_batches call, PyTorch in this process.
+    """Per-round overhead of timing.measure over one direct train_batches call, PyTorch in this process.
 
     Each round runs the same epoch both ways, in ABBA order (direct first in even rounds,
     protocol first in odd ones) so a drift in machine speed does not masquerade as overhead.
     Returns 1 - protocol/direct per round.
     """
-    from cnnbench import preprocess, protocol
+    from cnnbench import preprocess, timing
     from cnnbench.datasets.mnist import MNIST
     from cnnbench.initializers import initial_weights
     from cnnbench.spec import MNIST_LENET
@@ -69,9 +69,9 @@ def protocol_overhead(n_train: int, threads: int, rounds: int) -> list[float]:
     session = backend.create_session(MNIST_LENET, config)
     session.set_weights(initial_weights(MNIST_LENET, "glorot-uniform", 0))
     session.load_data(data.x_train, data.y_train, data.x_test, data.y_test)
-    session.train_batches(protocol.epoch_batch_indices(0, 99, n_train, 100)[:20])  # warm up
+    session.train_batches(timing.epoch_batch_indices(0, 99, n_train, 100)[:20])  # warm up
     events = io.StringIO()
-    batches = protocol.epoch_batch_indices(0, 1, n_train, 100)
+    batches = timing.epoch_batch_indices(0, 1, n_train, 100)
 
     def direct() -> float:
         session.sync()
@@ -81,7 +81,7 @@ def protocol_overhead(n_train: int, threads: int, rounds: int) -> list[float]:
         return batches.size / (time.perf_counter() - start)
 
     def through_protocol() -> float:
-        outcome = protocol.measure(session, data, config, progress=lambda e, d, t: events.write(json.dumps({"e": e, "d": d, "t": t}) + "\n"))
+        outcome = timing.measure(session, data, config, progress=lambda e, d, t: events.write(json.dumps({"e": e, "d": d, "t": t}) + "\n"))
         return outcome.epochs[0].samples_per_s
 
     overheads = []

@@ -23,7 +23,7 @@ from cnnbench import distributed, environment, results
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.errors import UsageError
 from cnnbench.plugins import Registry
-from cnnbench.protocol import clock
+from cnnbench.timing import clock
 from cnnbench.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNAVAILABLE, UNSUPPORTED, BackendResult, Measurement, RunResult
 from cnnbench.worker import WorkerRequest
 

@@ -45,7 +45,7 @@ from cnnbench.errors import BackendUnavailable
 from cnnbench.initializers import initial_weights
 from cnnbench.plugins import EXTRA_MODULES_ENV, PluginRecord, Registered, Registry, load_registry
 from cnnbench.preprocess import PreparedData, prepare
-from cnnbench.protocol import epoch_batch_indices
+from cnnbench.timing import epoch_batch_indices
 from cnnbench.spec import Dropout, ModelSpec, spec_for
 
 __all__ = [

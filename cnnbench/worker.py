@@ -91,13 +91,13 @@ def reset_peak_rss() -> None:
 
 def run(request: WorkerRequest, events: EventStream) -> int:
     # Imports that may be slow or fail stay inside, so failures become events.
-    from cnnbench import distributed, preprocess, protocol
+    from cnnbench import distributed, preprocess, timing
     from cnnbench.initializers import initial_weights
     from cnnbench.plugins import load_registry
     from cnnbench.results import OK
     from cnnbench.spec import spec_for
 
-    start = protocol.clock()
+    start = timing.clock()
     registry = load_registry()
     backend = registry.backend(request.backend).item
     dataset = registry.dataset(request.data.dataset).item
@@ -105,18 +105,18 @@ def run(request: WorkerRequest, events: EventStream) -> int:
     spec = spec_for(dataset.input_shape, dataset.num_classes, request.train.dropout)
 
     events.emit("phase", name="import")
-    t = protocol.clock()
+    t = timing.clock()
     backend.import_framework(request.variant)
-    import_s = protocol.clock() - t
+    import_s = timing.clock() - t
 
     events.emit("phase", name="build")
-    t = protocol.clock()
+    t = timing.clock()
     session = backend.create_session(spec, request.train, request.variant)
     weights = initial_weights(spec, request.train.init, request.train.seed)
     if weights is not None:
         session.set_weights(weights)
     session.sync()
-    build_s = protocol.clock() - t
+    build_s = timing.clock() - t
     parameters = int(sum(w.size for w in session.get_weights().values()))
 
     parity: dict = {}
@@ -125,12 +125,12 @@ def run(request: WorkerRequest, events: EventStream) -> int:
 
         events.emit("phase", name="parity check")
         own_weights = weights if weights is not None else session.get_weights()
-        t = protocol.clock()
+        t = timing.clock()
         parity = check_session(
             session, spec, request.train.optimizer, request.train.learning_rate, request.train.seed,
             backend=backend, config=request.train, variant=request.variant,
         )
-        parity["seconds"] = protocol.clock() - t
+        parity["seconds"] = timing.clock() - t
         session.set_weights(own_weights)  # the check left other weights and optimizer state
         import gc
 
@@ -138,17 +138,17 @@ def run(request: WorkerRequest, events: EventStream) -> int:
         reset_peak_rss()
 
     events.emit("phase", name="load_data")
-    t = protocol.clock()
+    t = timing.clock()
     session.load_data(data.x_train, data.y_train, data.x_test, data.y_test)
     session.sync()
-    load_data_s = protocol.clock() - t
+    load_data_s = timing.clock() - t
 
     events.emit("phase", name="train", device=session.device)
     # Data-parallel: the protocol draws global batches (per-device batch x replicas); each session
     # takes its replicas' share of every row, so the batch order stays the harness's.
     where = distributed.cluster()
     global_batch = distributed.global_batch_size(request.train, where)
-    outcome = protocol.measure(
+    outcome = timing.measure(
         session,
         data,
         replace(request.train, batch_size=global_batch),
@@ -167,7 +167,7 @@ def run(request: WorkerRequest, events: EventStream) -> int:
             "first_epoch_s": outcome.first_epoch_s,
             "train_s": outcome.train_s,
             "eval_s": outcome.eval_s,
-            "total_s": protocol.clock() - start,
+            "total_s": timing.clock() - start,
         },
         "train_throughput": outcome.train_throughput,
         "train_throughput_samples": outcome.train_throughput_samples,

@@ -7,7 +7,7 @@ from cnnbench import results
 from cnnbench.cli import cli
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.plugins import load_registry
-from cnnbench.protocol import epoch_batch_indices
+from cnnbench.timing import epoch_batch_indices
 from cnnbench.runner import BackendTarget, RunOptions, parse_frameworks, run_benchmark
 
 SMALL_DATA = DataConfig(dataset="synthetic", options={"n_train": 600, "n_test": 200})

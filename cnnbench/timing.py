@@ -44,7 +44,7 @@ class Diverged(Exception):
 
 
 @dataclass
-class ProtocolOutcome:
+class TimingOutcome:
     status: str = OK
     reason: str = ""
     epochs: list[EpochRecord] = field(default_factory=list)
@@ -83,13 +83,13 @@ def measure(
     progress: ProgressCallback | None = None,
     target_accuracy: float | None = None,
     evaluate_each_epoch: bool = False,
-) -> ProtocolOutcome:
+) -> TimingOutcome:
     """Train ``config.epochs`` epochs and evaluate, returning timings and metrics.
 
     With ``target_accuracy`` or ``evaluate_each_epoch`` the test set is evaluated after every
     epoch (outside the training clock) for time-to-accuracy and accuracy curves.
     """
-    outcome = ProtocolOutcome()
+    outcome = TimingOutcome()
     n_train, batch = len(data.y_train), config.batch_size
     if n_train < batch:
         raise ValueError(f"the training set ({n_train} images) is smaller than one batch ({batch})")
