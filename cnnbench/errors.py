@@ -13,6 +13,12 @@ class UsageError(CnnbenchError):
     exit_code = 2
 
 
+class ResultFileError(UsageError):
+    """A result file that cannot be used: not JSON, wrong types, too deep; names the file and the field."""
+
+    exit_code = 2
+
+
 class DatasetError(CnnbenchError):
     """A dataset is missing, corrupt, or cannot be cached."""
 
