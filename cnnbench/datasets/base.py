@@ -22,10 +22,15 @@ class DatasetArrays:
     y_test: np.ndarray
     #: Where the arrays came from (folder, archive, "generated"), for results and listings.
     source: str = ""
-    #: True when the source files' sha256 matched the dataset's declared checksums.
+    #: True only when this load checked the arrays (or generated them itself): parsed from source files
+    #: whose sha256 matched the dataset's declared checksums, or mapped from a cache entry whose files
+    #: matched the sha256 recorded when it was built from such files. A recorded "verified" alone never
+    #: makes it True.
     verified: bool = False
     #: The cache folder the arrays are memory-mapped from ("" when built in memory).
     cache: str = ""
+    #: What this load checked, in words, for results ("" when the dataset says nothing).
+    verification: str = ""
 
 
 class Dataset(ABC):

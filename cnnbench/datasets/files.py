@@ -7,9 +7,10 @@ does the rest, the same way for every such dataset:
 1. locate a complete copy (``locate.py`` for the search order; loose files, raw or .gz, win
    over archives because they parse faster);
 2. otherwise download into the cache, unless offline (then one message says where to put what);
-3. on a cache hit (same source files, unchanged) map the arrays and stop: this is what
-   worker processes do;
-4. otherwise read the canonical bytes, verify each sha256, parse, check, and cache.
+3. on a cache hit (same source files, unchanged) map the arrays, check them against the sha256
+   recorded when they were cached, and stop: this is what worker processes do;
+4. otherwise, or when that check fails (one line on stderr says so), read the canonical bytes,
+   verify each sha256, parse, check, and cache.
 """
 
 from __future__ import annotations
@@ -254,32 +255,55 @@ class FileDataset(Dataset):
         self.check_options(config)
         source = self.locate(config) or self.fetch(config, progress)
         key = self._cache_key(source)
-        hit = cache.load(self.name, key)
-        if hit is None:
-            try:
-                content, origins = self.read_content(source.paths)
-                verified = self.verify(content, origins)
-            except DatasetError as exc:
-                if source.origin != "cache":
-                    raise  # a user's file: reported, never deleted
-                # A file in our download folder went bad: never keep it as if valid.
-                bad = self._failing_paths(source.paths)
-                for path in bad:
-                    path.unlink(missing_ok=True)
-                deleted = f"; deleted {', '.join(p.name for p in bad)} from the cache, run again to download afresh" if bad else ""
-                raise type(exc)(f"{exc}{deleted}") from None
-            x_train, y_train, x_test, y_test = self.parse(content)
-            del content
-            check_arrays(self, x_train, y_train, x_test, y_test)
-            arrays = {"x_train": x_train, "y_train": y_train.astype(np.int64), "x_test": x_test, "y_test": y_test.astype(np.int64)}
-            cache.store(self.name, key, arrays, {"dataset": self.name, "source": str(source.location), "origin": source.origin, "verified": verified})
+        try:
             hit = cache.load(self.name, key)
-            if hit is None:
-                raise DatasetError(f"the array cache under {cache.arrays_folder(self.name)} could not be read back after writing it")
-        arrays, meta, folder = hit
+        except cache.CacheEntryError as exc:
+            cache.notice(f"{self.name}: {exc}; rebuilding it from {source.location}")
+            hit = None
+        if hit is not None:
+            checked = "cached arrays matched the sha256 recorded when they were parsed"
+            how = "from source files that matched their declared sha256" if hit.meta["verified"] else "(unverified source)"
+            return self._arrays(source, hit, hit.meta["verified"], f"{checked} {how}")
+        verified = self._build(source, key)
+        try:
+            hit = cache.load(self.name, key)
+        except cache.CacheEntryError as exc:
+            raise DatasetError(f"the array cache could not be read back after writing it ({exc})") from None
+        if hit is None:
+            raise DatasetError(f"the array cache under {cache.arrays_folder(self.name)} vanished after writing it")
+        how = "source files matched their declared sha256" if verified else "source not verified (no declared sha256)"
+        return self._arrays(source, hit, verified, f"parsed in this load; {how}")
+
+    def _build(self, source: Source, key: str) -> bool:
+        """Read, verify, parse, check and cache the source; whether its files matched declared checksums."""
+        try:
+            content, origins = self.read_content(source.paths)
+            verified = self.verify(content, origins)
+        except DatasetError as exc:
+            if source.origin != "cache":
+                raise  # a user's file: reported, never deleted
+            # A file in our download folder went bad: never keep it as if valid.
+            bad = self._failing_paths(source.paths)
+            for path in bad:
+                path.unlink(missing_ok=True)
+            names = ", ".join(p.name for p in bad)
+            deleted = f"; deleted {names} from the cache, run again to download afresh" if bad else ""
+            raise type(exc)(f"{exc}{deleted}") from None
+        x_train, y_train, x_test, y_test = self.parse(content)
+        del content
+        check_arrays(self, x_train, y_train, x_test, y_test)
+        labels = {"y_train": y_train.astype(np.int64), "y_test": y_test.astype(np.int64)}
+        arrays = {"x_train": x_train, "x_test": x_test, **labels}
+        meta = {"dataset": self.name, "source": str(source.location), "origin": source.origin, "verified": verified}
+        cache.store(self.name, key, arrays, meta)
+        return verified
+
+    @staticmethod
+    def _arrays(source: Source, hit: cache.CacheHit, verified: bool, verification: str) -> DatasetArrays:
+        arrays = hit.arrays
         return DatasetArrays(
             arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
-            source=str(source.location), verified=bool(meta.get("verified")), cache=str(folder),
+            source=str(source.location), verified=verified, cache=str(hit.folder), verification=verification,
         )  # fmt: skip
 
     def status(self, config: DataConfig) -> dict[str, Any]:
