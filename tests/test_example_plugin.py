@@ -8,6 +8,7 @@ pytest subprocess, exactly as its author would run it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -22,6 +23,15 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "cnnbench-numpy"
 
 
+def setuptools_builds_wheels() -> bool:
+    """An offline build needs setuptools 70.1+ (bdist_wheel built in) or the wheel package; a fresh venv's may be older."""
+    try:
+        major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> dict[str, Path]:
     """{"source": a clean copy of the example, "site": the folder pip installed it into}."""
@@ -30,7 +40,7 @@ def example(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
     site = root / "site"
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(source)]
-    if importlib.util.find_spec("setuptools") is not None:
+    if setuptools_builds_wheels():
         command[4:4] = ["--no-build-isolation", "--no-index"]  # offline: build with the setuptools we have
     installed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert installed.returncode == 0, f"pip install failed:\n{installed.stdout[-3000:]}\n{installed.stderr[-3000:]}"

@@ -27,9 +27,9 @@ def test_quick_shortens_and_unknown_names_fail():
     assert len(presets.parse("all")) == 4
 
 
-def test_explicit_flags_override_a_preset(results_dir):
+def test_explicit_flags_override_a_preset(results_dir, numpy_backend):
     out = CliRunner().invoke(
-        cli, ["run", "--preset", "mnist-adam", "-f", "torch", "-d", "synthetic", "--epochs", "1", "--limit-train", "500",
+        cli, ["run", "--preset", "mnist-adam", "-f", numpy_backend, "-d", "synthetic", "--epochs", "1", "--limit-train", "500",
               "--limit-test", "100", "--validation", "0", "--threads", "1", "--skip-parity"], catch_exceptions=False,
     )
     assert out.exit_code == 0, out.output
@@ -42,6 +42,7 @@ def test_explicit_flags_override_a_preset(results_dir):
 
 
 @pytest.mark.data
+@pytest.mark.requires("torch")  # the NumPy backend takes 4x longer on the quick MNIST run
 def test_reproduce_quick_prints_published_and_measured_and_plots(data_dir, results_dir, tmp_path):
     plot = tmp_path / "repro.png"
     out = CliRunner().invoke(

@@ -9,6 +9,7 @@ from cnnbench.runner import BackendTarget, RunOptions, run_benchmark
 
 
 @pytest.mark.data
+@pytest.mark.requires("torch")
 def test_one_epoch_of_mnist_reaches_the_issue_bar(data_dir, tmp_path):
     registry = load_registry()
     train = TrainConfig(optimizer="adam", learning_rate=0.001, batch_size=100, epochs=1)
