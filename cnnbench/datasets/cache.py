@@ -167,7 +167,7 @@ def _map_array(path: Path, meta: dict[str, Any], name: str) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001  (numpy's header parser raises ValueError, TypeError, TokenError...)
-        raise CacheEntryError(f"{path.name} cannot be read as .npy ({type(exc).__name__}: {exc})") from None
+        raise CacheEntryError(one_line(f"{path.name} cannot be read as .npy ({type(exc).__name__}: {exc})")) from None
     shape, dtype = meta["shapes"][name], meta["dtypes"][name]
     if list(array.shape) != shape or str(array.dtype) != dtype or not array.flags.c_contiguous:
         raise CacheEntryError(
