@@ -116,7 +116,7 @@ def test_one_flipped_pixel_is_caught(built: Built, capsys: Capture) -> None:
 
 
 @pytest.mark.parametrize(
-    "file, old, new",
+    ("file", "old", "new"),
     [
         ("x_train.npy", b"\x93NUMPY", b"\x93NUMPZ"),  # not a .npy file any more
         ("y_test.npy", b"'descr': '<i8'", b"'descr': '<x8'"),  # a dtype numpy cannot parse
@@ -149,7 +149,7 @@ def test_empty_and_missing_array_files(built: Built, capsys: Capture) -> None:
 
 
 @pytest.mark.parametrize(
-    "replace, words",
+    ("replace", "words"),
     [
         (lambda y: y[:-1].astype(np.int32), ("y_test.npy", "bytes")),  # another size: found without hashing
         (lambda y: y.astype(np.float64), ("y_test.npy", "float64", "int64")),  # same size, another dtype

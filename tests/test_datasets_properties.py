@@ -63,10 +63,11 @@ def data_or_dataset_error(parse: Callable[..., T], *args: Any, **kwargs: Any) ->
     try:
         return parse(*args, **kwargs)
     except DatasetError as exc:
-        message = str(exc)
-        assert message and "\n" not in message and "\r" not in message, repr(message)
-        assert exc.exit_code == 2
-        return None
+        error = exc
+    message = str(error)
+    assert message and "\n" not in message and "\r" not in message, repr(message)
+    assert error.exit_code == 2
+    return None
 
 
 def damaged(original: bytes) -> st.SearchStrategy[bytes]:
@@ -165,9 +166,9 @@ ARCHIVES = {compression: tar_bytes(CIFAR_MEMBERS, compression) for compression i
 
 
 @pytest.fixture
-def scratch(tmp_path: Path) -> Iterator[Path]:
+def scratch(tmp_path: Path) -> Path:
     """One file, rewritten by every example."""
-    yield tmp_path / "file"
+    return tmp_path / "file"
 
 
 @FILES

@@ -33,7 +33,8 @@ def cache_dir(tmp_path_factory):
 
 def need(subfolder: str) -> Path:
     if not (DATA_DIR / subfolder).is_dir():
-        pytest.skip(f"real data not found: {DATA_DIR / subfolder} (set CNNBENCH_DATA_DIR to the folder holding mnist/ and cifar10/)")
+        hint = "set CNNBENCH_DATA_DIR to the folder holding mnist/ and cifar10/"
+        pytest.skip(f"real data not found: {DATA_DIR / subfolder} ({hint})")
     return DATA_DIR
 
 
@@ -73,17 +74,20 @@ def test_second_load_is_a_fast_cache_hit(dataset, mnist, cifar10):
     first = mnist if dataset.name == "mnist" else cifar10
     config = DataConfig(dataset=dataset.name, data_dir=str(DATA_DIR))
     assert dataset.status(config)["cached"] is True
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     again = dataset.load(config)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     assert isinstance(again.x_train, np.memmap) and again.cache == first.cache and again.verified
-    assert elapsed < 0.5, f"a cached load took {elapsed:.2f} s"
+    assert "sha256 recorded" in again.verification  # the hit was checked, not trusted
+    # CPU time, not wall time: hashing every cached file costs ~0.12 s of CPU for CIFAR-10 (docs/decisions.md),
+    # while the wall time on a shared, loaded machine may be several times that.
+    assert cpu < 0.5, f"a cached load took {cpu:.2f} s of CPU ({elapsed:.2f} s wall)"
 
 
 def test_mnist_chapter_split_and_stratified_limit(mnist):
     prepared = prepare(mnist, DataConfig(dataset="mnist", validation=5000))
     assert prepared.x_train.shape == (55_000, 28, 28, 1) and prepared.x_val.shape == (5000, 28, 28, 1)
-    assert prepared.x_train.dtype == np.float32 and 0.0 <= prepared.x_train.min() and prepared.x_train.max() <= 1.0
+    assert prepared.x_train.dtype == np.float32 and prepared.x_train.min() >= 0.0 and prepared.x_train.max() <= 1.0
     limited = prepare(mnist, DataConfig(dataset="mnist", limit_train=1000, limit_test=500))
     counts = np.bincount(limited.y_train, minlength=10)
     expected = np.array([5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]) * 1000 / 60_000
@@ -91,7 +95,9 @@ def test_mnist_chapter_split_and_stratified_limit(mnist):
     assert len(limited.y_test) == 500 and np.bincount(limited.y_test, minlength=10).min() >= 40
 
 
-@pytest.mark.skipif(not FASHION_SYSTEM_DIR.is_dir(), reason=f"{FASHION_SYSTEM_DIR} absent (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not FASHION_SYSTEM_DIR.is_dir(), reason=f"{FASHION_SYSTEM_DIR} absent (apt-get install dataset-fashion-mnist)"
+)
 def test_fashion_mnist_found_in_the_system_folder_without_flags(cache_dir, monkeypatch):
     monkeypatch.delenv(locate.DATA_DIR_ENV, raising=False)
     dataset = FashionMNIST()

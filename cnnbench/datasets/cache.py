@@ -190,7 +190,7 @@ def _verify_entry(folder: Path, key: str) -> tuple[dict[str, np.ndarray], dict[s
     except (ValueError, RecursionError):
         raise CacheEntryError(f"{META_FILE} is not valid JSON") from None
     paths = {name: folder / f"{name}.npy" for name in ARRAY_NAMES}
-    for name, path in paths.items():  # sizes first: a truncated file is found without hashing anything
+    for path in paths.values():  # sizes first: a truncated file is found without hashing anything
         try:
             size = path.stat().st_size
         except OSError as exc:

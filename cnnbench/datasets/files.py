@@ -262,7 +262,7 @@ class FileDataset(Dataset):
             hit = None
         if hit is not None:
             checked = "cached arrays matched the sha256 recorded when they were parsed"
-            how = "from source files that matched their declared sha256" if hit.meta["verified"] else "(unverified source)"
+            how = "from source files matching their declared sha256" if hit.meta["verified"] else "(unverified source)"
             return self._arrays(source, hit, hit.meta["verified"], f"{checked} {how}")
         verified = self._build(source, key)
         try:
