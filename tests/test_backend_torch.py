@@ -78,7 +78,8 @@ def test_contiguous_layout_computes_the_same_numbers():
     plain_loss, plain_grads = plain.loss_and_gradients(x, y)
     assert loss == pytest.approx(plain_loss, abs=1e-6)
     for name, grad in grads.items():
-        np.testing.assert_allclose(grad, plain_grads[name], atol=1e-5 * max(np.abs(grad).max(), 1e-3), rtol=0, err_msg=name)
+        tolerance = 1e-5 * max(np.abs(grad).max(), 1e-3)
+        np.testing.assert_allclose(grad, plain_grads[name], atol=tolerance, rtol=0, err_msg=name)
 
 
 def test_eval_mode_for_inference_and_train_mode_for_steps():
