@@ -78,7 +78,9 @@ def cluster(environ: Mapping[str, str] | None = None) -> Cluster:
         split_address(entry)
     index_text = environ.get(HOST_INDEX_ENV, "").strip()
     if len(hosts) > 1 and not index_text:
-        raise UsageError(f"{HOSTS_ENV} lists {len(hosts)} hosts: set {HOST_INDEX_ENV} to this host's position (0..{len(hosts) - 1})")
+        raise UsageError(
+            f"{HOSTS_ENV} lists {len(hosts)} hosts: set {HOST_INDEX_ENV} to this host's position (0..{len(hosts) - 1})"
+        )
     try:
         index = int(index_text or "0")
     except ValueError:
@@ -86,6 +88,26 @@ def cluster(environ: Mapping[str, str] | None = None) -> Cluster:
     if not 0 <= index < len(hosts):
         raise UsageError(f"{HOST_INDEX_ENV}={index} is outside 0..{len(hosts) - 1} ({len(hosts)} hosts in {HOSTS_ENV})")
     return Cluster(hosts, index)
+
+
+class SharedLifetime:
+    """Counts the open sessions that share one per-process resource (a process group, a global distribution).
+
+    The parity check opens a second session in the worker's process: the resource must outlive the
+    first one's ``close`` and be released by the last.
+    """
+
+    def __init__(self) -> None:
+        self.open_sessions = 0
+
+    def opened(self) -> None:
+        """One more session uses the resource."""
+        self.open_sessions += 1
+
+    def closed(self) -> bool:
+        """One session fewer; True when it was the last, so the caller releases the resource now."""
+        self.open_sessions = max(0, self.open_sessions - 1)
+        return self.open_sessions == 0
 
 
 def replicas(config: TrainConfig, where: Cluster | None = None) -> int:
@@ -143,11 +165,14 @@ def torchrun_arguments(devices: int, where: Cluster) -> list[str]:
     ``--master-addr``, ``--master-port``), node rank = this host's index. No restarts: a dead
     rank ends the run (torchrun stops the others) instead of training again from the start.
     """
-    args = ["-m", "torch.distributed.run", "--nproc-per-node", str(devices), "--max-restarts", "0", "--monitor-interval", "0.5"]
+    args = ["-m", "torch.distributed.run", "--nproc-per-node", str(devices), "--max-restarts", "0"]
+    args += ["--monitor-interval", "0.5"]
     if where.multi_host:
         address, port = where.coordinator
-        return [*args, "--nnodes", str(where.num_hosts), "--node-rank", str(where.index), "--master-addr", address, "--master-port", str(port)]
-    return [*args, "--nnodes", "1", "--node-rank", "0", "--master-addr", LOOPBACK, "--master-port", str(free_port()), "--local-addr", LOOPBACK]
+        args += ["--nnodes", str(where.num_hosts), "--node-rank", str(where.index)]
+        return [*args, "--master-addr", address, "--master-port", str(port)]
+    args += ["--nnodes", "1", "--node-rank", "0"]
+    return [*args, "--master-addr", LOOPBACK, "--master-port", str(free_port()), "--local-addr", LOOPBACK]
 
 
 def tf_config(where: Cluster) -> str:

@@ -11,8 +11,9 @@ from typing import Any
 
 from cnnbench import __version__
 from cnnbench.backend import distribution_version
+from cnnbench.frameworks import TF_DISTRIBUTIONS
 
-FRAMEWORK_DISTRIBUTIONS = ("torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "optax", "numpy")
+FRAMEWORK_DISTRIBUTIONS = ("torch", *TF_DISTRIBUTIONS, "keras", "jax", "jaxlib", "optax", "numpy")
 
 
 def cpu_model() -> str:

@@ -15,9 +15,10 @@ pytest.importorskip("optax")
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig  # noqa: E402
 from cnnbench.datasets.synthetic import make_synthetic  # noqa: E402
 from cnnbench.errors import BackendError, BackendUnavailable, UsageError  # noqa: E402
+from cnnbench.frameworks import PJRT_THREADS_ENV as THREADS_ENV  # noqa: E402
 from cnnbench.initializers import initial_weights  # noqa: E402
 from cnnbench.spec import CIFAR_LENET, MNIST_LENET, lenet  # noqa: E402
-from cnnbench_jax.backend import THREADS_ENV, JaxBackend  # noqa: E402
+from cnnbench_jax.backend import JaxBackend  # noqa: E402
 
 SPECS = {"mnist": MNIST_LENET, "cifar": CIFAR_LENET}
 #: The CIFAR variant's layers on 12x12 images: dropout behaviour at a fraction of the CPU time.

@@ -19,9 +19,10 @@ from cnnbench.backend import missing_module_reason
 from cnnbench.config import TrainConfig
 from cnnbench.datasets.synthetic import make_synthetic
 from cnnbench.errors import BackendUnavailable, UsageError
+from cnnbench.frameworks import TENSORFLOW
 from cnnbench.initializers import initial_weights
 from cnnbench.spec import CIFAR_LENET, MNIST_LENET
-from cnnbench_keras.backend import KerasBackend, visible_gpu
+from cnnbench_keras.backend import KerasBackend
 
 BACKEND = KerasBackend()
 SPECS = {"mnist": MNIST_LENET, "cifar": CIFAR_LENET}
@@ -228,7 +229,7 @@ def test_settings_record_engine_threads_and_jit_compile(session_for):
 
 
 def test_cuda_request_without_a_gpu_is_unavailable(keras_tf):
-    if visible_gpu("tensorflow") is not None:
+    if TENSORFLOW.gpu_name() is not None:
         pytest.skip("a GPU is visible to TensorFlow")
     with pytest.raises(BackendUnavailable, match="CUDA"):
         BACKEND.create_session(MNIST_LENET, TrainConfig(device="cuda"), "tensorflow")

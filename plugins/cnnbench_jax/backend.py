@@ -7,24 +7,21 @@ jax and optax are imported inside functions only, so listing backends never pays
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, distribution_version, missing_module_reason
+from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import UsageError
+from cnnbench.frameworks import JAX
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
 #: ``--backend-option jax.<key>=<value>`` switches.
 OPTION_SCAN = "scan"  # true: one jitted lax.scan per chunk; false (default): a Python loop over a jitted step
 OPTION_PRECISION = "matmul_precision"  # lax.Precision of convolutions and matmuls
-#: True fp32 on GPUs (no TF32), as the PyTorch backend sets; on CPU the compiled step is the same
-#: for "default" and "highest" (compared optimized HLO, jaxlib 0.10.2).
+#: True fp32 on GPUs (no TF32), as the PyTorch backend sets; see docs/decisions.md#jax-matmul-precision.
 DEFAULT_PRECISION = "highest"
-#: Environment variable that sizes XLA's CPU thread pools (read by PJRT when the CPU client starts).
-THREADS_ENV = "PJRT_NPROC"
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -35,7 +32,7 @@ def _resolve_device(jax, requested: str):
             return jax.devices("gpu")[0]
         except RuntimeError:
             if requested == "cuda":
-                raise BackendUnavailable("CUDA requested but jax sees no GPU (is jax[cuda] installed?)") from None
+                raise BackendUnavailable(JAX.no_gpu_reason()) from None
     return jax.devices("cpu")[0]
 
 
@@ -70,7 +67,8 @@ def build_forward(spec: ModelSpec, precision):
 
             def pool(params, x, key, layer=layer):
                 window = (1, layer.pool_size, layer.pool_size, 1)
-                return lax.reduce_window(x, -jnp.inf, lax.max, window, (1, layer.stride, layer.stride, 1), layer.padding)
+                strides = (1, layer.stride, layer.stride, 1)
+                return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, layer.padding)
 
             steps.append(pool)
         elif isinstance(layer, Flatten):
@@ -120,10 +118,7 @@ def framework_initial_params(spec: ModelSpec, seed: int) -> dict[str, np.ndarray
 
 
 class JaxSession(Session):
-    """Model, optimizer and data on one jax device.
-
-    Training mode, measured on the 2-core CPU (MNIST, batch 100, Adam): see ``train_batches``.
-    """
+    """Model, optimizer and data on one jax device (training loop: see ``train_batches``)."""
 
     def __init__(self, spec: ModelSpec, config: TrainConfig):
         import jax
@@ -132,12 +127,14 @@ class JaxSession(Session):
 
         self.jax, self.spec, self.config = jax, spec, config
         self.dev = _resolve_device(jax, config.device)
-        self.device = "cpu" if self.dev.platform == "cpu" else f"{self.dev.platform}:{self.dev.id} ({self.dev.device_kind})"
+        dev = self.dev
+        self.device = "cpu" if dev.platform == "cpu" else f"{dev.platform}:{dev.id} ({dev.device_kind})"
         self.precision_name = (config.option("jax", OPTION_PRECISION) or DEFAULT_PRECISION).lower()
         try:
             precision = lax.Precision(self.precision_name)
         except ValueError:
-            raise UsageError(f"jax.{OPTION_PRECISION} must be one of default, high, highest; got {self.precision_name!r}") from None
+            choices = "default, high, highest"
+            raise UsageError(f"jax.{OPTION_PRECISION} must be one of {choices}; got {self.precision_name!r}") from None
         self.use_scan = config.flag("jax", OPTION_SCAN, default=False)
         self.param_shapes = spec.param_shapes()
         self.forward = build_forward(spec, precision)
@@ -202,21 +199,7 @@ class JaxSession(Session):
         self.y_test = self._put(np.asarray(y_test, dtype=np.int32))
 
     def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
-        """One optimizer step per row, in order; the dropout key follows the step, not the call.
-
-        Default: a Python loop over one jitted step that donates params and optimizer state and
-        gathers its batch from the resident training set. One compile serves every chunk length,
-        and a step costs ~80 ms of 2-core CPU, so ~0.1 ms of dispatch per step is noise.
-
-        ``--backend-option jax.scan=true`` runs a chunk as one jitted ``lax.scan`` instead,
-        compiled once per distinct chunk length. Measured on XLA CPU (jaxlib 0.10.2, MNIST,
-        batch 100) it is ~10x slower per step (1.7-2.4 vs 0.175 CPU-s): inside the while-loop
-        body XLA keeps the kernel-gradient convolutions in a non-canonical dimension order
-        (``f01b_i01o->01bf``) that its library convolution does not take, where the plain step
-        gets them rewritten to ``b01f_01io->b01f``. Fully unrolling the scan avoids that but
-        costs a compile that grows with the chunk, for no measurable gain over the loop. The
-        scan is kept for accelerators, where per-step dispatch may matter (not measured here).
-        """
+        """One step per row in order, a Python loop over one jitted step (why: docs/decisions.md#jax-train-loop)."""
         if self.x_train is None:
             raise BackendError("train_batches called before load_data")
         rows = np.asarray(batch_indices)
@@ -248,14 +231,16 @@ class JaxSession(Session):
         n = self.x_test.shape[0]
         totals, corrects = [], []
         for start in range(0, n, batch_size):
-            total, correct = self._eval_batch(self.params, self.x_test, self.y_test, np.int32(start), min(batch_size, n - start))
+            size = min(batch_size, n - start)
+            total, correct = self._eval_batch(self.params, self.x_test, self.y_test, np.int32(start), size)
             totals.append(total)
             corrects.append(correct)
         totals, corrects = self.jax.device_get((totals, corrects))
         return float(np.sum(np.asarray(totals, dtype=np.float64))) / n, float(np.sum(corrects)) / n
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._predict(self.params, self._put(np.ascontiguousarray(x, dtype=np.float32))), dtype=np.float32)
+        logits = self._predict(self.params, self._put(np.ascontiguousarray(x, dtype=np.float32)))
+        return np.asarray(logits, dtype=np.float32)
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray):
         loss, grads = self._loss_and_grads(
@@ -280,8 +265,8 @@ class JaxSession(Session):
                 raise BackendError(f"{name}: expected shape {tuple(shape)}, got {value.shape}")
             host[name] = np.array(value)  # own copy: donation may reuse the device buffer
         self.params = {name: self._put(value) for name, value in host.items()}
-        # Placed like the parameters (committed), as the step's outputs are: otherwise the second
-        # step, fed those outputs, would compile the step a second time (measured: +6-15 s).
+        # Placed like the parameters (committed), as the step's outputs are, or the second step compiles
+        # again: docs/decisions.md#jax-optimizer-state-placement.
         fresh_state = self.optimizer.init(host)
         self.opt_state = self.jax.tree_util.tree_map(lambda leaf: self._put(np.asarray(leaf)), fresh_state)
         self._step_number = 0
@@ -289,24 +274,14 @@ class JaxSession(Session):
     # -- harness hooks ------------------------------------------------------------------------
 
     def sync(self) -> None:
-        self.jax.block_until_ready((self.params, self.opt_state))
+        JAX.sync(on_gpu=self.dev.platform != "cpu", values=(self.params, self.opt_state))
 
     def peak_device_memory_mb(self) -> float | None:
-        if self.dev.platform == "cpu":
-            return None
-        stats = self.dev.memory_stats() or {}
-        peak = stats.get("peak_bytes_in_use")
-        return None if peak is None else peak / 2**20
+        return None if self.dev.platform == "cpu" else JAX.peak_device_memory_mb(self.dev)
 
     def settings(self) -> dict[str, Any]:
-        # PJRT reads PJRT_NPROC, then NPROC, else counts the CPUs this process may run on.
-        variable = next((name for name in (THREADS_ENV, "NPROC") if os.environ.get(name, "").isdigit()), None)
-        threads = int(os.environ[variable]) if variable else len(os.sched_getaffinity(0))
         return {
-            # XLA runs the operations of one compiled step on a single pool of this size.
-            "intra_op_threads": threads,
-            "inter_op_threads": threads,
-            "threads_from": f"{variable}={threads}" if variable else "schedulable CPUs (XLA default)",
+            **JAX.thread_settings(),
             "precision": "float32",
             "matmul_precision": self.precision_name,
             "jax.default_matmul_precision": self.jax.config.jax_default_matmul_precision,
@@ -315,13 +290,12 @@ class JaxSession(Session):
             "layout": "NHWC, HWIO kernels",
             "dropout_rng": f"{self.jax.config.jax_default_prng_impl} key from (seed, step)",
             "platform": self.dev.platform,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "true (jax default)"),
-            "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", ""),
+            **JAX.recorded_environment(),
         }
 
     def close(self) -> None:
-        for array in self.jax.tree_util.tree_leaves((self.params, self.opt_state, self.x_train, self.y_train, self.x_test, self.y_test)):
+        state = (self.params, self.opt_state, self.x_train, self.y_train, self.x_test, self.y_test)
+        for array in self.jax.tree_util.tree_leaves(state):
             if not array.is_deleted():
                 array.delete()
         self.params = self.opt_state = self.x_train = self.y_train = self.x_test = self.y_test = None
@@ -336,26 +310,11 @@ class JaxBackend(Backend):
         return missing_module_reason("jax", "jaxlib", "optax", extra="jax")
 
     def framework_version(self, variant: str | None = None) -> str:
-        return distribution_version("jax") or "not installed"
+        return JAX.version() or "not installed"
 
     def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
-        """Read by jax when its client starts, so they must be set before the worker imports it.
-
-        ``PJRT_NPROC`` sizes XLA's CPU thread pool (measured: 1 -> one busy core, 2 -> two). The
-        older recipe ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=N``
-        does not work with jaxlib 0.10: the first flag changed nothing measurable and the second
-        is not an XLA flag (rejected as ``--intra_op_parallelism_threads``, ignored without ``--``).
-        """
-        env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}  # allocate as needed: comparable GPU memory
-        if config.device == "cpu":
-            env["JAX_PLATFORMS"] = "cpu"
-        if config.threads:
-            env[THREADS_ENV] = str(config.threads)
-        from cnnbench import distributed
-
-        if config.devices > 1:  # simulated host devices for the mesh; harmless where GPUs are used
-            env["XLA_FLAGS"] = distributed.with_forced_host_devices(os.environ.get("XLA_FLAGS", ""), config.devices)
-        return env
+        """Read by jax when its client starts, so they must be set before the worker imports it."""
+        return JAX.process_environment(config)
 
     def import_framework(self, variant: str | None = None) -> None:
         import jax  # noqa: F401

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import BackendError, BackendUnavailable
+from cnnbench.backend import BackendError
 from cnnbench.config import TrainConfig
 from cnnbench.distributed import Cluster
+from cnnbench.frameworks import JAX, mesh_label
 from cnnbench.spec import ModelSpec
 
 from cnnbench_jax.backend import JaxSession
@@ -35,52 +36,28 @@ def initialize_cluster(where: Cluster) -> None:
     if not where.multi_host or jax.distributed.is_initialized():
         return
     address, port = where.coordinator
-    jax.distributed.initialize(coordinator_address=f"{address}:{port}", num_processes=where.num_hosts, process_id=where.index)
-
-
-def mesh_devices(jax, config: TrainConfig, where: Cluster) -> list:
-    """The first ``config.devices`` local devices of every process (GPUs for auto/cuda when present)."""
-    platform = "cpu"
-    if config.device in ("auto", "cuda"):
-        try:
-            platform = "gpu" if jax.devices("gpu") else "cpu"
-        except RuntimeError:
-            if config.device == "cuda":
-                raise BackendUnavailable("CUDA requested but jax sees no GPU (is jax[cuda] installed?)") from None
-    local = jax.local_devices(backend=platform)
-    if len(local) < config.devices:
-        hint = " (XLA_FLAGS --xla_force_host_platform_device_count is set by the harness before jax starts)" if platform == "cpu" else ""
-        raise BackendUnavailable(f"{config.devices} {platform} devices per host requested, jax sees {len(local)}{hint}")
-    chosen = []
-    for process in range(where.num_hosts):
-        mine = sorted((d for d in jax.devices(platform) if d.process_index == process), key=lambda d: d.id)
-        chosen.extend(mine[: config.devices])
-    return chosen
+    jax.distributed.initialize(
+        coordinator_address=f"{address}:{port}", num_processes=where.num_hosts, process_id=where.index
+    )
 
 
 class ShardedJaxSession(JaxSession):
     """A ``JaxSession`` whose arrays live on a mesh: replicated state, batch-sharded steps."""
 
     def __init__(self, spec: ModelSpec, config: TrainConfig, where: Cluster):
-        import jax
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
         self.cluster = where
-        self.mesh_device_list = mesh_devices(jax, config, where)
+        self.mesh_device_list = JAX.mesh_devices(config, where)
         self.mesh = Mesh(np.array(self.mesh_device_list), (AXIS,))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.batch_sharded = NamedSharding(self.mesh, PartitionSpec(AXIS))
         super().__init__(spec, config)
         first = self.mesh_device_list[0]
-        # Simulated CPU devices share one small thread pool. With the next step (and its transfers)
-        # queued while one device waited in the all-reduce rendezvous, the other device sometimes got
-        # no thread and XLA aborted after its 40 s rendezvous timeout (1 MNIST run in 2 here, with
-        # 2 threads). Waiting for each step fixed it (0 in 4) at no measurable cost: a CPU step is
-        # ~0.3 s. GPUs keep jax's asynchronous dispatch.
+        # Simulated CPU devices wait for each step, or a collective may time out: docs/decisions.md#jax-cpu-collectives
         self.one_step_in_flight = first.platform == "cpu"
         kind = "cpu" if first.platform == "cpu" else f"{first.platform} ({first.device_kind})"
-        simulated = " (simulated host devices)" if first.platform == "cpu" and not where.multi_host else ""
-        self.device = f"{len(self.mesh_device_list)} x {kind}{simulated}" + (f", {where.num_hosts} processes" if where.multi_host else "")
+        self.device = mesh_label(len(self.mesh_device_list), kind, first.platform, where)
 
     # -- placement: everything resident is replicated over the mesh --------------------------------
 
@@ -115,7 +92,9 @@ class ShardedJaxSession(JaxSession):
         def jitted(shard_batch: bool):
             row_sharding = batch_sharded if shard_batch else replicated
             return jax.jit(
-                lambda params, opt_state, x_train, y_train, row, step_number: step(params, opt_state, x_train, y_train, row, step_number, shard_batch),
+                lambda params, opt_state, x_train, y_train, row, step_number: step(
+                    params, opt_state, x_train, y_train, row, step_number, shard_batch
+                ),
                 in_shardings=(replicated, replicated, replicated, replicated, row_sharding, replicated),
                 out_shardings=(replicated, replicated, replicated),
                 donate_argnums=(0, 1),
@@ -142,7 +121,9 @@ class ShardedJaxSession(JaxSession):
         losses = []
         for row in rows:
             step_number = self._global(np.asarray(self._step_number, dtype=np.int32), self.replicated)
-            self.params, self.opt_state, loss = step(self.params, self.opt_state, self.x_train, self.y_train, self._global(row, row_sharding), step_number)
+            self.params, self.opt_state, loss = step(
+                self.params, self.opt_state, self.x_train, self.y_train, self._global(row, row_sharding), step_number
+            )
             self._step_number += 1
             if self.one_step_in_flight:
                 loss.block_until_ready()
@@ -152,7 +133,8 @@ class ShardedJaxSession(JaxSession):
     def settings(self) -> dict[str, Any]:
         settings = super().settings()
         settings.update(
-            data_parallel=f"jax.sharding: Mesh(({len(self.mesh_device_list)},), ('{AXIS}',)), batch sharded, params replicated"
+            data_parallel=f"jax.sharding: Mesh(({len(self.mesh_device_list)},), ('{AXIS}',)), "
+            "batch sharded, params replicated"
             + (f", jax.distributed over {self.cluster.num_hosts} processes" if self.cluster.multi_host else ""),
             mode="jit (SPMD-partitioned)",
             threefry_partitionable=bool(self.jax.config.jax_threefry_partitionable),

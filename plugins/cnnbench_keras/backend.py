@@ -12,36 +12,30 @@ kernels (in, out), and ``Flatten`` flattens channels_last activations in (H, W, 
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, distribution_version, missing_module_reason
+from cnnbench.backend import (
+    Backend,
+    BackendError,
+    BackendUnavailable,
+    Session,
+    distribution_version,
+    missing_module_reason,
+)
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import UsageError
+from cnnbench.frameworks import FRAMEWORKS, JAX, Framework
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
 #: Keras engines, selected as ``keras:<engine>``; the first is the default.
 ENGINES = ("tensorflow", "jax", "torch")
-#: Distributions whose version identifies each engine (the first installed one is reported).
-ENGINE_DISTRIBUTIONS = {
-    "tensorflow": ("tensorflow", "tensorflow-cpu", "tf-nightly"),
-    "jax": ("jax",),
-    "torch": ("torch",),
-}
-#: Values of ``--backend-option keras.jit_compile``. "auto" lets Keras 3.15 decide: jax.jit on JAX,
-#: eager on torch, and on TF XLA only when TensorFlow sees a GPU (never on a CPU-only machine).
+#: Values of ``--backend-option keras.jit_compile``; "auto" lets Keras decide (docs/decisions.md#keras-jit-compile).
 JIT_COMPILE_CHOICES = {"auto": "auto", "true": True, "false": False}
-#: ``jit_compile`` per engine when the option is absent: each engine's fast path on this CPU, and the
-#: same mode as the framework's own backend here, on a GPU too (Keras' "auto" would use XLA there).
-#: TensorFlow: plain tf.function graphs, as the raw-TF backend (XLA measured slower on this 2-core
-#: CPU: ~1,570 against ~2,080 samples/s, MNIST batch 100);
-#: JAX: jax.jit, its only compiled path (False would run op by op); torch: eager, as the torch
-#: backend (Keras' jit_compile=True means torch.compile, whose warm-up the notes measured at 20-34 s).
+#: ``jit_compile`` per engine when the option is absent: the mode of the framework's own backend, on a GPU
+#: too; why, with the figures: docs/decisions.md#keras-jit-compile.
 DEFAULT_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}
-#: Sizes XLA's CPU thread pool in the jax engine (read by PJRT when the client starts).
-JAX_THREADS_ENV = "PJRT_NPROC"
 #: The cnnbench extra that installs each engine (for the "not installed" hint).
 ENGINE_EXTRAS = {"tensorflow": "keras", "jax": "jax", "torch": "torch"}
 ACCURACY = "accuracy"
@@ -66,13 +60,6 @@ def jit_compile_for(config: TrainConfig, engine: str) -> bool | str:
     return JIT_COMPILE_CHOICES[key]
 
 
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def build_model(spec: ModelSpec):
     """A ``keras.Sequential`` that walks the spec; returns (model, {layer name: layer with weights})."""
     import keras
@@ -95,7 +82,13 @@ def build_model(spec: ModelSpec):
             )
             weighted[layer.name] = built
         elif isinstance(layer, MaxPool2D):
-            built = layers.MaxPooling2D(layer.pool_size, strides=layer.stride, padding=layer.padding.lower(), data_format="channels_last", name=layer.name)
+            built = layers.MaxPooling2D(
+                layer.pool_size,
+                strides=layer.stride,
+                padding=layer.padding.lower(),
+                data_format="channels_last",
+                name=layer.name,
+            )
         elif isinstance(layer, Flatten):
             built = layers.Flatten(data_format="channels_last", name=layer.name)
         elif isinstance(layer, Dense):
@@ -112,98 +105,10 @@ def build_model(spec: ModelSpec):
     return model, weighted
 
 
-# --- What differs between engines: threads, devices, gradients, synchronisation ---------------
-
-
-def configure_threads(engine: str, config: TrainConfig) -> dict[str, Any]:
-    """Apply ``config.threads`` where the engine allows it at run time; notes on what was not applied."""
-    notes: dict[str, Any] = {}
-    if not config.threads:
-        return notes
-    if engine == "tensorflow":
-        import tensorflow as tf
-
-        for what, setter in (
-            ("intra_op", tf.config.threading.set_intra_op_parallelism_threads),
-            ("inter_op", tf.config.threading.set_inter_op_parallelism_threads),
-        ):
-            try:
-                setter(config.threads)
-            except RuntimeError as exc:  # TF's runtime already started in this process
-                notes[f"{what}_threads_not_applied"] = str(exc).splitlines()[0]
-    elif engine == "torch":
-        import torch
-
-        torch.set_num_threads(config.threads)
-        try:
-            torch.set_num_interop_threads(config.threads)
-        except RuntimeError:  # only settable before the first parallel work
-            pass
-    elif os.environ.get(JAX_THREADS_ENV) != str(config.threads):
-        notes["threads_not_applied"] = f"jax sizes its pool from ${JAX_THREADS_ENV} at start; set it before the process starts"
-    return notes
-
-
-def thread_settings(engine: str) -> dict[str, Any]:
-    """The thread pools the engine actually uses (not the requested numbers)."""
-    if engine == "tensorflow":
-        import tensorflow as tf
-
-        cores = _available_cores()  # 0 means TF's default: one thread per schedulable core
-        return {
-            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or cores,
-            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads() or cores,
-        }
-    if engine == "torch":
-        import torch
-
-        return {"intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads()}
-    # PJRT reads PJRT_NPROC, then NPROC, else counts the CPUs this process may run on.
-    variable = next((name for name in (JAX_THREADS_ENV, "NPROC") if os.environ.get(name, "").isdigit()), None)
-    threads = int(os.environ[variable]) if variable else _available_cores()
-    return {"intra_op_threads": threads, "inter_op_threads": threads, "threads_from": f"{variable}={threads}" if variable else "schedulable CPUs (XLA default)"}
-
-
-def visible_gpu(engine: str) -> str | None:
-    """A description of the GPU the engine would use by default, or None."""
-    if engine == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if not gpus:
-            return None
-        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-    if engine == "jax":
-        import jax
-
-        device = jax.devices()[0]
-        return device.device_kind if device.platform == "gpu" else None
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
-
-
-def mode_name(engine: str, jit_compile: bool) -> str:
-    if engine == "tensorflow":
-        return "graph + XLA" if jit_compile else "graph (tf.function)"
-    if engine == "jax":
-        return "jit (XLA)" if jit_compile else "eager (no jax.jit)"
-    return "torch.compile" if jit_compile else "eager"
-
-
 class KerasSession(Session):
-    """A compiled ``keras.Sequential`` and the resident dataset, for one engine in this process.
+    """A compiled ``keras.Sequential`` and the resident dataset, trained with ``train_on_batch``.
 
-    Training uses ``model.train_on_batch`` once per row of the harness's index array, each
-    batch gathered from the resident tensors with ``keras.ops.take``. It was chosen over
-    ``model.fit(x[indices.ravel()], ..., shuffle=False)`` with a callback collecting per-batch
-    losses because it is as fast or faster: interleaved in one process on 20-batch calls (Keras
-    3.15, 2 threads) ~1,950 against ~1,540 samples/s on the TF engine (fit builds an epoch
-    iterator and a tf.data pipeline per call) and equal (~880) on JAX. It is also simpler: fit's
-    ``logs["loss"]`` is a running mean over the epoch unless a callback resets the metrics
-    before every batch, whereas ``train_on_batch`` resets them itself, so each returned loss is
-    the mean loss of exactly that batch (before its update), in the harness's order. It syncs once per batch to return that float: nothing
-    measurable on a CPU; on a GPU it stops the host from queueing batches ahead.
+    Why ``train_on_batch`` and not ``fit``, with the figures: docs/decisions.md#keras-train-loop.
     """
 
     def __init__(self, spec: ModelSpec, config: TrainConfig, engine: str):
@@ -216,9 +121,10 @@ class KerasSession(Session):
             )
         self.keras, self.ops = keras, keras.ops
         self.spec, self.config, self.engine = spec, config, engine
+        self.framework: Framework = FRAMEWORKS[engine]
         self.jit_compile = jit_compile_for(config, engine)
-        self.notes = configure_threads(engine, config)
-        gpu = visible_gpu(engine)
+        self.notes = self.framework.apply_threads(config.threads) if config.threads else {}
+        gpu = self.framework.gpu_name()
         if config.device == "cuda" and gpu is None:
             raise BackendUnavailable(f"CUDA requested but Keras' {engine} engine sees no GPU")
         # "cpu" on a machine whose GPU is visible (the worker hides it through the environment).
@@ -269,7 +175,8 @@ class KerasSession(Session):
         with self._placement():
             for i, row in enumerate(batch_indices):
                 rows = ops.convert_to_tensor(row)
-                logs = model.train_on_batch(ops.take(self.x_train, rows, axis=0), ops.take(self.y_train, rows, axis=0), return_dict=True)
+                x, y = ops.take(self.x_train, rows, axis=0), ops.take(self.y_train, rows, axis=0)
+                logs = model.train_on_batch(x, y, return_dict=True)
                 losses[i] = logs["loss"]
         return losses
 
@@ -285,7 +192,8 @@ class KerasSession(Session):
 
     def _variables(self) -> list[tuple[str, Any]]:
         """(canonical name, Keras variable) for every weight, in spec order."""
-        return [(f"{name}/{part}", getattr(layer, part)) for name, layer in self.weighted.items() for part in ("kernel", "bias")]
+        parts = ("kernel", "bias")
+        return [(f"{name}/{part}", getattr(layer, part)) for name, layer in self.weighted.items() for part in parts]
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         named = self._variables()
@@ -298,7 +206,8 @@ class KerasSession(Session):
             else:
                 loss, grads = self._torch_gradients(images, labels, [v for _, v in named])
         to_numpy = self.ops.convert_to_numpy
-        return float(to_numpy(loss)), {name: np.array(to_numpy(g), dtype=np.float32) for (name, _), g in zip(named, grads)}
+        gradients = {name: np.array(to_numpy(g), dtype=np.float32) for (name, _), g in zip(named, grads)}
+        return float(to_numpy(loss)), gradients
 
     def _tf_gradients(self, images, labels, variables):
         import tensorflow as tf
@@ -331,7 +240,10 @@ class KerasSession(Session):
     def get_weights(self) -> dict[str, np.ndarray]:
         ops = self.ops
         # Through a tensor copy: NumPy 2 warns about the __array__ of Keras and TF variables (no copy argument).
-        return {name: np.array(ops.convert_to_numpy(ops.copy(variable)), dtype=np.float32) for name, variable in self._variables()}
+        return {
+            name: np.array(ops.convert_to_numpy(ops.copy(variable)), dtype=np.float32)
+            for name, variable in self._variables()
+        }
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         named = self._variables()
@@ -339,7 +251,8 @@ class KerasSession(Session):
             if name not in weights:
                 raise ValueError(f"missing weight {name!r}")
             if tuple(np.shape(weights[name])) != tuple(variable.shape):
-                raise ValueError(f"{name}: expected shape {tuple(variable.shape)}, got {tuple(np.shape(weights[name]))}")
+                got = tuple(np.shape(weights[name]))
+                raise ValueError(f"{name}: expected shape {tuple(variable.shape)}, got {got}")
         with self._placement():
             for name, variable in named:
                 variable.assign(np.asarray(weights[name], dtype=np.float32))
@@ -357,44 +270,19 @@ class KerasSession(Session):
         optimizer.learning_rate = self.config.learning_rate  # the one optimizer variable that is not state
 
     def sync(self) -> None:
-        if self.engine == "jax":
-            import jax
-
-            jax.block_until_ready([v.value for v in self.model.variables])
-        elif self.device.startswith("cuda"):
-            if self.engine == "tensorflow":
-                import tensorflow as tf
-
-                tf.test.experimental.sync_devices()
-            else:
-                import torch
-
-                torch.cuda.synchronize()
+        values = [v.value for v in self.model.variables] if self.framework is JAX else None
+        self.framework.sync(on_gpu=self.device.startswith("cuda"), values=values)
 
     def peak_device_memory_mb(self) -> float | None:
-        if not self.device.startswith("cuda"):
-            return None
-        if self.engine == "tensorflow":
-            import tensorflow as tf
-
-            peak = tf.config.experimental.get_memory_info("GPU:0").get("peak")
-        elif self.engine == "jax":
-            import jax
-
-            peak = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-        else:
-            import torch
-
-            peak = torch.cuda.max_memory_allocated()
-        return None if peak is None else peak / 2**20
+        return self.framework.peak_device_memory_mb() if self.device.startswith("cuda") else None
 
     def settings(self) -> dict[str, Any]:
         jit_compile = bool(self.model.jit_compile)  # "auto" resolved by Keras at compile
         settings: dict[str, Any] = {
             "engine": self.engine,
-            **thread_settings(self.engine),
+            **self.framework.thread_settings(),
             "precision": self.keras.config.floatx(),
-            "mode": mode_name(self.engine, jit_compile),
+            "mode": self.framework.mode(compiled=jit_compile),
             "jit_compile": jit_compile,
             "jit_compile_requested": self.config.option("keras", "jit_compile", "cnnbench default"),
             "layout": "NHWC",
@@ -402,10 +290,8 @@ class KerasSession(Session):
             "adam_epsilon_form": "Keras: epsilon added to sqrt(v), bias correction in the step size",
             "dropout_rng": f"Keras SeedGenerator, keras.utils.set_random_seed({self.config.seed})",
             **self.notes,
+            **self.framework.recorded_environment(),
         }
-        if self.engine == "jax":
-            for variable in ("XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "JAX_PLATFORMS"):
-                settings[variable] = os.environ.get(variable, "")
         return settings
 
     def close(self) -> None:
@@ -431,27 +317,17 @@ class KerasBackend(Backend):
     def framework_version(self, variant: str | None = None) -> str:
         engine = engine_for(variant)
         keras_version = distribution_version("keras") or "not installed"
-        return f"{keras_version} ({engine} {distribution_version(*ENGINE_DISTRIBUTIONS[engine]) or 'not installed'})"
+        return f"{keras_version} ({engine} {FRAMEWORKS[engine].version() or 'not installed'})"
 
     def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
         """Keras reads ``KERAS_BACKEND`` at import, and jax its thread pool and platforms at start."""
         engine = engine_for(variant)
         jit_compile_for(config, engine)  # reject a bad option before a worker starts
-        env = {"KERAS_BACKEND": engine}
-        if engine == "jax":
-            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # allocate as needed, like the other engines
-            if config.threads:
-                env[JAX_THREADS_ENV] = str(config.threads)
+        env = {"KERAS_BACKEND": engine, **FRAMEWORKS[engine].process_environment(config)}
         if config.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
-            if engine == "jax":
-                env["JAX_PLATFORMS"] = "cpu"
-            elif engine == "torch":
+            if engine == "torch":
                 env["KERAS_TORCH_DEVICE"] = "cpu"
-        if engine == "jax" and config.devices > 1:  # simulated host devices for DataParallel's mesh
-            from cnnbench.distributed import with_forced_host_devices
-
-            env["XLA_FLAGS"] = with_forced_host_devices(os.environ.get("XLA_FLAGS", ""), config.devices)
         return env
 
     def devices_unsupported_reason(self, variant: str | None, config: TrainConfig) -> str | None:

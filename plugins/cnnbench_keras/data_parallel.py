@@ -17,7 +17,8 @@ import numpy as np
 
 from cnnbench.backend import BackendUnavailable
 from cnnbench.config import TrainConfig
-from cnnbench.distributed import Cluster, shard_bounds
+from cnnbench.distributed import Cluster, SharedLifetime, shard_bounds
+from cnnbench.frameworks import JAX, mesh_label
 from cnnbench.spec import ModelSpec
 
 from cnnbench_keras.backend import KerasSession
@@ -30,35 +31,22 @@ def unsupported_engine_reason(engine: str) -> str | None:
     if engine in DATA_PARALLEL_ENGINES:
         return None
     what = "is an unfinished prototype (marked DO NOT USE)" if engine == "tensorflow" else "does not exist"
-    return f"keras.distribution.DataParallel is implemented for Keras' JAX engine only; on the {engine} engine it {what}: use keras:jax"
+    return (
+        "keras.distribution.DataParallel is implemented for Keras' JAX engine only; "
+        f"on the {engine} engine it {what}: use keras:jax"
+    )
 
 
 def data_parallel_devices(config: TrainConfig, where: Cluster) -> list[str]:
-    """Keras device names ("cpu:0", "gpu:1", ...) of the first ``config.devices`` devices of every process."""
-    import jax
-
-    platform = "cpu"
-    if config.device in ("auto", "cuda"):
-        try:
-            platform = "gpu" if jax.devices("gpu") else "cpu"
-        except RuntimeError:
-            if config.device == "cuda":
-                raise BackendUnavailable("CUDA requested but Keras' jax engine sees no GPU") from None
-    if len(jax.local_devices(backend=platform)) < config.devices:
-        raise BackendUnavailable(f"{config.devices} {platform} devices per host requested, jax sees {len(jax.local_devices(backend=platform))}")
-    names = []
-    for process in range(where.num_hosts):
-        mine = sorted((d for d in jax.devices(platform) if d.process_index == process), key=lambda d: d.id)
-        names.extend(f"{platform}:{d.id}" for d in mine[: config.devices])
-    return names
+    """Keras device names ("cpu:0", "gpu:1", ...) of the mesh the jax backend would use."""
+    return [f"{device.platform}:{device.id}" for device in JAX.mesh_devices(config, where)]
 
 
 class KerasDataParallelSession(KerasSession):
     """A ``KerasSession`` built under ``keras.distribution.DataParallel``."""
 
-    #: Open sessions in this process (the parity check opens a second one): the global
-    #: distribution is cleared when the last one closes.
-    _open_sessions = 0
+    #: The sessions of this process under the global distribution: cleared when the last one closes.
+    distribution_users = SharedLifetime()
 
     def __init__(self, spec: ModelSpec, config: TrainConfig, engine: str, where: Cluster):
         import keras
@@ -67,17 +55,17 @@ class KerasDataParallelSession(KerasSession):
         if reason:
             raise BackendUnavailable(reason)
         if where.multi_host:
-            keras.distribution.initialize(job_addresses=",".join(where.hosts), num_processes=where.num_hosts, process_id=where.index)
+            keras.distribution.initialize(
+                job_addresses=",".join(where.hosts), num_processes=where.num_hosts, process_id=where.index
+            )
         self.cluster = where
         self.mesh_devices = data_parallel_devices(config, where)
         # Each process passes its own share of every batch (train_batches): no dataset auto-sharding.
         self.distribution = keras.distribution.DataParallel(devices=self.mesh_devices, auto_shard_dataset=False)
         keras.distribution.set_distribution(self.distribution)  # before the model: replicated variables
         super().__init__(spec, config, engine)
-        KerasDataParallelSession._open_sessions += 1
-        platform = self.mesh_devices[0].split(":")[0]
-        simulated = " (simulated host devices)" if platform == "cpu" and not where.multi_host else ""
-        self.device = f"{len(self.mesh_devices)} x {self.device}{simulated}" + (f", {where.num_hosts} processes" if where.multi_host else "")
+        KerasDataParallelSession.distribution_users.opened()
+        self.device = mesh_label(len(self.mesh_devices), self.device, self.mesh_devices[0].split(":")[0], where)
 
     def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         """Keras takes each process's share of the global batch and shards it over local devices."""
@@ -91,13 +79,13 @@ class KerasDataParallelSession(KerasSession):
     def settings(self) -> dict[str, Any]:
         settings = super().settings()
         settings.update(
-            data_parallel=f"keras.distribution.DataParallel over {len(self.mesh_devices)} devices ({', '.join(self.mesh_devices)})"
+            data_parallel=f"keras.distribution.DataParallel over {len(self.mesh_devices)} devices "
+            f"({', '.join(self.mesh_devices)})"
             + (f", {self.cluster.num_hosts} processes" if self.cluster.multi_host else ""),
         )
         return settings
 
     def close(self) -> None:
         super().close()
-        KerasDataParallelSession._open_sessions -= 1
-        if KerasDataParallelSession._open_sessions == 0:
+        if KerasDataParallelSession.distribution_users.closed():
             self.keras.distribution.set_distribution(None)

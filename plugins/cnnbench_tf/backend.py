@@ -12,24 +12,14 @@ tensorflow is imported inside methods only, so listing backends never pays for (
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, distribution_version, missing_module_reason
+from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.frameworks import TENSORFLOW
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
-
-#: Distributions that provide the ``tensorflow`` module, in the order we look for them.
-TF_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-macos", "tf-nightly", "tf-nightly-cpu")
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def configure_runtime(tf, config: TrainConfig) -> dict[str, Any]:
@@ -38,16 +28,7 @@ def configure_runtime(tf, config: TrainConfig) -> dict[str, Any]:
     Returns notes for settings() about what could not be applied (e.g. a session created
     after another one in the same process): the actual values are reported, not the requested ones.
     """
-    notes: dict[str, Any] = {}
-    if config.threads:
-        for what, setter in (
-            ("intra_op", tf.config.threading.set_intra_op_parallelism_threads),
-            ("inter_op", tf.config.threading.set_inter_op_parallelism_threads),
-        ):
-            try:
-                setter(config.threads)
-            except RuntimeError as exc:  # "... cannot be modified after initialization"
-                notes[f"{what}_threads_not_applied"] = str(exc).splitlines()[0]
+    notes = TENSORFLOW.apply_threads(config.threads) if config.threads else {}
     for gpu in tf.config.list_physical_devices("GPU"):
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
@@ -56,14 +37,13 @@ def configure_runtime(tf, config: TrainConfig) -> dict[str, Any]:
     return notes
 
 
-def resolve_device(tf, requested: str) -> tuple[str, str]:
+def resolve_device(requested: str) -> tuple[str, str]:
     """(TF device name, human description) for ``config.device``."""
-    gpus = tf.config.list_physical_devices("GPU")
-    if requested in ("auto", "cuda") and gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return "/GPU:0", f"cuda:0 ({details.get('device_name', 'GPU')})"
+    gpu = TENSORFLOW.gpu_name() if requested in ("auto", "cuda") else None
+    if gpu is not None:
+        return "/GPU:0", f"cuda:0 ({gpu})"
     if requested == "cuda":
-        raise BackendUnavailable("CUDA requested but TensorFlow sees no GPU (tensorflow-cpu, or no CUDA build)")
+        raise BackendUnavailable(TENSORFLOW.no_gpu_reason())
     return "/CPU:0", "cpu"
 
 
@@ -84,7 +64,7 @@ class TFRawSession(Session):
         self.tf, self.spec, self.config = tf, spec, config
         self.runtime_notes = runtime_notes
         self.xla = config.flag("tf", "xla")
-        self.device_name, self.device = resolve_device(tf, config.device)
+        self.device_name, self.device = resolve_device(config.device)
         if self.device_name.startswith("/GPU"):
             # Full fp32, as the PyTorch backend sets it (recorded in settings).
             tf.config.experimental.enable_tensor_float_32_execution(False)
@@ -121,7 +101,8 @@ class TFRawSession(Session):
             receptive = math.prod(kernel_shape[:-2])
             fan_in, fan_out = kernel_shape[-2] * receptive, kernel_shape[-1] * receptive
             limit = math.sqrt(6.0 / (fan_in + fan_out))
-            kernel = tf.random.stateless_uniform(kernel_shape, seed=[self.config.seed, index], minval=-limit, maxval=limit)
+            seed = [self.config.seed, index]
+            kernel = tf.random.stateless_uniform(kernel_shape, seed=seed, minval=-limit, maxval=limit)
             variables[f"{layer.name}/kernel"] = tf.Variable(kernel, name=f"{layer.name}/kernel")
             variables[f"{layer.name}/bias"] = tf.Variable(tf.zeros(kernel_shape[-1]), name=f"{layer.name}/bias")
             shape = info.output_shape
@@ -217,7 +198,9 @@ class TFRawSession(Session):
 
         def train_step(x_all, y_all, rows):
             x, y = tf.gather(x_all, rows), tf.gather(y_all, rows)
-            dropout_seed = tf.stack([tf.constant(seed, tf.int64), self.dropout_step.assign_add(1)]) if has_dropout else None
+            dropout_seed = None
+            if has_dropout:
+                dropout_seed = tf.stack([tf.constant(seed, tf.int64), self.dropout_step.assign_add(1)])
             with tf.GradientTape() as tape:
                 loss = self._loss(self._forward(x, training=True, dropout_seed=dropout_seed), y)
             self._apply_gradients(tape.gradient(loss, variables))
@@ -238,7 +221,8 @@ class TFRawSession(Session):
             return loss, tape.gradient(loss, variables)
 
         compile_options = {"jit_compile": True} if self.xla else {}
-        self._train_step = tf.function(train_step, input_signature=[images, labels, tf.TensorSpec([None], tf.int64)], **compile_options)
+        rows = tf.TensorSpec([None], tf.int64)
+        self._train_step = tf.function(train_step, input_signature=[images, labels, rows], **compile_options)
         self._eval_step = tf.function(eval_step, input_signature=[images, labels], **compile_options)
         self._predict = tf.function(predict, input_signature=[images], **compile_options)
         self._loss_and_gradients = tf.function(loss_and_gradients, input_signature=[images, labels], **compile_options)
@@ -277,7 +261,8 @@ class TFRawSession(Session):
             total_loss = tf.zeros((), tf.float64)
             correct = tf.zeros((), tf.int64)
             for start in range(0, n, batch_size):
-                batch_loss, batch_correct = self._eval_step(self.x_test[start : start + batch_size], self.y_test[start : start + batch_size])
+                stop = start + batch_size
+                batch_loss, batch_correct = self._eval_step(self.x_test[start:stop], self.y_test[start:stop])
                 total_loss += batch_loss
                 correct += batch_correct
             return float(total_loss) / n, float(correct) / n
@@ -305,31 +290,29 @@ class TFRawSession(Session):
         self._reset_optimizer()
 
     def sync(self) -> None:
-        # Eager CPU execution is synchronous; on a GPU this waits for the queued kernels.
-        if self.device_name.startswith("/GPU"):
-            self.tf.test.experimental.sync_devices()
+        TENSORFLOW.sync(on_gpu=self.device_name.startswith("/GPU"))
 
     def settings(self) -> dict[str, Any]:
         tf = self.tf
-        cores = _available_cores()
-        intra = tf.config.threading.get_intra_op_parallelism_threads()
-        inter = tf.config.threading.get_inter_op_parallelism_threads()
         settings: dict[str, Any] = {
-            # 0 means TF's default: one thread per schedulable core.
-            "intra_op_threads": intra or cores,
-            "inter_op_threads": inter or cores,
+            **TENSORFLOW.thread_settings(),
             "precision": "float32",
-            "mode": "graph + XLA" if self.xla else "graph (tf.function)",
+            "mode": TENSORFLOW.mode(compiled=self.xla),
             "xla": self.xla,
             "layout": "NHWC",
-            "optimizer_kernel": "ResourceApplyAdam (PyTorch-form epsilon)" if self.config.optimizer == "adam" else "ResourceApplyGradientDescent",
+            "optimizer_kernel": (
+                "ResourceApplyAdam (PyTorch-form epsilon)"
+                if self.config.optimizer == "adam"
+                else "ResourceApplyGradientDescent"
+            ),
             "dropout": "stateless (seed, step, layer)",
             "onednn": _onednn_enabled(),
             "train_loop": "one tf.function call per batch, batch gathered on the device",
         }
         if self.device_name.startswith("/GPU"):
             settings["tf32"] = tf.config.experimental.tensor_float_32_execution_enabled()
-            settings["gpu_memory_growth"] = all(tf.config.experimental.get_memory_growth(g) for g in tf.config.list_physical_devices("GPU"))
+            gpus = tf.config.list_physical_devices("GPU")
+            settings["gpu_memory_growth"] = all(tf.config.experimental.get_memory_growth(g) for g in gpus)
         settings.update(self.runtime_notes)
         return settings
 
@@ -358,7 +341,7 @@ class TFRawBackend(Backend):
         return missing_module_reason("tensorflow", extra="tf-cpu")
 
     def framework_version(self, variant: str | None = None) -> str:
-        return distribution_version(*TF_DISTRIBUTIONS) or "not installed"
+        return TENSORFLOW.version() or "not installed"
 
     def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
         """``--backend-option tf.onednn=false`` turns TF's oneDNN kernels off; TF reads it at import."""

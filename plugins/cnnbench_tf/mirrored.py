@@ -19,6 +19,7 @@ import numpy as np
 from cnnbench.backend import BackendError, BackendUnavailable
 from cnnbench.config import TrainConfig
 from cnnbench.distributed import Cluster
+from cnnbench.frameworks import TENSORFLOW
 from cnnbench.spec import ModelSpec
 
 from cnnbench_tf.backend import TFRawSession, resolve_device
@@ -28,12 +29,14 @@ def _cpu_replica_devices(tf, devices: int) -> list[str]:
     """``devices`` logical CPU devices; configured now if TF's runtime has not started yet."""
     physical = tf.config.list_physical_devices("CPU")[0]
     try:
-        tf.config.set_logical_device_configuration(physical, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)])
+        logical_devices = [tf.config.LogicalDeviceConfiguration() for _ in range(devices)]
+        tf.config.set_logical_device_configuration(physical, logical_devices)
     except RuntimeError:  # runtime already started (a second session in this process): use what exists
         pass
     logical = tf.config.list_logical_devices("CPU")
     if len(logical) < devices:
-        raise BackendUnavailable(f"{devices} CPU devices requested but TensorFlow's runtime already started with {len(logical)}")
+        started = f"TensorFlow's runtime already started with {len(logical)}"
+        raise BackendUnavailable(f"{devices} CPU devices requested but {started}")
     return [device.name for device in logical[:devices]]
 
 
@@ -41,17 +44,20 @@ def create_strategy(tf, config: TrainConfig, where: Cluster):
     """(strategy, description, first replica device) for ``config.devices`` devices on each host."""
     gpus = tf.config.list_physical_devices("GPU") if config.device in ("auto", "cuda") else []
     if config.device == "cuda" and not gpus:
-        raise BackendUnavailable("CUDA requested but TensorFlow sees no GPU (tensorflow-cpu, or no CUDA build)")
+        raise BackendUnavailable(TENSORFLOW.no_gpu_reason())
     if gpus and len(gpus) < config.devices:
         raise BackendUnavailable(f"{config.devices} GPUs per host requested, TensorFlow sees {len(gpus)}")
     if where.multi_host:
         if gpus:
             tf.config.set_visible_devices(gpus[: config.devices], "GPU")
         elif config.devices > 1:
-            raise BackendUnavailable("MultiWorkerMirroredStrategy drives one CPU device per worker: use --devices 1 on each CPU host")
+            raise BackendUnavailable(
+                "MultiWorkerMirroredStrategy drives one CPU device per worker: use --devices 1 on each CPU host"
+            )
         strategy = tf.distribute.MultiWorkerMirroredStrategy()  # reads TF_CONFIG (set by the backend's environment)
         kind = f"{config.devices} GPU(s)" if gpus else "the CPU"
-        return strategy, f"tf.distribute.MultiWorkerMirroredStrategy, {where.num_hosts} workers x {kind} (TF_CONFIG)", "/GPU:0" if gpus else "/CPU:0"
+        description = f"tf.distribute.MultiWorkerMirroredStrategy, {where.num_hosts} workers x {kind} (TF_CONFIG)"
+        return strategy, description, "/GPU:0" if gpus else "/CPU:0"
     if gpus:
         devices = [f"/GPU:{i}" for i in range(config.devices)]
         strategy = tf.distribute.MirroredStrategy(devices)
@@ -77,10 +83,11 @@ class TFMirroredSession(TFRawSession):
         on_gpu = "GPU" in self.device_name.upper()
         if on_gpu:
             tf.config.experimental.enable_tensor_float_32_execution(False)
-            _, name = resolve_device(tf, "cuda")
+            _, name = resolve_device("cuda")
             self.device = f"{len(self.replica_devices)} x {name}"
         else:
-            self.device = f"cpu ({len(self.replica_devices)} logical devices)" if len(self.replica_devices) > 1 else "cpu"
+            replicas = len(self.replica_devices)
+            self.device = f"cpu ({replicas} logical devices)" if replicas > 1 else "cpu"
         if where.multi_host:
             self.device += f", worker {where.index} of {where.num_hosts}"
         tf.random.set_seed(config.seed)
@@ -89,7 +96,9 @@ class TFMirroredSession(TFRawSession):
             self.variables = self._build_variables()
             self.slots = self._build_slots()
             self.adam_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adam_step", aggregation=only_first)
-            self.dropout_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="dropout_step", aggregation=only_first)
+            self.dropout_step = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="dropout_step", aggregation=only_first
+            )
         self._compile_functions()  # evaluate / predict / gradients: cross-replica, on the first replica's copy
         self._compile_distributed_step()
         self.x_train = self.y_train = self.x_test = self.y_test = None
@@ -116,7 +125,8 @@ class TFMirroredSession(TFRawSession):
             with tf.GradientTape() as tape:
                 logits = self._forward(x, training=True, dropout_seed=dropout_seed)
                 # This replica's share of the global mean: summed across replicas it is the global mean.
-                loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)) / tf.cast(global_batch, tf.float32)
+                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+                loss = tf.reduce_sum(losses) / tf.cast(global_batch, tf.float32)
             grads = tape.gradient(loss, variables)
             *grads, loss = context.all_reduce(tf.distribute.ReduceOp.SUM, [*grads, loss])
             self._apply_gradients(grads)
@@ -156,7 +166,8 @@ class TFMirroredSession(TFRawSession):
         x_all, y_all = self.replicated_train
         with tf.device("/CPU:0"):
             row_tensors = tf.unstack(tf.convert_to_tensor(rows))
-        losses = [self.strategy.experimental_local_results(self._distributed_step(x_all, y_all, row))[0] for row in row_tensors]
+        local_results = self.strategy.experimental_local_results
+        losses = [local_results(self._distributed_step(x_all, y_all, row))[0] for row in row_tensors]
         return tf.stack(losses).numpy().astype(np.float64)
 
     def settings(self) -> dict[str, Any]:
@@ -165,7 +176,8 @@ class TFMirroredSession(TFRawSession):
             data_parallel=self.strategy_description,
             replicas=self.strategy.num_replicas_in_sync,
             cross_device_ops=type(getattr(self.strategy.extended, "_cross_device_ops", None) or object()).__name__,
-            train_loop="one tf.function per global batch: strategy.run on every replica, gradients all-reduced (sum of share-weighted losses)",
+            train_loop="one tf.function per global batch: strategy.run on every replica, "
+            "gradients all-reduced (sum of share-weighted losses)",
         )
         return settings
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendUnavailable, Session, distribution_version, missing_module_reason
+from cnnbench.backend import Backend, BackendUnavailable, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.frameworks import TORCH
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
 
@@ -19,7 +20,7 @@ def _resolve_device(torch, requested: str):
     if requested in ("auto", "cuda") and torch.cuda.is_available():
         return torch.device("cuda")
     if requested == "cuda":
-        raise BackendUnavailable("CUDA requested but torch.cuda.is_available() is False")
+        raise BackendUnavailable(TORCH.no_gpu_reason())
     return torch.device("cpu")
 
 
@@ -41,7 +42,9 @@ def build_module(spec: ModelSpec):
     for info in spec.layer_infos():
         layer = info.layer
         if isinstance(layer, Conv2D):
-            conv = nn.Conv2d(channels, layer.filters, layer.kernel_size, stride=layer.stride, padding=layer.padding.lower())
+            conv = nn.Conv2d(
+                channels, layer.filters, layer.kernel_size, stride=layer.stride, padding=layer.padding.lower()
+            )
             modules.append(conv)
             weighted[layer.name] = conv
             channels = layer.filters
@@ -87,7 +90,10 @@ class TorchSession(Session):
         self.torch = torch
         self.spec, self.config = spec, config
         self.dev = _resolve_device(torch, config.device)
-        self.device = str(self.dev) if self.dev.type == "cpu" else f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
+        if self.dev.type == "cpu":
+            self.device = str(self.dev)
+        else:
+            self.device = f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         torch.manual_seed(config.seed)
         model, self.weighted = build_module(spec)
@@ -97,7 +103,9 @@ class TorchSession(Session):
     def _make_optimizer(self) -> None:
         params = self.model.parameters()
         if self.config.optimizer == "adam":
-            self.optimizer = self.torch.optim.Adam(params, lr=self.config.learning_rate, betas=(ADAM_BETA1, ADAM_BETA2), eps=ADAM_EPSILON)
+            self.optimizer = self.torch.optim.Adam(
+                params, lr=self.config.learning_rate, betas=(ADAM_BETA1, ADAM_BETA2), eps=ADAM_EPSILON
+            )
         else:
             self.optimizer = self.torch.optim.SGD(params, lr=self.config.learning_rate)
 
@@ -148,7 +156,8 @@ class TorchSession(Session):
         torch = self.torch
         self.model.eval()
         self.model.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(self.model(self._images(x)), torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.dev))
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.dev)
+        loss = torch.nn.functional.cross_entropy(self.model(self._images(x)), labels)
         loss.backward()
         grads = {}
         for layer_name, module in self.weighted.items():
@@ -168,29 +177,27 @@ class TorchSession(Session):
         torch = self.torch
         with torch.no_grad():
             for layer_name, module in self.weighted.items():
-                kernel = to_native(f"{layer_name}/kernel", np.asarray(weights[f"{layer_name}/kernel"], dtype=np.float32))
+                canonical = np.asarray(weights[f"{layer_name}/kernel"], dtype=np.float32)
+                kernel = to_native(f"{layer_name}/kernel", canonical)
                 if tuple(module.weight.shape) != kernel.shape:
-                    raise ValueError(f"{layer_name}/kernel: expected native shape {tuple(module.weight.shape)}, got {kernel.shape}")
+                    expected = tuple(module.weight.shape)
+                    raise ValueError(f"{layer_name}/kernel: expected native shape {expected}, got {kernel.shape}")
                 module.weight.copy_(torch.from_numpy(kernel))
                 module.bias.copy_(torch.from_numpy(np.asarray(weights[f"{layer_name}/bias"], dtype=np.float32)))
         self._make_optimizer()
 
     def peak_device_memory_mb(self) -> float | None:
-        if self.dev.type != "cuda":
-            return None
-        return self.torch.cuda.max_memory_allocated(self.dev) / 2**20
+        return TORCH.peak_device_memory_mb(self.dev) if self.dev.type == "cuda" else None
 
     def sync(self) -> None:
-        if self.dev.type == "cuda":
-            self.torch.cuda.synchronize()
+        TORCH.sync(on_gpu=self.dev.type == "cuda")
 
     def settings(self) -> dict[str, Any]:
         torch = self.torch
         settings: dict[str, Any] = {
-            "intra_op_threads": torch.get_num_threads(),
-            "inter_op_threads": torch.get_num_interop_threads(),
+            **TORCH.thread_settings(),
             "precision": "float32",
-            "mode": "eager",
+            "mode": TORCH.mode(compiled=False),
             "layout": "NCHW, channels_last memory" if self.memory_format == torch.channels_last else "NCHW",
         }
         if self.dev.type == "cuda":
@@ -216,7 +223,7 @@ class TorchBackend(Backend):
         return missing_module_reason("torch", extra="torch")
 
     def framework_version(self, variant: str | None = None) -> str:
-        return distribution_version("torch") or "not installed"
+        return TORCH.version() or "not installed"
 
     def import_framework(self, variant: str | None = None) -> None:
         import torch  # noqa: F401
@@ -247,11 +254,7 @@ class TorchBackend(Backend):
         import torch
 
         if config.threads:
-            torch.set_num_threads(config.threads)
-            try:
-                torch.set_num_interop_threads(config.threads)
-            except RuntimeError:  # only settable before the first parallel work
-                pass
+            TORCH.apply_threads(config.threads)
         if torch.cuda.is_available():
             # Full fp32 everywhere, as in the other backends' defaults on CPU (recorded in settings).
             torch.backends.cuda.matmul.allow_tf32 = False

@@ -18,7 +18,8 @@ import numpy as np
 
 from cnnbench.backend import BackendUnavailable
 from cnnbench.config import TrainConfig
-from cnnbench.distributed import shard_bounds
+from cnnbench.distributed import SharedLifetime, shard_bounds
+from cnnbench.frameworks import TORCH
 from cnnbench.spec import ModelSpec
 
 from cnnbench_torch.backend import TorchSession
@@ -41,8 +42,8 @@ def init_process_group(torch, device_type: str) -> str:
 class DDPTorchSession(TorchSession):
     """One rank of a DistributedDataParallel group; rank 0's view is what the worker reports."""
 
-    #: Open sessions in this process: the group is destroyed when the last one closes.
-    _open_sessions = 0
+    #: The sessions of this process that use torchrun's group: destroyed when the last one closes.
+    process_group_users = SharedLifetime()
 
     def __init__(self, spec: ModelSpec, config: TrainConfig):
         import torch
@@ -51,13 +52,14 @@ class DDPTorchSession(TorchSession):
         self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(config.devices)))
         use_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
         if config.device == "cuda" and not use_cuda:
-            raise BackendUnavailable("CUDA requested but torch.cuda.is_available() is False")
+            raise BackendUnavailable(TORCH.no_gpu_reason())
         if use_cuda:
             if torch.cuda.device_count() < self.local_world:
-                raise BackendUnavailable(f"{self.local_world} devices per host requested, torch sees {torch.cuda.device_count()} CUDA device(s)")
+                seen = f"torch sees {torch.cuda.device_count()} CUDA device(s)"
+                raise BackendUnavailable(f"{self.local_world} devices per host requested, {seen}")
             torch.cuda.set_device(self.local_rank)
         # Simulated devices share the CPU: each rank gets its share of the requested threads.
-        self.rank_threads = max(1, (config.threads or os.cpu_count() or 1) // self.local_world) if not use_cuda else None
+        self.rank_threads = None if use_cuda else max(1, (config.threads or os.cpu_count() or 1) // self.local_world)
         if self.rank_threads:
             torch.set_num_threads(self.rank_threads)
         self.process_group = init_process_group(torch, "cuda" if use_cuda else "cpu")
@@ -74,7 +76,7 @@ class DDPTorchSession(TorchSession):
             self.device = f"{self.local_world} x {self.device}{in_all}"
         else:
             self.device = f"cpu ({self.local_world} process{'es' if self.local_world != 1 else ''}{in_all})"
-        DDPTorchSession._open_sessions += 1
+        DDPTorchSession.process_group_users.opened()
 
     def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         torch, F = self.torch, self.torch.nn.functional
@@ -135,6 +137,5 @@ class DDPTorchSession(TorchSession):
     def close(self) -> None:
         del self.ddp
         super().close()
-        DDPTorchSession._open_sessions -= 1
-        if DDPTorchSession._open_sessions == 0 and self.dist.is_initialized():
+        if DDPTorchSession.process_group_users.closed() and self.dist.is_initialized():
             self.dist.destroy_process_group()
