@@ -20,6 +20,7 @@ import click
 from rich.table import Table
 
 from cnnbench import parity
+from cnnbench.commands.common import console
 from cnnbench.config import DEVICES, TrainConfig, parse_key_values
 from cnnbench.errors import UsageError
 from cnnbench.plugins import Registry, load_registry
@@ -114,7 +115,7 @@ def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) 
     return table
 
 
-@click.command()
+@click.command("check")
 @click.option("--frameworks", "-f", default="all", show_default=True, help="Comma list of backends (name or name:variant), or 'all'.")
 @click.option("--dataset", "-d", default="mnist", show_default=True,
               help="Dataset whose input shape and classes choose the model variant; its files are not read (seeded synthetic images of that shape are used).")
@@ -131,14 +132,17 @@ def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) 
 @click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE", help="Backend switch, e.g. tf.xla=true (repeatable).")
 @click.option("--timeout", "timeout_s", type=float, default=600, show_default=True, help="Seconds before a backend's check is killed.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results to this JSON file.")
-def check(frameworks, dataset, dropout, optimizer, adam_lr, sgd_lr, steps, batch_size, seed, init, threads, device, backend_options, timeout_s, json_path) -> None:
+def check(
+    frameworks: str, dataset: str, dropout: float | None, optimizer: str, adam_lr: float, sgd_lr: float, steps: int,
+    batch_size: int, seed: int, init: str, threads: int | None, device: str, backend_options: tuple[str, ...],
+    timeout_s: float, json_path: str | None,
+) -> None:
     """Check that every backend computes the same function as a float64 NumPy reference.
 
     The same seeded weights and images go into each backend and the reference: logits, loss,
     gradients, evaluate, then a few Adam and SGD steps (dropout off); one table per backend.
     Exit code 1 when any backend fails.
     """
-    from cnnbench.cli import console  # the CLI's console (wide when not a terminal); imported late: cli imports us
     if steps < 1:
         raise UsageError(f"steps must be at least 1, got {steps}")
     if batch_size < 1:
@@ -176,3 +180,6 @@ def check(frameworks, dataset, dropout, optimizer, adam_lr, sgd_lr, steps, batch
         Path(json_path).write_text(json.dumps([{"backend": target.id, **result} for target, result in outcomes], indent=1, default=str))
     if any(result["status"] == parity.FAIL for _, result in outcomes):
         sys.exit(1)
+
+
+command: click.Command = check

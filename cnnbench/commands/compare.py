@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from cnnbench import results
+from cnnbench.commands.common import console
 from cnnbench.compare import (
     BETTER, DEFAULT_ALPHA, DEFAULT_FAIL_ON, DEFAULT_THRESHOLDS, FAILED, METRICS, MISSING, NEW, WORSE,
     Comparison, compare_runs, metric_for, parse_fail_on,
 )
 from cnnbench.errors import UsageError
-
-def wide_console() -> Console:
-    """Like the CLI's console: a fixed wide width when stdout is not a terminal (logs, CI)."""
-    return Console(width=None if sys.stdout.isatty() else 200)
 
 
 VERDICT_STYLE = {WORSE: "bold red", FAILED: "bold red", BETTER: "green", MISSING: "yellow", NEW: "cyan"}
@@ -79,7 +74,6 @@ def compare_command(baseline: str, current: str, fail_on: str, metrics: str, alp
         results.load(base_path), results.load(cur_path), thresholds, chosen, alpha, fail_on_missing,
         baseline_name=base_path.name, current_name=cur_path.name,
     )
-    console = wide_console()
     console.print(comparison_table(comparison))
     for warning in comparison.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
@@ -97,3 +91,6 @@ def compare_command(baseline: str, current: str, fail_on: str, metrics: str, alp
         console.print(f"[bold red]{len(regressions)} regression{'s' if len(regressions) != 1 else ''}:[/bold red] {names}", highlight=False, soft_wrap=True)
         click.get_current_context().exit(1)
     console.print("[green]no regression[/green]")
+
+
+command: click.Command = compare_command

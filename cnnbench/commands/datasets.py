@@ -3,13 +3,12 @@ size and whether its files were verified; ``--verify`` / ``--download`` check an
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from cnnbench.commands.common import console, err_console
 from cnnbench.config import DataConfig
 from cnnbench.datasets.locate import CACHE_DIR_ENV, cache_root
 from cnnbench.errors import CnnbenchError, DatasetError
@@ -67,7 +66,6 @@ def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool
         table.add_column(column, justify=justify, overflow="fold")
     failed: list[str] = []
     notes: list[tuple[str, str]] = []
-    err = Console(stderr=True)
     for registered in chosen:
         dataset = registered.item
         config = DataConfig(dataset=dataset.name, data_dir=data_dir, offline=offline or not download)
@@ -94,10 +92,10 @@ def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool
             dataset.name, _images(dataset, status), "x".join(map(str, dataset.input_shape)), str(dataset.num_classes),
             _location(status), _size(status.get("size_bytes")), _verified(status, failure),
         )  # fmt: skip
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    console.print(table)
     for name, note in notes:
-        err.print(f"[bold]{name}[/bold]: {note}", highlight=False, soft_wrap=True)
-    err.print(f"cache: {cache_root()} (set ${CACHE_DIR_ENV} to move it)", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold]{name}[/bold]: {note}", highlight=False, soft_wrap=True)
+    err_console.print(f"cache: {cache_root()} (set ${CACHE_DIR_ENV} to move it)", highlight=False, soft_wrap=True)
     if failed:
         raise DatasetError(f"{len(failed)} dataset(s) failed: {', '.join(failed)} (reasons in the table)")
 
@@ -107,3 +105,6 @@ def _safe_status(dataset: Any, config: DataConfig) -> dict[str, Any]:
         return dataset.status(config)
     except Exception:
         return {}
+
+
+command: click.Command = datasets_command

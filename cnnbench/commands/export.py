@@ -36,3 +36,6 @@ def export_command(result: str, fmt: str, direction: str, output: str | None, re
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"wrote {output}", err=True)
+
+
+command: click.Command = export_command

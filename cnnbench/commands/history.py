@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from cnnbench import history, results
-from cnnbench.commands.compare import wide_console
+from cnnbench.commands.common import console, err_console
 from cnnbench.compare import format_spread, metric_for
 from cnnbench.errors import UsageError
 
@@ -26,7 +25,6 @@ def history_command(runs: tuple[str, ...], metric: str, dataset: str | None, las
     chosen = metric_for(metric)
     if last is not None and last < 1:
         raise UsageError(f"--last must be at least 1, got {last}")
-    err = Console(stderr=True)
     if runs:
         stored, skipped = history.load_runs([results.resolve(name, results_dir) for name in runs], strict=True)
     else:
@@ -35,7 +33,7 @@ def history_command(runs: tuple[str, ...], metric: str, dataset: str | None, las
             raise UsageError(f"no runs in {results.results_dir(results_dir)}; run 'cnnbench run' first or name result files")
         stored, skipped = history.load_runs(files)
     for reason in skipped:
-        err.print(f"[yellow]skipped[/yellow] {reason}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]skipped[/yellow] {reason}", highlight=False, soft_wrap=True)
     stored, chosen_dataset = history.select_dataset(stored, dataset)
     if not stored:
         raise UsageError(f"no readable run on dataset {chosen_dataset!r}")
@@ -54,7 +52,10 @@ def history_command(runs: tuple[str, ...], metric: str, dataset: str | None, las
             run.path.name, run.result.environment.get("git_commit") or "-",
             *[format_spread(chosen, values[name]) if name in found else "-" for name in names],
         )
-    wide_console().print(table)
+    console.print(table)
     if plot_path:
         out = history.plot_history(stored, chosen, Path(plot_path))
-        err.print(f"wrote {out}", highlight=False)
+        err_console.print(f"wrote {out}", highlight=False)
+
+
+command: click.Command = history_command

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from cnnbench.commands.common import console
 from cnnbench.plugins import ALLOW_ENV, BLOCK_ENV, EXTRA_MODULES_ENV, PluginRecord, Registry, load_registry
 
 STATUS_STYLE = {"ok": "green", "unavailable": "yellow", "broken": "red", "disabled": "dim"}
@@ -90,7 +89,6 @@ def plugins_command(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"plugins": rows, "environment": _environment()}, indent=2))
         return
-    console = Console(width=None if sys.stdout.isatty() else 200)  # wide in logs and CI
     table = Table(title="Plugins", title_justify="left")
     for column in ("name", "distribution", "module", "hooks", "registers", "status"):
         table.add_column(column, overflow="fold")
@@ -108,3 +106,6 @@ def plugins_command(as_json: bool) -> None:
         console.print(Text(f"{name}={value}", style="dim"))
     if not rows:
         console.print("no plugins found: is cnnbench installed (pip install -e .)?")
+
+
+command: click.Command = plugins_command

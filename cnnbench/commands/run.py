@@ -1,0 +1,35 @@
+"""``cnnbench run``: train and evaluate the LeNet in each framework; ``--devices`` makes it a scaling run."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from cnnbench.commands.common import RunParams, build_configs, console, execute_run, run_device_counts, run_options
+
+
+@click.command("run")
+@run_options
+@click.option("--preset", default=None, help="Start from a named preset (see 'cnnbench presets'); flags override it.")
+def run_command(preset: str | None, **options: Any) -> None:
+    """Train and evaluate the LeNet in each framework; print a table and save a result JSON."""
+    from cnnbench import presets
+
+    params = RunParams.from_options(options)
+    chosen = presets.get(preset) if preset else None
+    train, data = build_configs(params, chosen.train if chosen else None, chosen.data if chosen else None)
+    if params.devices:  # data-parallel runs and the scaling report
+        run_device_counts(params, train, data, preset)
+        return
+    result, _ = execute_run(params, train, data, preset=preset)
+    if params.plot:
+        from cnnbench.plots import plot_runs
+
+        console.print(f"plot written to {plot_runs([(preset or data.dataset, result)], params.plot)}")
+    if any(row.status not in ("ok", "unavailable") for row in result.backends):
+        sys.exit(1)
+
+
+command: click.Command = run_command
