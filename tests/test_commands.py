@@ -1,0 +1,178 @@
+"""One way to add a command (a module in cnnbench/commands/ with ``command``, named in ``COMMANDS``) and the typed
+``RunParams`` that run, scale and reproduce hand each other; no framework and no worker process is started."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import cnnbench.commands
+from cnnbench import presets
+from cnnbench.cli import cli
+from cnnbench.commands import COMMANDS, common
+from cnnbench.config import DataConfig, TrainConfig
+from cnnbench.errors import UsageError
+from cnnbench.results import RunResult
+from cnnbench.runner import RunOptions
+
+COMMANDS_DIR = Path(cnnbench.commands.__file__).parent
+#: Modules of cnnbench/commands/ that are not commands.
+NOT_COMMANDS = {"__init__", "common"}
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_every_command_module_is_registered_and_every_registered_one_exists() -> None:
+    modules = {path.stem for path in COMMANDS_DIR.glob("*.py")} - NOT_COMMANDS
+    assert modules == set(COMMANDS), "add the module's name to COMMANDS in cnnbench/commands/__init__.py"
+    assert len(COMMANDS) == len(set(COMMANDS))
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_module_exposes_its_command_and_the_group_has_it(name: str) -> None:
+    command = importlib.import_module(f"cnnbench.commands.{name}").command
+    assert isinstance(command, click.Command)
+    assert command.name is not None and cli.commands[command.name] is command
+
+
+def test_the_group_has_exactly_the_registered_commands() -> None:
+    names = [importlib.import_module(f"cnnbench.commands.{name}").command.name for name in COMMANDS]
+    assert sorted(cli.commands) == sorted(names) and len(set(names)) == len(names)
+
+
+def parsed(command: click.Command, *args: str) -> dict[str, Any]:
+    """The keyword arguments click would pass the command's function."""
+    with command.make_context(command.name, list(args)) as ctx:
+        return dict(ctx.params)
+
+
+def run_option_names() -> set[str]:
+    return {param.name for param in common.run_options(lambda **_: None).__click_params__ if param.name}
+
+
+def test_run_params_has_a_field_for_every_run_option_and_their_defaults() -> None:
+    fields = {field.name for field in dataclasses.fields(common.RunParams)}
+    assert fields - run_option_names() == {"evaluate_each_epoch"}
+    assert run_option_names() <= fields
+    options = parsed(cli.commands["run"])
+    assert options.pop("preset") is None
+    assert common.RunParams.from_options(options) == common.RunParams()
+
+
+def test_run_params_are_typed_as_click_parses_them() -> None:
+    options = parsed(cli.commands["run"], "-f", "torch,jax", "-e", "3", "--lr", "0.01", "--backend-option", "tf.xla=true",
+                     "--backend-option", "jax.scan=false", "--no-standardize", "--timeout", "5", "--no-save")
+    del options["preset"]
+    params = common.RunParams.from_options(options)
+    assert (params.frameworks, params.epochs, params.learning_rate) == ("torch,jax", 3, 0.01)
+    assert params.backend_options == ("tf.xla=true", "jax.scan=false")
+    assert (params.standardize, params.timeout_s, params.no_save) == (False, 5.0, True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.epochs = 4  # type: ignore[misc]
+
+
+def test_build_configs_lets_flags_override_the_preset() -> None:
+    preset = presets.get("mnist-sgd")
+    params = common.RunParams(epochs=2, threads=3, backend_options=("tf.xla=true",), dataset_options=("n_train=500",),
+                              dataset="synthetic", offline=True)
+    train, data = common.build_configs(params, preset.train, preset.data)
+    assert (train.optimizer, train.learning_rate) == (preset.train.optimizer, preset.train.learning_rate)
+    assert (train.epochs, train.threads, train.backend_options["tf.xla"]) == (2, 3, "true")
+    assert (data.dataset, data.offline, data.options["n_train"]) == ("synthetic", True, "500")
+    assert common.build_configs(common.RunParams()) == (TrainConfig().validate(), DataConfig().validate())
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"timeout_s": 0.0}, "timeout must be positive"),
+        ({"repeat": 0}, "repeat must be at least 1"),
+        ({"target_accuracy": 1.5}, "target accuracy must be in (0, 1]"),
+        ({"backend_options": ("noequals",)}, "--backend-option must look like KEY=VALUE"),
+    ],
+)
+def test_build_configs_rejects_bad_values(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        common.build_configs(dataclasses.replace(common.RunParams(), **changes))
+
+
+def fake_result(train: TrainConfig, data: DataConfig) -> RunResult:
+    return RunResult(run_id="test", created="2025-01-01T00:00:00", train=train, data=data)
+
+
+def test_reproduce_hands_execute_run_real_run_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[common.RunParams, TrainConfig, DataConfig, str | None]] = []
+
+    def execute_run(params: common.RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None,
+                    title: str | None = None, show: bool = True) -> tuple[RunResult, None]:
+        calls.append((params, train, data, preset))
+        return fake_result(train, data), None
+
+    monkeypatch.setattr("cnnbench.commands.reproduce.execute_run", execute_run)
+    result = invoke("reproduce", "-f", "torch", "--presets", "mnist-adam,mnist-sgd", "--quick", "--threads", "2",
+                    "--timeout", "5", "--offline")
+    assert result.exit_code == 0, result.output
+    assert [preset for *_, preset in calls] == ["mnist-adam", "mnist-sgd"]
+    params, train, data, _ = calls[1]
+    assert isinstance(params, common.RunParams)
+    assert (params.frameworks, params.threads, params.timeout_s, params.offline) == ("torch", 2, 5.0, True)
+    assert params.evaluate_each_epoch and not params.no_save and not params.skip_parity
+    quick_train, quick_data = presets.get("mnist-sgd").configs(quick=True)
+    assert train == dataclasses.replace(quick_train, threads=2)
+    assert data == dataclasses.replace(quick_data, offline=True)
+    assert "Reproducing the reference chapter" in result.output
+
+
+def test_reproduce_rejects_a_bad_timeout_before_running() -> None:
+    result = invoke("reproduce", "--presets", "mnist-adam", "--timeout", "0")
+    assert result.exit_code == 2 and "timeout must be positive" in result.output
+
+
+def test_run_with_devices_and_scale_hand_run_params_to_the_device_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, common.RunParams, TrainConfig, str | None]] = []
+
+    def recorder(where: str) -> Any:
+        def run_device_counts(params: common.RunParams, train: TrainConfig, data: DataConfig,
+                              preset: str | None = None, counts: list[int] | None = None) -> list[RunResult]:
+            seen.append((where, params, train, preset))
+            return []
+        return run_device_counts
+
+    monkeypatch.setattr("cnnbench.commands.run.run_device_counts", recorder("run"))
+    monkeypatch.setattr("cnnbench.commands.scale.run_device_counts", recorder("scale"))
+    assert invoke("run", "--preset", "mnist-sgd", "--devices", "2", "-f", "jax", "-e", "2").exit_code == 0
+    assert invoke("scale", "-f", "torch", "--batch-size", "50").exit_code == 0
+    (_, run_params, run_train, preset), (_, scale_params, scale_train, _) = seen
+    assert (run_params.devices, run_params.frameworks, run_train.epochs, preset) == ("2", "jax", 2, "mnist-sgd")
+    assert run_train.optimizer == presets.get("mnist-sgd").train.optimizer
+    assert (scale_params.devices, scale_params.frameworks, scale_train.batch_size) == ("1,2", "torch", 50)
+
+
+def test_execute_run_turns_run_params_into_run_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    captured: list[RunOptions] = []
+
+    def run_benchmark(targets: list[Any], registry: Any, train: TrainConfig, data: DataConfig, options: RunOptions,
+                      observer: Any) -> tuple[RunResult, None]:
+        captured.append(options)
+        assert [target.id for target in targets] == ["torch"]
+        return fake_result(train, data), None
+
+    monkeypatch.setattr(common, "run_benchmark", run_benchmark)
+    params = common.RunParams(frameworks="torch", dataset="synthetic", repeat=3, timeout_s=9.0, no_save=True,
+                              skip_parity=True, allocator="system", results_dir=str(tmp_path), plot="curves.png")
+    train, data = common.build_configs(params)
+    common.execute_run(params, train, data, preset="p", show=False)
+    options = captured[0]
+    assert (options.repeat, options.timeout_s, options.allocator, options.results_dir) == (3, 9.0, "system",
+                                                                                            str(tmp_path))
+    assert (options.save, options.parity, options.evaluate_each_epoch, options.preset) == (False, False, True, "p")
+    common.execute_run(dataclasses.replace(params, plot=None), train, data, show=False)
+    assert captured[1].evaluate_each_epoch is False and captured[1].save is False
