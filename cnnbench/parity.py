@@ -1,67 +1,6 @@
 """Cross-framework parity: does a backend compute the same function as the float64 reference?
 
-One seeded set of canonical weights goes into the backend and into ``cnnbench.reference``; the
-same seeded images (``make_synthetic``, the spec's input shape) go through both, and we compare:
-
-- structure: the backend's weight names and shapes against the spec; ``get_weights`` returns
-  exactly what ``set_weights`` received (checked again after predict, gradients and evaluate,
-  which must not change weights); weights a fresh session exports (its own initialisers) give
-  the backend's logits in the reference (native -> canonical is right on its own);
-- ``predict`` twice on the same batch (identical: no dropout or other randomness in inference),
-  logits, ``loss_and_gradients`` (loss and every gradient), ``evaluate`` (loss and accuracy
-  with a batch size that leaves a partial last batch);
-- K optimizer steps (Adam and/or SGD) through ``train_batches`` on rows of a seeded permutation,
-  one batch per call, the reference taking each step from the backend's own weights and its
-  own moments of the gradients at those weights: per-step losses and every weight tensor after
-  every step. Comparing whole trajectories would compare drift instead: Keras' epsilon
-  placement (below) legitimately moves thousands of near-zero-gradient weights by ~lr after
-  one Adam step, which changes every later gradient far beyond float32 error. Then the same K
-  batches in one call, against the one-batch calls (what the benchmark runs).
-
-The step comparison needs dropout off, and ``train_batches`` always drops: it runs in a second
-session built from the spec with its Dropout layers removed (``without_dropout``); same weight
-names and shapes, same backend and config. ``check_session`` does that when given the backend,
-and otherwise reports the step checks as not run (``skipped``).
-
-Tolerances (float32 backend against the float64 reference; the reference is exact for the
-float32 weights and images it is given, so every difference is the backend's rounding or a bug).
-"max rel" is scale-relative: max |backend - reference| / max |reference| over the tensor, since
-element-wise relative error is meaningless for values near zero.
-
-- logits and loss: 1e-5 relative (``LOGITS_REL``, ``LOSS_REL``), the issue's target. Float32
-  dot products of 48..4096 terms through four layers; PyTorch on CPU measured <= 1e-6 (logits)
-  and <= 3e-7 (loss) over 5 seeds x 2 init schemes x both variants.
-- gradients: 1e-4 relative per tensor (``GRAD_REL``). Backprop adds a float32 pass through
-  ReLU and max-pool masks, and a conv kernel's gradient sums batch x positions products
-  (12,544 for conv1 on MNIST, 16,384 on CIFAR) whose cancellation leaves the result small
-  against its terms; PyTorch measured <= 2e-6. GPU convolution algorithms (Winograd, FFT) are
-  less exact than direct ones, hence the 50x margin. Every injected bug is off by > 1e-2.
-- near-ties: ReLU's and max-pool's gradients jump where a pre-activation crosses 0 or a pooling
-  window's top two values swap; where the float64 forward is within ``KINK_REL`` x the layer's
-  largest value of such a point, float32 may land on either side (measured: a window whose top
-  two differed by 2e-8 rerouted and moved conv2's kernel gradient by 1e-2 relative, about one
-  batch in three of the checks). ``reference.gradients_and_kinks`` backpropagates the other
-  choice of each such decision and the gradient tolerance grows by those changes, per element.
-- weights after a step: a per-element bound propagated from the gradient tolerance, not a
-  guess. With delta = GRAD_REL * max|g| + the near-tie allowance (per element):
-  SGD moves by lr * g, so its weights may differ by lr * delta. Adam moves by
-  lr * m_hat / (sqrt(v_hat) + eps): an error delta in the gradients changes m_hat by <= delta
-  and sqrt(v_hat) by <= delta, so the update by <= lr * (1 + U) * delta / (sqrt(v_hat) + eps),
-  where U = ``reference.adam_update_bound(t)`` (~1) bounds |m_hat| / sqrt(v_hat). For
-  elements whose gradient is as small as its float32 error this is large - at step 1 Adam
-  moves every weight by ~lr * sign(g), and a sign flip of a near-zero gradient is an honest
-  difference of 2 lr - so the allowance is capped at 2 lr U per step, and the detail says how
-  many elements reached the cap (with |m_hat| > 0; elements whose gradient is exactly 0 stay). Keras and TensorFlow's ApplyAdam add epsilon to sqrt(v)
-  before bias correction (an effective epsilon of eps / sqrt(1 - beta2^t), 32x larger at
-  t = 1); the allowance adds lr * |m_hat| * that epsilon / (sqrt(v_hat) + eps)^2 so either
-  standard placement passes. Each step also allows float32 rounding of the stored weight and
-  of the update (4 ulp each). A wrong learning rate, beta, bias correction, batch or batch
-  order moves the well-conditioned majority of weights far outside these bounds.
-- per-step training losses: ``LOSS_REL`` (each step starts from the backend's own weights).
-- the same K batches in one ``train_batches`` call against K calls of one batch: the summed step
-  allowances (and, for losses, their first-order effect sum |g| x allowance); deterministic
-  backends match exactly.
-- exact (tolerance 0): weight round trips; predict twice on the same input.
+What is compared and why: docs/decisions.md#parity-checks; the tolerances: docs/decisions.md#parity-tolerances.
 """
 
 from __future__ import annotations
@@ -302,7 +241,7 @@ def _evaluate_checks(checks: list[Check], session, spec: ModelSpec, weights: Wei
 
 
 def _step_allowance(optimizer, t: int, learning_rate: float, grads: Weights, kinks: Weights, before: Weights, after: Weights, delta_max: dict, capped: dict) -> Weights:
-    """How far a float32 backend's weights may be from the reference's after step ``t`` (module docstring)."""
+    """How far float32 weights may be from the reference's after step ``t`` (docs/decisions.md#parity-tolerances)."""
     allowance: Weights = {}
     if optimizer.name == "adam":
         m_hat, v_hat = optimizer.corrected_moments()
