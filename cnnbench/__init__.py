@@ -1,7 +1,7 @@
 """cnnbench: train one LeNet in several deep-learning frameworks and compare accuracy and speed."""
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one copy: pyproject.toml reads it ([tool.setuptools.dynamic])
 
-from cnnbench.hookspecs import hookimpl  # noqa: E402  (what plugin authors import)
+from cnnbench.hookspecs import hookimpl  # what plugin authors import
 
 __all__ = ["__version__", "hookimpl"]

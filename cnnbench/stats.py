@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,12 +26,6 @@ def cv(values: Sequence[float]) -> float | None:
         return None
     mean = float(np.mean(values))
     return float(np.std(values, ddof=1) / mean) if mean else None
-
-
-def relative_spread(values: Sequence[float]) -> float | None:
-    """IQR / median: the noise figure quoted beside a median."""
-    m = median(values)
-    return (iqr(values) or 0.0) / m if m else None
 
 
 def finite(value: float | None) -> bool:
