@@ -1,12 +1,15 @@
 """Hook specifications: the only ways a plugin adds to cnnbench.
 
 Built-in backends and datasets use these very hooks, registered through the ``cnnbench``
-entry-point group exactly as a third-party package would.
+entry-point group exactly as a third-party package would. ``cnnbench.plugins`` calls each
+plugin's hooks on their own, in load order (built-ins first; ``tryfirst``/``trylast`` change
+nothing), and validates every item before it counts.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -20,18 +23,21 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_backends(register: Callable[["Backend"], None]) -> None:
+def register_backends(register: Callable[[Backend], None]) -> None:
     """Register framework backends.
 
-    :param register: call ``register(backend)`` once per ``cnnbench.backend.Backend`` instance.
-        Names must be unique across all plugins; a duplicate is reported and skipped.
+    :param register: call ``register(backend)`` once per ``cnnbench.backend.Backend`` instance,
+        during this call only; return nothing. The first plugin to register a name keeps it. An item
+        that is malformed (``cnnbench.plugins.backend_problems``) or whose name is taken, or a hook
+        that raises, marks the plugin broken with the reason, and none of its items is registered.
     """
 
 
 @hookspec
-def register_datasets(register: Callable[["Dataset"], None]) -> None:
+def register_datasets(register: Callable[[Dataset], None]) -> None:
     """Register datasets.
 
-    :param register: call ``register(dataset)`` once per ``cnnbench.datasets.Dataset`` instance.
-        Names must be unique across all plugins; a duplicate is reported and skipped.
+    :param register: call ``register(dataset)`` once per ``cnnbench.datasets.Dataset`` instance,
+        during this call only; return nothing. Same rules as ``register_backends``
+        (``cnnbench.plugins.dataset_problems``).
     """
