@@ -5,12 +5,7 @@ What is compared and why: docs/decisions.md#parity-checks; the tolerances: docs/
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
-import time
-import traceback
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
@@ -511,58 +506,3 @@ def _safe_settings(session) -> dict[str, Any]:
         return dict(session.settings())
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
-
-
-# --- worker process: python -m cnnbench.parity REQUEST.json RESULT.json -------------------------
-
-
-def run_request(request: dict[str, Any]) -> dict[str, Any]:
-    """Check one backend as described by ``request`` (what ``cnnbench check`` writes)."""
-    from cnnbench import config as config_mod
-    from cnnbench.plugins import load_registry
-    from cnnbench.spec import spec_for
-
-    started = time.perf_counter()
-    registry = load_registry()
-    backend = registry.backend(request["backend"]).item
-    reason = backend.unavailable_reason()
-    if reason:
-        return {"status": UNAVAILABLE, "message": reason, "checks": {}}
-    train = config_mod.from_dict(TrainConfig, request.get("train", {}))
-    spec = spec_for(tuple(request["input_shape"]), request["num_classes"], request.get("dropout"))
-    backend.import_framework(request.get("variant"))
-    result = check_backend(
-        backend, spec, train, request.get("variant"), request.get("learning_rates"), request.get("seed", 0),
-        request.get("steps", DEFAULT_STEPS), request.get("init", "glorot-uniform"), request.get("batch", DEFAULT_BATCH),
-    )
-    result.update(spec=spec.name, input_shape=list(spec.input_shape), elapsed_s=time.perf_counter() - started)
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m cnnbench.parity REQUEST.json RESULT.json", file=sys.stderr)
-        return 2
-    request_path, result_path = argv
-    try:
-        with open(request_path) as handle:
-            result = run_request(json.load(handle))
-    except BaseException as exc:  # everything becomes a result the parent can show
-        from cnnbench.errors import BackendUnavailable
-
-        traceback.print_exc(file=sys.stderr)
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, BackendUnavailable):
-            result = {"status": UNAVAILABLE, "message": message, "checks": {}}
-        else:
-            result = {"status": FAIL, "message": f"{type(exc).__name__}: {message}", "checks": {}}
-    temporary = f"{result_path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(result, handle, default=str)
-    os.replace(temporary, result_path)
-    return 0 if result["status"] != FAIL else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

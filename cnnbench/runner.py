@@ -7,7 +7,6 @@ after every backend, so an interrupted run keeps everything that finished.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import signal
@@ -15,17 +14,27 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cnnbench import distributed, environment, results
+from cnnbench import distributed, environment, messages, results
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.errors import UsageError
 from cnnbench.plugins import Registry
+from cnnbench.results import (
+    FAILED,
+    INTERRUPTED,
+    OK,
+    TIMEOUT,
+    UNAVAILABLE,
+    UNSUPPORTED,
+    BackendResult,
+    Measurement,
+    RunResult,
+)
 from cnnbench.timing import clock
-from cnnbench.results import FAILED, INTERRUPTED, OK, TIMEOUT, UNAVAILABLE, UNSUPPORTED, BackendResult, Measurement, RunResult
-from cnnbench.worker import WorkerRequest
 
 #: Where Debian's libtcmalloc-minimal4 puts the allocator the notes measured (+40% for JAX).
 TCMALLOC_CANDIDATES = (
@@ -86,6 +95,7 @@ class RunObserver:
 
 
 def find_tcmalloc() -> str | None:
+    """The tcmalloc library the harness preloads when present (faster allocation for every framework)."""
     return next((path for path in TCMALLOC_CANDIDATES if os.path.exists(path)), None)
 
 
@@ -120,7 +130,9 @@ def harness_environment(train: TrainConfig, allocator: str) -> tuple[dict[str, s
         raise UsageError(f"unknown allocator {allocator!r}; choose from: {', '.join(ALLOCATORS)}")
     tcmalloc = find_tcmalloc()
     if allocator == "tcmalloc" and not tcmalloc:
-        raise UsageError("tcmalloc requested but libtcmalloc_minimal.so.4 was not found (apt-get install libtcmalloc-minimal4)")
+        raise UsageError(
+            "tcmalloc requested but libtcmalloc_minimal.so.4 was not found (apt-get install libtcmalloc-minimal4)"
+        )
     if allocator in ("auto", "tcmalloc") and tcmalloc:
         env["LD_PRELOAD"] = tcmalloc
         manifest["allocator"] = f"tcmalloc ({tcmalloc})"
@@ -130,6 +142,7 @@ def harness_environment(train: TrainConfig, allocator: str) -> tuple[dict[str, s
 
 
 def _signal_name(code: int) -> str:
+    """SIGKILL for -9: a negative return code names the signal that ended the worker."""
     try:
         return signal.Signals(-code).name
     except ValueError:
@@ -137,31 +150,37 @@ def _signal_name(code: int) -> str:
 
 
 def run_worker(
-    request: WorkerRequest, env: dict[str, str], timeout_s: float | None, on_event, log_path: Path, launcher: list[str] | None = None
-) -> tuple[str, dict[str, Any]]:
-    """Run one worker; returns (status, final event payload). Never raises for the worker's faults.
-
-    ``launcher``: ``python`` arguments of a process launcher (torchrun) that starts one worker per
-    device; the first one on this host sends the events, and a dead rank ends the whole group.
-    """
+    request: messages.Request,
+    env: dict[str, str],
+    timeout_s: float | None,
+    on_event: Callable[[messages.Phase | messages.Progress], None] | None,
+    log_path: Path,
+    launcher: list[str] | None = None,
+) -> tuple[str, messages.Final]:
+    """Run one worker job (measure or check); returns (status, final event), never raising for its faults."""
+    # ``launcher``: ``python`` arguments of a process launcher (torchrun) that starts one worker per
+    # device; the first one on this host sends the events, and a dead rank ends the whole group.
+    expected = messages.Result if isinstance(request, messages.MeasureRequest) else messages.CheckResult
     with tempfile.TemporaryDirectory(prefix="cnnbench-") as tmp:
         request_path = Path(tmp) / "request.json"
-        request_path.write_text(request.to_json())
+        request_path.write_text(messages.encode_request(request))
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
                 [sys.executable, *(launcher or []), "-m", "cnnbench.worker", str(request_path)],
-                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, text=True, start_new_session=True,
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env, text=True,
+                start_new_session=True,
             )
             lines: queue.Queue[str | None] = queue.Queue()
 
             def pump() -> None:
+                assert proc.stdout is not None
                 for line in proc.stdout:
                     lines.put(line)
                 lines.put(None)
 
             threading.Thread(target=pump, daemon=True).start()
             deadline = clock() + timeout_s if timeout_s else None
-            final: tuple[str, dict[str, Any]] | None = None
+            final: messages.Final | None = None
             try:
                 while True:
                     wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - clock()))
@@ -170,40 +189,45 @@ def run_worker(
                     except queue.Empty:
                         if deadline is not None and clock() >= deadline:
                             kill_worker(proc)
-                            return TIMEOUT, {"reason": f"no result after {timeout_s:g} s (timeout); worker killed"}
+                            return TIMEOUT, messages.Error(f"no result after {timeout_s:g} s (timeout); worker killed")
                         continue
                     if line is None:
                         break
                     try:
-                        event = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    kind = event.pop("event", "")
-                    if kind in ("result", "error", "unavailable"):
-                        final = (kind, event)
-                    else:
-                        on_event(kind, event)
+                        event = messages.decode(line)
+                    except messages.NotAMessage:
+                        continue  # stray output of a launcher on the shared stdout
+                    except messages.ProtocolError as exc:  # e.g. a worker of another cnnbench version
+                        kill_worker(proc)
+                        return FAILED, messages.Error(str(exc))
+                    if isinstance(event, messages.FINAL_KINDS):
+                        final = event
+                    elif on_event is not None:
+                        on_event(event)
                 code = proc.wait()
             except BaseException:
                 kill_worker(proc)
                 raise
-    if final and final[0] == "result":
-        return OK, final[1]
-    if final and final[0] == "unavailable":
-        return UNAVAILABLE, final[1]
+    if isinstance(final, expected):
+        return OK, final
+    if isinstance(final, messages.Unavailable):
+        return UNAVAILABLE, final
+    if isinstance(final, (messages.Result, messages.CheckResult)):
+        return FAILED, messages.Error(f"a {request.job} job answered with a {final.kind!r} event")
     # Under a launcher, the reporting rank's error is often only "a peer went away": name the rank that died.
-    launcher_failure = distributed.describe_launcher_failure(_read_log(log_path), final[1].get("reason") if final else None) if launcher else None
+    reporting_error = final.reason if final else None
+    launcher_failure = distributed.describe_launcher_failure(_read_log(log_path), reporting_error) if launcher else None
     if launcher_failure:
-        return FAILED, {**(final[1] if final else {}), "reason": launcher_failure}
+        return FAILED, messages.Error(launcher_failure, peak_rss_mb=final.peak_rss_mb if final else None)
     if final:
-        return FAILED, final[1]
+        return FAILED, final
     if code < 0:
         hint = " (out of memory?)" if code == -signal.SIGKILL else ""
-        return FAILED, {"reason": f"worker killed by {_signal_name(code)}{hint}"}
-    return FAILED, {"reason": f"worker exited with code {code} without a result: {last_log_line(log_path)}"}
+        return FAILED, messages.Error(f"worker killed by {_signal_name(code)}{hint}")
+    return FAILED, messages.Error(f"worker exited with code {code} without a result: {last_log_line(log_path)}")
 
 
-def kill_worker(proc: subprocess.Popen) -> None:
+def kill_worker(proc: subprocess.Popen[Any]) -> None:
     """Kill a worker and everything it started; never raises."""
     # Launchers such as torchrun start each rank in a session of its own: kill them by pid too.
     for child in _descendants(proc.pid):
@@ -219,6 +243,7 @@ def kill_worker(proc: subprocess.Popen) -> None:
 
 
 def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, also those in sessions of their own (torchrun's ranks)."""
     import psutil
 
     try:
@@ -228,6 +253,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _read_log(path: Path) -> str:
+    """The whole worker log, or nothing: a missing log must not hide the failure it would explain."""
     try:
         return path.read_text(errors="replace")
     except OSError:
@@ -264,37 +290,42 @@ def measure_backend(
         return replace(row, status=UNSUPPORTED, reason=reason), {}
     env_base, manifest = harness_environment(train, options.allocator)
     env = {**os.environ, **env_base, **backend.process_environment(target.variant, train), **options.extra_env}
-    request = WorkerRequest(target.name, target.variant, train, data, options.target_accuracy, extra={"parity": options.parity, "evaluate_each_epoch": options.evaluate_each_epoch})
+    request = messages.MeasureRequest(
+        target.name, target.variant, train, data, options.target_accuracy,
+        parity=options.parity, evaluate_each_epoch=options.evaluate_each_epoch,
+    )
     measurements: list[Measurement] = []
     records: dict[str, Any] = {}
     for repeat in range(1, options.repeat + 1):
         observer.backend_started(target, repeat, options.repeat)
         log_path = log_dir / f"{target.id.replace(':', '-')}-{repeat}.log"
 
-        def on_event(kind: str, event: dict[str, Any]) -> None:
-            if kind == "progress":
-                observer.progress(target, event["epoch"], event["done"], event["total"])
-            elif kind == "phase":
-                observer.phase(target, event["name"])
+        def on_event(event: messages.Phase | messages.Progress) -> None:
+            if isinstance(event, messages.Progress):
+                observer.progress(target, event.epoch, event.done, event.total)
+            else:
+                observer.phase(target, event.name)
 
         launcher = backend.worker_launcher(target.variant, train)  # per repeat: a fresh rendezvous port
         if repeat > 1 and row.parity:  # the check is about the code, not the run: once per backend
-            request = replace(request, extra={**request.extra, "parity": False})
-        status, payload = run_worker(request, env, options.timeout_s, on_event, log_path, launcher)
-        if status == UNAVAILABLE:
-            return replace(row, status=UNAVAILABLE, reason=payload.get("reason", "")), {}
-        if status == OK:
-            measurement = results.from_dict(Measurement, payload["measurement"])
-            row = replace(row, device=payload["device"], parameters=payload["parameters"], settings={**manifest, **payload["settings"]},
-                          parity=row.parity or payload.get("parity") or {})
-            records = {"model": payload.get("model", {}), "preprocessing": payload.get("preprocessing", {})}
+            request = replace(request, parity=False)
+        status, final = run_worker(request, env, options.timeout_s, on_event, log_path, launcher)
+        if isinstance(final, messages.Unavailable):
+            return replace(row, status=UNAVAILABLE, reason=final.reason), {}
+        if isinstance(final, messages.Result):
+            measurement = final.measurement
+            row = replace(row, device=final.device, parameters=final.parameters,
+                          settings={**manifest, **final.settings}, parity=row.parity or final.parity)
+            records = {"model": final.model, "preprocessing": final.preprocessing}
         else:
-            measurement = Measurement(status=status, reason=payload.get("reason", ""), peak_rss_mb=payload.get("peak_rss_mb"))
+            error = final if isinstance(final, messages.Error) else messages.Error(f"unexpected {final.kind!r} event")
+            measurement = Measurement(status=status, reason=error.reason, peak_rss_mb=error.peak_rss_mb)
             if status == FAILED:
                 measurement = replace(measurement, reason=f"{measurement.reason} (log: {log_path})")
         measurements.append(measurement)
     failed = next((m for m in measurements if m.status != OK), None)
-    row = replace(row, repeats=tuple(measurements), status=failed.status if failed else OK, reason=failed.reason if failed else "")
+    row = replace(row, repeats=tuple(measurements), status=failed.status if failed else OK,
+                  reason=failed.reason if failed else "")
     return row, records
 
 
@@ -305,14 +336,15 @@ def run_benchmark(
     """Measure every target; save after each. Ctrl-C saves what finished, marks it, and re-raises."""
     options = options or RunOptions()
     observer = observer or RunObserver()
-    train = replace(train, threads=train.threads or os.cpu_count() or 1).validate()
+    threads = train.threads or os.cpu_count() or 1
+    train = replace(train, threads=threads).validate()
     data.validate()
     result = RunResult(run_id=results.new_run_id(), created=results.now_iso(), train=train, data=data,
                        environment=environment.collect(), preset=options.preset, repeat=options.repeat)
     if options.measure_ceiling:
         from cnnbench import ceiling
 
-        measured = ceiling.ceiling(train.threads)
+        measured = ceiling.ceiling(threads)
         if measured:
             result = replace(result, environment={**result.environment, "matmul_ceiling": measured})
     path: Path | None = None
@@ -327,12 +359,14 @@ def run_benchmark(
         try:
             row, records = measure_backend(target, registry, train, data, options, observer, log_dir)
         except KeyboardInterrupt:
-            interrupted = BackendResult(backend=target.id, status=INTERRUPTED, reason="interrupted by the user (Ctrl-C)")
+            interrupted = BackendResult(backend=target.id, status=INTERRUPTED,
+                                        reason="interrupted by the user (Ctrl-C)")
             result = replace(result, backends=result.backends + (interrupted,), interrupted=True)
             path = save(result)
             raise RunInterrupted(result, path) from None
         if records:
-            result = replace(result, model=result.model or records["model"], preprocessing=result.preprocessing or records["preprocessing"])
+            result = replace(result, model=result.model or records["model"],
+                             preprocessing=result.preprocessing or records["preprocessing"])
         result = replace(result, backends=result.backends + (row,))
         observer.backend_finished(row)
         path = save(result)

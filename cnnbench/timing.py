@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -101,7 +101,7 @@ def measure(
         batches = epoch_batch_indices(config.seed, epoch, n_train, batch)
         done = 0
 
-        def on_chunk(n: int, _epoch=epoch, _total=len(batches)) -> None:
+        def on_chunk(n: int, _epoch: int = epoch, _total: int = len(batches)) -> None:  # noqa: B008
             nonlocal done
             done += n
             if progress:
@@ -133,12 +133,14 @@ def measure(
         if not math.isfinite(mean_loss) or not np.all(np.isfinite(epoch_losses)):
             bad = int(np.argmax(~np.isfinite(epoch_losses)))
             outcome.epochs.append(EpochRecord(epoch, mean_loss, seconds, samples, samples / seconds))
-            outcome.status, outcome.reason = DIVERGED, f"loss became {epoch_losses[bad]} at epoch {epoch}, batch {bad + 1}"
+            outcome.status = DIVERGED
+            outcome.reason = f"loss became {epoch_losses[bad]} at epoch {epoch}, batch {bad + 1}"
             break
         if evaluate_each_epoch:
             outcome.test_loss, outcome.test_accuracy, outcome.eval_s = _evaluate(session, config, len(data.y_test))
             record_accuracy = outcome.test_accuracy
-            if target_accuracy is not None and outcome.time_to_accuracy_s is None and outcome.test_accuracy >= target_accuracy:
+            reached = target_accuracy is not None and outcome.test_accuracy >= target_accuracy
+            if reached and outcome.time_to_accuracy_s is None:
                 outcome.time_to_accuracy_s = outcome.train_s
         outcome.epochs.append(EpochRecord(epoch, mean_loss, seconds, samples, samples / seconds, record_accuracy))
 

@@ -1,57 +1,33 @@
-"""The child process that measures one backend: ``python -m cnnbench.worker REQUEST.json``.
+"""The child process that runs one job: ``python -m cnnbench.worker REQUEST.json``.
 
 One fresh interpreter per backend and repeat, so frameworks never share threads, allocators or
-device memory, and a crash is confined here. Events go to the parent as JSON lines on the
-original stdout; anything a framework prints is redirected to stderr (the parent's log).
+device memory, and a crash is confined here. The job (measure a backend, or check it against the
+reference) and the events it sends back are the typed messages of ``cnnbench.messages``, one JSON
+line each on the original stdout; anything a framework prints is redirected to stderr (the log).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TextIO
 
-from cnnbench import config as config_mod
-from cnnbench.config import DataConfig, TrainConfig
-
-
-@dataclass(frozen=True)
-class WorkerRequest:
-    backend: str
-    variant: str | None
-    train: TrainConfig
-    data: DataConfig
-    target_accuracy: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "WorkerRequest":
-        raw = json.loads(text)
-        return cls(
-            backend=raw["backend"],
-            variant=raw.get("variant"),
-            train=config_mod.from_dict(TrainConfig, raw["train"]),
-            data=config_mod.from_dict(DataConfig, raw["data"]),
-            target_accuracy=raw.get("target_accuracy"),
-            extra=raw.get("extra", {}),
-        )
+from cnnbench import messages
+from cnnbench.messages import CheckRequest, MeasureRequest
 
 
 class EventStream:
-    """JSON-lines events to the parent over a private copy of the original stdout."""
+    """Typed events to the parent, one line each, over a private copy of the original stdout."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def emit(self, kind: str, **payload: Any) -> None:
-        self.stream.write(json.dumps({"event": kind, **payload}, default=str) + "\n")
+    def emit(self, event: messages.Event) -> None:
+        """Write and flush at once: the parent shows progress and keeps the last event if we die."""
+        self.stream.write(messages.encode(event) + "\n")
         self.stream.flush()
 
 
@@ -80,8 +56,7 @@ def peak_rss_mb() -> float:
 
 
 def reset_peak_rss() -> None:
-    """Start the peak-memory high-water mark afresh (Linux >= 4.0), so that work before training
-    (the parity check, a second dropout-free session) does not count as the training's memory."""
+    """Restart the peak-memory high-water mark (Linux >= 4.0): the parity check is not training's memory."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
@@ -89,12 +64,13 @@ def reset_peak_rss() -> None:
         pass
 
 
-def run(request: WorkerRequest, events: EventStream) -> int:
+def measure(request: MeasureRequest, events: EventStream) -> int:
+    """Build, (optionally) check, train and evaluate one backend; ends with a ``Result`` event."""
     # Imports that may be slow or fail stay inside, so failures become events.
     from cnnbench import distributed, preprocess, timing
     from cnnbench.initializers import initial_weights
     from cnnbench.plugins import load_registry
-    from cnnbench.results import OK
+    from cnnbench.results import OK, Measurement, Phases
     from cnnbench.spec import spec_for
 
     start = timing.clock()
@@ -104,12 +80,12 @@ def run(request: WorkerRequest, events: EventStream) -> int:
     data = preprocess.prepare(dataset.load(request.data), request.data)
     spec = spec_for(dataset.input_shape, dataset.num_classes, request.train.dropout)
 
-    events.emit("phase", name="import")
+    events.emit(messages.Phase("import"))
     t = timing.clock()
     backend.import_framework(request.variant)
     import_s = timing.clock() - t
 
-    events.emit("phase", name="build")
+    events.emit(messages.Phase("build"))
     t = timing.clock()
     session = backend.create_session(spec, request.train, request.variant)
     weights = initial_weights(spec, request.train.init, request.train.seed)
@@ -119,11 +95,11 @@ def run(request: WorkerRequest, events: EventStream) -> int:
     build_s = timing.clock() - t
     parameters = int(sum(w.size for w in session.get_weights().values()))
 
-    parity: dict = {}
-    if request.extra.get("parity"):
+    parity: dict[str, Any] = {}
+    if request.parity:
         from cnnbench.parity import check_session
 
-        events.emit("phase", name="parity check")
+        events.emit(messages.Phase("parity check"))
         own_weights = weights if weights is not None else session.get_weights()
         t = timing.clock()
         parity = check_session(
@@ -137,80 +113,120 @@ def run(request: WorkerRequest, events: EventStream) -> int:
         gc.collect()
         reset_peak_rss()
 
-    events.emit("phase", name="load_data")
+    events.emit(messages.Phase("load_data"))
     t = timing.clock()
     session.load_data(data.x_train, data.y_train, data.x_test, data.y_test)
     session.sync()
     load_data_s = timing.clock() - t
 
-    events.emit("phase", name="train", device=session.device)
-    # Data-parallel: the protocol draws global batches (per-device batch x replicas); each session
-    # takes its replicas' share of every row, so the batch order stays the harness's.
+    events.emit(messages.Phase("train", device=session.device))
+    # Data-parallel: the timing protocol draws global batches (per-device batch x replicas); each
+    # session takes its replicas' share of every row, so the batch order stays the harness's.
     where = distributed.cluster()
     global_batch = distributed.global_batch_size(request.train, where)
     outcome = timing.measure(
         session,
         data,
         replace(request.train, batch_size=global_batch),
-        progress=lambda epoch, done, total: events.emit("progress", epoch=epoch, done=done, total=total),
+        progress=lambda epoch, done, total: events.emit(messages.Progress(epoch, done, total)),
         target_accuracy=request.target_accuracy,
-        evaluate_each_epoch=bool(request.extra.get("evaluate_each_epoch")),
+        evaluate_each_epoch=request.evaluate_each_epoch,
     )
-    measurement = {
-        "status": outcome.status,
-        "reason": outcome.reason,
-        "epochs": [asdict(e) for e in outcome.epochs],
-        "phases": {
-            "import_s": import_s,
-            "build_s": build_s,
-            "load_data_s": load_data_s,
-            "first_epoch_s": outcome.first_epoch_s,
-            "train_s": outcome.train_s,
-            "eval_s": outcome.eval_s,
-            "total_s": timing.clock() - start,
-        },
-        "train_throughput": outcome.train_throughput,
-        "train_throughput_samples": outcome.train_throughput_samples,
-        "eval_throughput": outcome.eval_throughput,
-        "test_accuracy": outcome.test_accuracy,
-        "test_loss": outcome.test_loss,
-        "peak_rss_mb": peak_rss_mb(),
-        "peak_device_memory_mb": session.peak_device_memory_mb(),
-        "time_to_accuracy_s": outcome.time_to_accuracy_s,
+    measurement = Measurement(
+        status=outcome.status,
+        reason=outcome.reason,
+        epochs=tuple(outcome.epochs),
+        phases=Phases(
+            import_s=import_s,
+            build_s=build_s,
+            load_data_s=load_data_s,
+            first_epoch_s=outcome.first_epoch_s,
+            train_s=outcome.train_s,
+            eval_s=outcome.eval_s,
+            total_s=timing.clock() - start,
+        ),
+        train_throughput=outcome.train_throughput,
+        train_throughput_samples=tuple(outcome.train_throughput_samples),
+        eval_throughput=outcome.eval_throughput,
+        test_accuracy=outcome.test_accuracy,
+        test_loss=outcome.test_loss,
+        peak_rss_mb=peak_rss_mb(),
+        peak_device_memory_mb=session.peak_device_memory_mb(),
+        time_to_accuracy_s=outcome.time_to_accuracy_s,
+    )
+    settings = {
+        **session.settings(),
+        "devices_per_host": request.train.devices,
+        "hosts": where.num_hosts,
+        "global_batch": global_batch,
     }
-    events.emit(
-        "result",
-        measurement=measurement,
-        device=session.device,
-        parameters=parameters,
-        parity=parity,
-        settings={
-            **session.settings(),
-            "devices_per_host": request.train.devices,
-            "hosts": where.num_hosts,
-            "global_batch": global_batch,
-        },
-        model={"name": spec.name, "parameters": spec.num_params, "flops_train_per_sample": spec.flops_train, "input_shape": list(spec.input_shape)},
-        preprocessing=data.record,
-    )
+    model = {
+        "name": spec.name,
+        "parameters": spec.num_params,
+        "flops_train_per_sample": spec.flops_train,
+        "input_shape": list(spec.input_shape),
+    }
+    events.emit(messages.Result(measurement, session.device, parameters, settings, parity, model, data.record))
     session.close()
     return 0 if outcome.status == OK else 3
 
 
+def check(request: CheckRequest, events: EventStream) -> int:
+    """Run ``parity.check_backend`` on one backend in fresh sessions; ends with a ``CheckResult`` event."""
+    from cnnbench import parity, timing
+    from cnnbench.errors import BackendUnavailable
+    from cnnbench.plugins import load_registry
+    from cnnbench.spec import spec_for
+
+    started = timing.clock()
+    registry = load_registry()
+    backend = registry.backend(request.backend).item
+    reason = backend.unavailable_reason()
+    if reason:
+        raise BackendUnavailable(reason)
+    spec = spec_for(request.input_shape, request.num_classes, request.dropout)
+    events.emit(messages.Phase("import"))
+    backend.import_framework(request.variant)
+    events.emit(messages.Phase("parity check"))
+    report = parity.check_backend(
+        backend, spec, request.train, request.variant, request.learning_rates, request.seed, request.steps,
+        request.init, request.batch,
+    )
+    report.update(spec=spec.name, input_shape=list(spec.input_shape), elapsed_s=timing.clock() - started)
+    events.emit(messages.CheckResult(report))
+    return 0 if report["status"] == parity.PASS else 3
+
+
+def run(request: messages.Request, events: EventStream) -> int:
+    """Do the requested job; the exit code is 0 for a clean result (the parent reads the events)."""
+    if isinstance(request, CheckRequest):
+        return check(request, events)
+    return measure(request, events)
+
+
+def _failure(exc: BaseException) -> messages.Final:
+    """The event that reports an exception: ``Unavailable`` for a missing framework, else ``Error``."""
+    from cnnbench.errors import BackendUnavailable
+
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, BackendUnavailable):
+        return messages.Unavailable(message, peak_rss_mb=peak_rss_mb())
+    return messages.Error(f"{type(exc).__name__}: {message}", peak_rss_mb=peak_rss_mb())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Read the request file named on the command line, run it, report everything as events."""
     argv = sys.argv[1:] if argv is None else argv
     events = _take_over_stdout()
     try:
+        if len(argv) != 1:
+            raise messages.ProtocolError("usage: python -m cnnbench.worker REQUEST.json")
         with open(argv[0]) as handle:
-            request = WorkerRequest.from_json(handle.read())
+            request = messages.decode_request(handle.read())
         return run(request, events)
-    except BaseException as exc:  # report everything, then die with a non-zero code
-        from cnnbench.errors import BackendUnavailable
-
+    except BaseException as exc:  # noqa: BLE001 - report everything, then die with a non-zero code
         traceback.print_exc(file=sys.stderr)
-        kind = "unavailable" if isinstance(exc, BackendUnavailable) else "error"
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        events.emit(kind, reason=f"{type(exc).__name__}: {message}" if kind == "error" else message, peak_rss_mb=peak_rss_mb())
+        events.emit(_failure(exc))
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
 
 

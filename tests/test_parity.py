@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -197,9 +197,10 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(args, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
-def test_worker_entry_point_reports_an_unknown_backend_as_a_failure(tmp_path):
-    request, out = tmp_path / "request.json", tmp_path / "result.json"
-    request.write_text(json.dumps({"backend": "nosuch", "input_shape": [28, 28, 1], "num_classes": 10}))
-    code = subprocess.run([sys.executable, "-m", "cnnbench.parity", str(request), str(out)], capture_output=True).returncode
-    result = json.loads(out.read_text())
-    assert code == 1 and result["status"] == "FAIL" and "unknown framework 'nosuch'" in result["message"]
+def test_a_check_job_reports_an_unknown_backend_as_a_failure(tmp_path):
+    from cnnbench import messages
+    from cnnbench.runner import run_worker
+
+    request = messages.CheckRequest("nosuch", None, CONFIG, (28, 28, 1), 10, None, {}, 0, 1, "glorot-uniform", 4)
+    status, final = run_worker(request, dict(os.environ), 60, None, tmp_path / "worker.log")
+    assert status == "failed" and isinstance(final, messages.Error) and "unknown framework 'nosuch'" in final.reason

@@ -1,14 +1,22 @@
 """Isolation: every way a backend can fail becomes a row; the real backends still run and are saved."""
 
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
-from cnnbench import results
+from cnnbench import messages, results
 from cnnbench.cli import cli
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.plugins import load_registry
+from cnnbench.results import FAILED, OK, TIMEOUT
+from cnnbench.runner import BackendTarget, RunOptions, parse_frameworks, run_benchmark, run_worker
 from cnnbench.timing import epoch_batch_indices
-from cnnbench.runner import BackendTarget, RunOptions, parse_frameworks, run_benchmark
 
 SMALL_DATA = DataConfig(dataset="synthetic", options={"n_train": 600, "n_test": 200})
 SMALL_TRAIN = TrainConfig(epochs=2, batch_size=50, threads=1, warmup_steps=2)
@@ -28,13 +36,16 @@ def test_parse_frameworks_expands_all_and_deduplicates():
     assert targets[0] == BackendTarget("torch") and targets.count(BackendTarget("torch")) == 1
 
 
+@pytest.mark.requires("torch")
 def test_every_fault_is_a_row_and_real_results_are_saved(fixture_plugins, tmp_path):
     fixture_plugins("faulty_backends")
     registry = load_registry()
     targets = parse_frameworks("faulty-import,faulty-raise,faulty-hang,faulty-nan,faulty-kill,torch", registry)
-    result, path = run_benchmark(targets, registry, SMALL_TRAIN, SMALL_DATA, RunOptions(timeout_s=30, results_dir=str(tmp_path)))
+    options = RunOptions(timeout_s=30, results_dir=str(tmp_path))
+    result, path = run_benchmark(targets, registry, SMALL_TRAIN, SMALL_DATA, options)
     rows = {row.backend: row for row in result.backends}
-    assert rows["faulty-import"].status == "failed" and "injected failure while importing" in rows["faulty-import"].reason
+    assert rows["faulty-import"].status == "failed"
+    assert "injected failure while importing" in rows["faulty-import"].reason
     assert rows["faulty-raise"].status == "failed" and "injected failure in the middle" in rows["faulty-raise"].reason
     assert rows["faulty-nan"].status == "diverged" and "loss became nan" in rows["faulty-nan"].reason
     assert rows["faulty-kill"].status == "failed" and "SIGKILL" in rows["faulty-kill"].reason
@@ -46,9 +57,11 @@ def test_every_fault_is_a_row_and_real_results_are_saved(fixture_plugins, tmp_pa
     assert saved.backends[-1].repeats[0].train_throughput > 0
 
 
+@pytest.mark.requires("torch")
 def test_repeats_run_in_fresh_processes_and_keep_every_sample(tmp_path):
     registry = load_registry()
-    result, _ = run_benchmark([BackendTarget("torch")], registry, SMALL_TRAIN, SMALL_DATA, RunOptions(repeat=2, results_dir=str(tmp_path)))
+    options = RunOptions(repeat=2, results_dir=str(tmp_path))
+    result, _ = run_benchmark([BackendTarget("torch")], registry, SMALL_TRAIN, SMALL_DATA, options)
     row = result.backends[0]
     assert len(row.repeats) == 2 and all(m.status == "ok" for m in row.repeats)
     assert len(row.values("train_throughput")) == 2
@@ -58,9 +71,11 @@ def test_repeats_run_in_fresh_processes_and_keep_every_sample(tmp_path):
     assert row.repeats[0].phases.import_s > 0 and row.repeats[0].peak_rss_mb > 50
 
 
+@pytest.mark.requires("torch")
 def test_time_to_accuracy_counts_training_time_only(tmp_path):
     registry = load_registry()
-    result, _ = run_benchmark([BackendTarget("torch")], registry, SMALL_TRAIN, SMALL_DATA, RunOptions(target_accuracy=0.5, save=False))
+    options = RunOptions(target_accuracy=0.5, save=False)
+    result, _ = run_benchmark([BackendTarget("torch")], registry, SMALL_TRAIN, SMALL_DATA, options)
     m = result.backends[0].repeats[0]
     assert all(e.test_accuracy is not None for e in m.epochs)
     reached = next(i for i, e in enumerate(m.epochs) if e.test_accuracy >= 0.5)
@@ -68,10 +83,91 @@ def test_time_to_accuracy_counts_training_time_only(tmp_path):
     assert m.phases.train_s == pytest.approx(sum(e.seconds for e in m.epochs))
 
 
+@pytest.mark.requires("torch")
 def test_cli_run_prints_the_table_and_saves(results_dir):
-    out = CliRunner().invoke(cli, ["run", "-f", "torch", "-d", "synthetic", "--dataset-option", "n_train=600", "--dataset-option", "n_test=200", "--threads", "1"], catch_exceptions=False)
+    args = ["run", "-f", "torch", "-d", "synthetic", "--threads", "1",
+            "--dataset-option", "n_train=600", "--dataset-option", "n_test=200"]
+    out = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    for column in ("framework", "version", "device", "params", "test acc", "train samples/s", "eval samples/s", "first epoch s", "total s"):
+    columns = ("framework", "version", "device", "params", "test acc", "train samples/s", "eval samples/s",
+               "first epoch s", "total s")
+    for column in columns:
         assert column in out.output
     assert "3,255,914" in out.output
     assert len(list(results_dir.glob("*.json"))) == 1
+
+
+# --- the shared subprocess runner, with stand-in workers (no framework needed) ----------------
+
+MEASURE = messages.MeasureRequest("torch", None, SMALL_TRAIN, SMALL_DATA)
+CHECK = messages.CheckRequest(
+    "torch", None, TrainConfig(), (28, 28, 1), 10, None, {"sgd": 0.01}, seed=0, steps=1, init="glorot-uniform", batch=4
+)
+
+
+def stand_in(tmp_path: Path, body: str) -> list[str]:
+    """A launcher argument that runs ``body`` instead of the worker (it gets ``-m cnnbench.worker REQUEST``)."""
+    script = tmp_path / "stand_in_worker.py"
+    script.write_text(textwrap.dedent(body))
+    return [str(script)]
+
+
+def test_stray_lines_are_skipped_and_events_arrive_typed(tmp_path: Path) -> None:
+    launcher = stand_in(tmp_path, """
+        import json
+        from cnnbench import messages
+        print("launcher chatter, not a message")
+        print(messages.encode(messages.Phase("import")))
+        print(messages.encode(messages.Progress(1, 2, 3)))
+        print(messages.encode(messages.CheckResult({"status": "PASS", "message": "ok", "checks": {}})))
+    """)
+    seen: list[messages.Phase | messages.Progress] = []
+    status, final = run_worker(CHECK, dict(os.environ), 60, seen.append, tmp_path / "log", launcher)
+    assert status == OK and final == messages.CheckResult({"status": "PASS", "message": "ok", "checks": {}})
+    assert seen == [messages.Phase("import"), messages.Progress(1, 2, 3)]
+
+
+def test_a_job_answered_with_the_wrong_final_event_fails(tmp_path: Path) -> None:
+    launcher = stand_in(tmp_path, """
+        from cnnbench import messages
+        print(messages.encode(messages.CheckResult({"status": "PASS"})))
+    """)
+    status, final = run_worker(MEASURE, dict(os.environ), 60, None, tmp_path / "log", launcher)
+    assert status == FAILED and isinstance(final, messages.Error)
+    assert "measure job answered with a 'check_result'" in final.reason
+
+
+def test_a_worker_of_an_older_cnnbench_is_killed_with_a_clear_reason(tmp_path: Path) -> None:
+    launcher = stand_in(tmp_path, """
+        import json, time
+        print(json.dumps({"event": "phase", "name": "import"}), flush=True)
+        time.sleep(120)
+    """)
+    started = time.monotonic()
+    status, final = run_worker(MEASURE, dict(os.environ), 100, None, tmp_path / "log", launcher)
+    assert status == FAILED and isinstance(final, messages.Error)
+    assert "carries no protocol version" in final.reason and time.monotonic() - started < 60
+
+
+def test_the_worker_refuses_a_request_of_another_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(messages, "PROTOCOL_VERSION", messages.PROTOCOL_VERSION + 1)  # this side "upgraded"
+    status, final = run_worker(MEASURE, dict(os.environ), 100, None, tmp_path / "log")
+    assert status == FAILED and isinstance(final, messages.Error)
+    theirs, ours = messages.PROTOCOL_VERSION - 1, messages.PROTOCOL_VERSION
+    assert f"speaks message protocol version {theirs}, this cnnbench speaks {ours}" in final.reason
+
+
+def test_a_hung_worker_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    launcher = stand_in(tmp_path, "import time\ntime.sleep(120)\n")
+    started = time.monotonic()
+    status, final = run_worker(MEASURE, dict(os.environ), 1, None, tmp_path / "log", launcher)
+    assert status == TIMEOUT and isinstance(final, messages.Error)
+    assert final.reason == "no result after 1 s (timeout); worker killed"
+    assert time.monotonic() - started < 30
+
+
+def test_a_worker_that_exits_without_a_result_names_its_last_log_line(tmp_path: Path) -> None:
+    launcher = stand_in(tmp_path, "import sys\nprint('boom: the last words', file=sys.stderr)\nsys.exit(5)\n")
+    status, final = run_worker(MEASURE, dict(os.environ), 60, None, tmp_path / "log", launcher)
+    assert status == FAILED and isinstance(final, messages.Error)
+    assert final.reason == "worker exited with code 5 without a result: boom: the last words"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
@@ -19,12 +18,14 @@ from typing import Any
 import click
 from rich.table import Table
 
-from cnnbench import parity
+from cnnbench import messages, parity
 from cnnbench.commands.common import console
 from cnnbench.config import DEVICES, TrainConfig, parse_key_values
 from cnnbench.errors import UsageError
+from cnnbench.messages import CheckRequest
 from cnnbench.plugins import Registry, load_registry
-from cnnbench.runner import BackendTarget, harness_environment, kill_worker, last_log_line, parse_frameworks
+from cnnbench.results import UNAVAILABLE
+from cnnbench.runner import BackendTarget, harness_environment, parse_frameworks, run_worker
 from cnnbench.spec import spec_for
 
 
@@ -37,28 +38,18 @@ def _learning_rates(optimizer: str, adam_lr: float, sgd_lr: float) -> dict[str, 
     return chosen
 
 
-def run_check_process(request: dict[str, Any], env: dict[str, str], timeout_s: float | None, log_path: Path) -> dict[str, Any]:
-    """Run one backend's check in a fresh interpreter; never raises for the child's faults."""
-    with tempfile.TemporaryDirectory(prefix="cnnbench-check-") as tmp:
-        request_path, result_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        request_path.write_text(json.dumps(request))
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "cnnbench.parity", str(request_path), str(result_path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-            )
-            try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                kill_worker(proc)
-                return {"status": parity.FAIL, "message": f"no result after {timeout_s:g} s (timeout); worker killed (log: {log_path})", "checks": {}}
-            except BaseException:
-                kill_worker(proc)
-                raise
-        if result_path.exists():
-            return json.loads(result_path.read_text())
-    reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    return {"status": parity.FAIL, "message": f"worker {reason} without a result: {last_log_line(log_path)} (log: {log_path})", "checks": {}}
+def run_check_process(
+    request: dict[str, Any] | CheckRequest, env: dict[str, str], timeout_s: float | None, log_path: Path
+) -> dict[str, Any]:
+    """Run one backend's check as a worker job through the runner's ``run_worker``; never raises for its faults."""
+    job = request if isinstance(request, CheckRequest) else messages.from_dict(CheckRequest, request, "check request")
+    status, final = run_worker(job, env, timeout_s, None, log_path)
+    if isinstance(final, messages.CheckResult):
+        return final.report
+    reason = final.reason if isinstance(final, (messages.Error, messages.Unavailable)) else f"unexpected {final.kind!r}"
+    if status == UNAVAILABLE:
+        return {"status": parity.UNAVAILABLE, "message": reason, "checks": {}}
+    return {"status": parity.FAIL, "message": f"{reason} (log: {log_path})", "checks": {}}
 
 
 def check_targets(
