@@ -116,6 +116,7 @@ def prepare(arrays: DatasetArrays, config: DataConfig) -> PreparedData:
         "dataset": config.dataset,
         "source": arrays.source,
         "verified": arrays.verified,
+        "verification": arrays.verification,
         "scale": "x / 255 -> float32 [0, 1]" if arrays.x_train.dtype == np.uint8 else "float32 as given",
         "layout": "NHWC",
     }
