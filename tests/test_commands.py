@@ -54,8 +54,13 @@ def parsed(command: click.Command, *args: str) -> dict[str, Any]:
         return dict(ctx.params)
 
 
+def _takes_anything(**_: Any) -> None:
+    """A function for ``run_options`` to decorate."""
+
+
 def run_option_names() -> set[str]:
-    return {param.name for param in common.run_options(lambda **_: None).__click_params__ if param.name}
+    decorated = click.command("probe")(common.run_options(_takes_anything))
+    return {param.name for param in decorated.params if param.name}
 
 
 def test_run_params_has_a_field_for_every_run_option_and_their_defaults() -> None:
@@ -68,8 +73,9 @@ def test_run_params_has_a_field_for_every_run_option_and_their_defaults() -> Non
 
 
 def test_run_params_are_typed_as_click_parses_them() -> None:
-    options = parsed(cli.commands["run"], "-f", "torch,jax", "-e", "3", "--lr", "0.01", "--backend-option", "tf.xla=true",
-                     "--backend-option", "jax.scan=false", "--no-standardize", "--timeout", "5", "--no-save")
+    options = parsed(cli.commands["run"], "-f", "torch,jax", "-e", "3", "--lr", "0.01", "--backend-option",
+                     "tf.xla=true", "--backend-option", "jax.scan=false", "--no-standardize", "--timeout", "5",
+                     "--no-save")
     del options["preset"]
     params = common.RunParams.from_options(options)
     assert (params.frameworks, params.epochs, params.learning_rate) == ("torch,jax", 3, 0.01)
@@ -91,7 +97,7 @@ def test_build_configs_lets_flags_override_the_preset() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes, message",
+    ("changes", "message"),
     [
         ({"timeout_s": 0.0}, "timeout must be positive"),
         ({"repeat": 0}, "repeat must be at least 1"),

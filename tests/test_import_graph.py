@@ -144,7 +144,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return stack[stack.index(nxt):] + [nxt]
+                return [*stack[stack.index(nxt):], nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -186,7 +186,9 @@ def test_the_parser_sees_every_kind_of_import() -> None:
         "cnnbench/a.py": "from cnnbench import b\nimport cnnbench.c.d as d\n",
         "cnnbench/b.py": "def f():\n    from . import a\n",
         "cnnbench/c/__init__.py": "import importlib\nimportlib.import_module('cnnbench.b')\n",
-        "cnnbench/c/d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..a import x\nfrom .. import b\n",
+        "cnnbench/c/d.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..a import x\nfrom .. import b\n"
+        ),
     }
     found = {(i.importer, i.imported, i.where) for i in package_imports(sources)}
     assert found == {

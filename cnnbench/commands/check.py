@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from cnnbench import messages, parity
@@ -96,33 +97,50 @@ def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) 
     colour = {"PASS": "green", "FAIL": "red"}.get(status, "yellow")
     where = f" on {result['device']}" if result.get("device") else ""
     took = f", {result['elapsed_s']:.1f} s" if result.get("elapsed_s") is not None else ""
-    title = f"{target.id} ({framework} {result.get('framework_version', '')}){where}{took}: [{colour}]{status}[/{colour}]"
+    version = result.get("framework_version", "")
+    title = f"{target.id} ({framework} {version}){where}{took}: [{colour}]{status}[/{colour}]"
     table = Table(title=title, title_justify="left", caption=result.get("message", ""), caption_justify="left")
-    for column, justify in (("check", "left"), ("max abs diff", "right"), ("max rel diff", "right"), ("tolerance", "right"), ("diff/tol", "right"), ("result", "center"), ("note", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("check", "left"), ("max abs diff", "right"), ("max rel diff", "right"), ("tolerance", "right"),
+        ("diff/tol", "right"), ("result", "center"), ("note", "left"),
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     for name, check in result.get("checks", {}).items():
         verdict = "[green]PASS[/green]" if check["passed"] else "[red]FAIL[/red]"
-        table.add_row(name, _number(check.get("max_abs")), _number(check.get("max_rel")), _tolerance(check), _ratio(check), verdict, check.get("detail", ""))
+        table.add_row(name, _number(check.get("max_abs")), _number(check.get("max_rel")), _tolerance(check),
+                      _ratio(check), verdict, check.get("detail", ""))
     return table
 
 
 @click.command("check")
-@click.option("--frameworks", "-f", default="all", show_default=True, help="Comma list of backends (name or name:variant), or 'all'.")
+@click.option("--frameworks", "-f", default="all", show_default=True,
+              help="Comma list of backends (name or name:variant), or 'all'.")
 @click.option("--dataset", "-d", default="mnist", show_default=True,
-              help="Dataset whose input shape and classes choose the model variant; its files are not read (seeded synthetic images of that shape are used).")
-@click.option("--dropout", type=float, default=None, help="Dropout of the variant (default: 0.2 for colour datasets). Training steps are always checked without dropout.")
-@click.option("--optimizer", type=click.Choice(("adam", "sgd", "both")), default="both", show_default=True, help="Optimizer(s) whose steps are checked.")
-@click.option("--adam-lr", type=float, default=parity.DEFAULT_LEARNING_RATES["adam"], show_default=True, help="Learning rate of the Adam steps.")
-@click.option("--sgd-lr", type=float, default=parity.DEFAULT_LEARNING_RATES["sgd"], show_default=True, help="Learning rate of the SGD steps.")
+              help="Dataset whose input shape and classes choose the model variant; its files are not read "
+              "(seeded synthetic images of that shape are used).")
+@click.option("--dropout", type=float, default=None,
+              help="Dropout of the variant (default: 0.2 for colour datasets). "
+              "Training steps are always checked without dropout.")
+@click.option("--optimizer", type=click.Choice(("adam", "sgd", "both")), default="both", show_default=True,
+              help="Optimizer(s) whose steps are checked.")
+@click.option("--adam-lr", type=float, default=parity.DEFAULT_LEARNING_RATES["adam"], show_default=True,
+              help="Learning rate of the Adam steps.")
+@click.option("--sgd-lr", type=float, default=parity.DEFAULT_LEARNING_RATES["sgd"], show_default=True,
+              help="Learning rate of the SGD steps.")
 @click.option("--steps", type=int, default=parity.DEFAULT_STEPS, show_default=True, help="Optimizer steps compared.")
 @click.option("--batch-size", type=int, default=parity.DEFAULT_BATCH, show_default=True, help="Images per batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and images.")
-@click.option("--init", type=click.Choice(("glorot-uniform", "normal")), default="glorot-uniform", show_default=True, help="Weight-init scheme of the shared weights.")
+@click.option("--init", type=click.Choice(("glorot-uniform", "normal")), default="glorot-uniform", show_default=True,
+              help="Weight-init scheme of the shared weights.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads per framework [all cores].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Device.")
-@click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE", help="Backend switch, e.g. tf.xla=true (repeatable).")
-@click.option("--timeout", "timeout_s", type=float, default=600, show_default=True, help="Seconds before a backend's check is killed.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results to this JSON file.")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE",
+              help="Backend switch, e.g. tf.xla=true (repeatable).")
+@click.option("--timeout", "timeout_s", type=float, default=600, show_default=True,
+              help="Seconds before a backend's check is killed.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the results to this JSON file.")
 def check(
     frameworks: str, dataset: str, dropout: float | None, optimizer: str, adam_lr: float, sgd_lr: float, steps: int,
     batch_size: int, seed: int, init: str, threads: int | None, device: str, backend_options: tuple[str, ...],
@@ -152,7 +170,8 @@ def check(
         "learning_rates": learning_rates, "seed": seed, "steps": steps, "init": init, "batch": batch_size,
     }
     console.print(
-        f"parity against the float64 reference: {spec.name} {'x'.join(map(str, spec.input_shape))} ({spec.num_classes} classes, "
+        f"parity against the float64 reference: {spec.name} {'x'.join(map(str, spec.input_shape))} "
+        f"({spec.num_classes} classes, "
         f"{spec.num_params:,} parameters), {init} weights and {batch_size} synthetic images from seed {seed}, "
         f"{steps} steps of {', '.join(f'{name} lr={rate:g}' for name, rate in learning_rates.items())}",
         highlight=False,
@@ -162,13 +181,15 @@ def check(
     for target, result in outcomes:
         framework = registry.backend(target.name).item.framework
         if result["status"] == parity.UNAVAILABLE:
-            console.print(f"{target.id} ({framework}): [yellow]not checked[/yellow]: {result['message']}", highlight=False)
+            console.print(f"{target.id} ({framework}): [yellow]not checked[/yellow]: {result['message']}",
+                          highlight=False)
             continue
         console.print(result_table(target, framework, result))
     summary = ", ".join(f"{target.id} {result['status']}" for target, result in outcomes)
     console.print(f"summary: {summary}", highlight=False)
     if json_path:
-        Path(json_path).write_text(json.dumps([{"backend": target.id, **result} for target, result in outcomes], indent=1, default=str))
+        rows = [{"backend": target.id, **result} for target, result in outcomes]
+        Path(json_path).write_text(json.dumps(rows, indent=1, default=str))
     if any(result["status"] == parity.FAIL for _, result in outcomes):
         sys.exit(1)
 

@@ -22,7 +22,13 @@ from cnnbench.errors import UsageError
 from cnnbench.plugins import load_registry
 from cnnbench.results import OK, UNAVAILABLE, UNSUPPORTED, BackendResult, RunResult
 from cnnbench.runner import (
-    ALLOCATORS, BackendTarget, RunInterrupted, RunObserver, RunOptions, parse_frameworks, run_benchmark,
+    ALLOCATORS,
+    BackendTarget,
+    RunInterrupted,
+    RunObserver,
+    RunOptions,
+    parse_frameworks,
+    run_benchmark,
 )
 
 #: Tables stay readable in logs and CI: a fixed wide width when stdout is not a terminal.
@@ -46,7 +52,8 @@ def run_options(func: F) -> F:
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [adam]."),
         click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate [0.001]."),
         click.option("--seed", type=int, default=None, help="Seed for weights, batch order and dropout [0]."),
-        click.option("--init", type=click.Choice(INIT_SCHEMES), default=None, help="Weight-init scheme [glorot-uniform]."),
+        click.option("--init", type=click.Choice(INIT_SCHEMES), default=None,
+                     help="Weight-init scheme [glorot-uniform]."),
         click.option("--dropout", type=float, default=None,
                      help="Dropout rate (default: 0.2 for colour datasets, none for grayscale)."),
         click.option("--threads", type=int, default=None, help="Intra-op threads per framework [all cores]."),
@@ -55,14 +62,15 @@ def run_options(func: F) -> F:
         click.option("--eval-batch-size", type=int, default=None, help="Evaluation batch size [1000]."),
         click.option("--device", type=click.Choice(DEVICES), default=None, help="Device [auto]."),
         click.option("--devices", default=None, metavar="N|N1,N2,...",
-                     help="Data-parallel devices per host (global batch = batch size x devices); N measures 1, 2, 4 ... N "
-                     "and prints a scaling table; see docs/distributed.md."),
+                     help="Data-parallel devices per host (global batch = batch size x devices); "
+                     "N measures 1, 2, 4 ... N and prints a scaling table; see docs/distributed.md."),
         click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE",
                      help="Backend switch, e.g. tf.xla=true (repeatable)."),
         click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                      help="Folder holding dataset files (else $CNNBENCH_DATA_DIR, the cache...)."),
         click.option("--offline", is_flag=True, default=False, help="Never download datasets."),
-        click.option("--limit-train", type=int, default=None, help="Use a seeded, stratified subset of N training images."),
+        click.option("--limit-train", type=int, default=None,
+                     help="Use a seeded, stratified subset of N training images."),
         click.option("--limit-test", type=int, default=None, help="Use a seeded, stratified subset of N test images."),
         click.option("--validation", type=int, default=None, help="Hold out N training images (seeded)."),
         click.option("--standardize/--no-standardize", default=None,
@@ -83,7 +91,8 @@ def run_options(func: F) -> F:
         click.option("--skip-parity", is_flag=True, default=False,
                      help="Skip the parity check against the float64 reference (on by default)."),
         click.option("--plot", type=click.Path(dir_okay=False), default=None,
-                     help="Write loss / accuracy curves and throughput bars to FILE.png (evaluates after every epoch)."),
+                     help="Write loss / accuracy curves and throughput bars to FILE.png "
+                     "(evaluates after every epoch)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -218,7 +227,8 @@ def execute_run(
                         console=console, transient=False)
     try:
         with progress:
-            result, path = run_benchmark(targets, registry, train, data, options, ProgressObserver(progress, train.epochs))
+            observer = ProgressObserver(progress, train.epochs)
+            result, path = run_benchmark(targets, registry, train, data, options, observer)
     except RunInterrupted as stop:
         report.print_result(stop.result, console, title)
         where = f"; finished results saved to {stop.path}" if stop.path else ""

@@ -5,26 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from cnnbench import results
 from cnnbench.commands.common import console
 from cnnbench.compare import (
-    BETTER, DEFAULT_ALPHA, DEFAULT_FAIL_ON, DEFAULT_THRESHOLDS, FAILED, METRICS, MISSING, NEW, WORSE,
-    Comparison, compare_runs, metric_for, parse_fail_on,
+    BETTER,
+    DEFAULT_ALPHA,
+    DEFAULT_FAIL_ON,
+    DEFAULT_THRESHOLDS,
+    FAILED,
+    METRICS,
+    MISSING,
+    NEW,
+    WORSE,
+    Comparison,
+    compare_runs,
+    metric_for,
+    parse_fail_on,
 )
 from cnnbench.errors import UsageError
-
 
 VERDICT_STYLE = {WORSE: "bold red", FAILED: "bold red", BETTER: "green", MISSING: "yellow", NEW: "cyan"}
 
 
 def comparison_table(comparison: Comparison) -> Table:
-    table = Table(title=f"cnnbench compare: {comparison.baseline_name} -> {comparison.current_name}", title_justify="left")
-    for name, justify in [
+    title = f"cnnbench compare: {comparison.baseline_name} -> {comparison.current_name}"
+    table = Table(title=title, title_justify="left")
+    columns: list[tuple[str, JustifyMethod]] = [
         ("framework", "left"), ("metric", "left"), ("baseline", "right"), ("current", "right"), ("change", "right"),
         ("change %", "right"), ("fails at", "right"), ("verdict", "left"), ("evidence", "left"),
-    ]:
+    ]
+    for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
     previous = None
     for row in comparison.rows:
@@ -53,12 +66,20 @@ def comparison_table(comparison: Comparison) -> Table:
     help=f"Per-metric regression thresholds, merged over the defaults [{DEFAULT_FAIL_ON}]. "
     "Units: % (relative), pp (accuracy points) or none (the metric's unit); 'METRIC:off' stops gating a metric.",
 )
-@click.option("--metrics", default=",".join(m.key for m in METRICS), show_default=True, help="Comma list of metrics to compare.")
-@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True, help="Significance level of the Mann-Whitney noise test.")
-@click.option("--fail-on-missing", is_flag=True, default=False, help="A framework of the baseline that is absent or unavailable now is a regression.")
-@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), default=None, help="Append the comparison as markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")
-@click.option("--results-dir", type=click.Path(file_okay=False), default=None, help="Result store for names like latest~1 [$CNNBENCH_RESULTS_DIR or ./results].")
-def compare_command(baseline: str, current: str, fail_on: str, metrics: str, alpha: float, fail_on_missing: bool, summary_path: str | None, results_dir: str | None) -> None:
+@click.option("--metrics", default=",".join(m.key for m in METRICS), show_default=True,
+              help="Comma list of metrics to compare.")
+@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
+              help="Significance level of the Mann-Whitney noise test.")
+@click.option("--fail-on-missing", is_flag=True, default=False,
+              help="A framework of the baseline that is absent or unavailable now is a regression.")
+@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), default=None,
+              help="Append the comparison as markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--results-dir", type=click.Path(file_okay=False), default=None,
+              help="Result store for names like latest~1 [$CNNBENCH_RESULTS_DIR or ./results].")
+def compare_command(
+    baseline: str, current: str, fail_on: str, metrics: str, alpha: float, fail_on_missing: bool,
+    summary_path: str | None, results_dir: str | None,
+) -> None:
     """Compare CURRENT (default: latest) against BASELINE, per framework and metric.
 
     BASELINE and CURRENT are result files, names in the store, or latest / latest~N. A row is a
@@ -88,7 +109,8 @@ def compare_command(baseline: str, current: str, fail_on: str, metrics: str, alp
     regressions = comparison.regressions
     if regressions:
         names = ", ".join(f"{r.backend} {r.metric.label}" for r in regressions)
-        console.print(f"[bold red]{len(regressions)} regression{'s' if len(regressions) != 1 else ''}:[/bold red] {names}", highlight=False, soft_wrap=True)
+        count = f"{len(regressions)} regression{'s' if len(regressions) != 1 else ''}"
+        console.print(f"[bold red]{count}:[/bold red] {names}", highlight=False, soft_wrap=True)
         click.get_current_context().exit(1)
     console.print("[green]no regression[/green]")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from cnnbench.commands.common import console, err_console
@@ -47,22 +48,31 @@ def _verified(status: dict[str, Any], failure: str | None) -> str:
 def _location(status: dict[str, Any]) -> str:
     if status.get("available"):
         origin = status.get("origin")
-        return f"{status.get('location', '?')}" + (f" [dim]({origin})[/dim]" if origin and origin != "generated" else "")
+        shown = f" [dim]({origin})[/dim]" if origin and origin != "generated" else ""
+        return f"{status.get('location', '?')}" + shown
     return f"[yellow]{status.get('location') or 'missing'}[/yellow]"
 
 
 @click.command("datasets")
 @click.argument("names", nargs=-1)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder searched first (holding e.g. mnist/ and cifar10/).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder searched first (holding e.g. mnist/ and cifar10/).")
 @click.option("--offline", is_flag=True, default=False, help="Never download (also $CNNBENCH_OFFLINE=1).")
-@click.option("--verify", is_flag=True, default=False, help="Load each dataset found now: check every sha256, parse and fill the cache. Never downloads.")
-@click.option("--download", is_flag=True, default=False, help="Like --verify, and download missing datasets into the cache.")
+@click.option("--verify", is_flag=True, default=False,
+              help="Load each dataset found now: check every sha256, parse and fill the cache. Never downloads.")
+@click.option("--download", is_flag=True, default=False,
+              help="Like --verify, and download missing datasets into the cache.")
 def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool, verify: bool, download: bool) -> None:
     """Where each dataset (or each of NAMES) is, its size, and whether it was verified."""
     registry = load_registry()
-    chosen = [registry.dataset(name) for name in names] if names else [registry.datasets[name] for name in sorted(registry.datasets)]
+    every = [registry.datasets[name] for name in sorted(registry.datasets)]
+    chosen = [registry.dataset(name) for name in names] if names else every
     table = Table(title="Datasets", title_justify="left")
-    for column, justify in (("name", "left"), ("train / test", "right"), ("shape", "left"), ("classes", "right"), ("location", "left"), ("size", "right"), ("verified", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("name", "left"), ("train / test", "right"), ("shape", "left"), ("classes", "right"), ("location", "left"),
+        ("size", "right"), ("verified", "left"),
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     failed: list[str] = []
     notes: list[tuple[str, str]] = []
@@ -80,7 +90,7 @@ def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool
             failure = str(exc).removeprefix(f"{dataset.name}: ")
             failed.append(dataset.name)
             status = _safe_status(dataset, config)
-        except Exception as exc:  # a plugin's bug shows in its row instead of ending the listing
+        except Exception as exc:  # noqa: BLE001  a plugin's bug shows in its row instead of ending the listing
             failure = f"{type(exc).__name__}: {exc}"
             failed.append(dataset.name)
             status = {}
@@ -102,8 +112,9 @@ def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool
 
 def _safe_status(dataset: Any, config: DataConfig) -> dict[str, Any]:
     try:
-        return dataset.status(config)
-    except Exception:
+        status: dict[str, Any] = dataset.status(config)
+        return status
+    except Exception:  # noqa: BLE001  a plugin's bug: no status, the row says why
         return {}
 
 

@@ -15,12 +15,18 @@ from cnnbench.errors import UsageError
 
 @click.command("history")
 @click.argument("runs", nargs=-1)
-@click.option("--metric", "-m", default="train_throughput", show_default=True, help="Metric: train_throughput, eval_throughput, first_epoch, accuracy, peak_rss, or any result field.")
+@click.option("--metric", "-m", default="train_throughput", show_default=True,
+              help="Metric: train_throughput, eval_throughput, first_epoch, accuracy, peak_rss, or any result field.")
 @click.option("--dataset", default=None, help="Only runs on this dataset [the newest run's].")
 @click.option("--last", type=int, default=None, help="Only the newest N runs.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Also write a PNG plot, one line per framework.")
-@click.option("--results-dir", type=click.Path(file_okay=False), default=None, help="Result store [$CNNBENCH_RESULTS_DIR or ./results].")
-def history_command(runs: tuple[str, ...], metric: str, dataset: str | None, last: int | None, plot_path: str | None, results_dir: str | None) -> None:
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a PNG plot, one line per framework.")
+@click.option("--results-dir", type=click.Path(file_okay=False), default=None,
+              help="Result store [$CNNBENCH_RESULTS_DIR or ./results].")
+def history_command(
+    runs: tuple[str, ...], metric: str, dataset: str | None, last: int | None, plot_path: str | None,
+    results_dir: str | None,
+) -> None:
     """Show METRIC across RUNS (result files or store names; default: every run in the store)."""
     chosen = metric_for(metric)
     if last is not None and last < 1:
@@ -30,7 +36,8 @@ def history_command(runs: tuple[str, ...], metric: str, dataset: str | None, las
     else:
         files = history.store_files(results_dir)
         if not files:
-            raise UsageError(f"no runs in {results.results_dir(results_dir)}; run 'cnnbench run' first or name result files")
+            where = results.results_dir(results_dir)
+            raise UsageError(f"no runs in {where}; run 'cnnbench run' first or name result files")
         stored, skipped = history.load_runs(files)
     for reason in skipped:
         err_console.print(f"[yellow]skipped[/yellow] {reason}", highlight=False, soft_wrap=True)
@@ -41,13 +48,14 @@ def history_command(runs: tuple[str, ...], metric: str, dataset: str | None, las
         stored = stored[-last:]
     names, rows = history.history_rows(stored, chosen)
     unit = "%" if chosen.fraction else chosen.unit
-    table = Table(title=f"{chosen.label} ({unit}, {chosen.direction}) on {chosen_dataset}: median ± half IQR", title_justify="left")
+    title = f"{chosen.label} ({unit}, {chosen.direction}) on {chosen_dataset}: median ± half IQR"
+    table = Table(title=title, title_justify="left")
     table.add_column("run", overflow="fold")
     table.add_column("commit", overflow="fold")
     for name in names:
         table.add_column(name, justify="right")
     for run, found in rows:
-        values = {name: run.result.backend(name).values(chosen.key) for name in found}
+        values = {name: row.values(chosen.key) for name in found if (row := run.result.backend(name)) is not None}
         table.add_row(
             run.path.name, run.result.environment.get("git_commit") or "-",
             *[format_spread(chosen, values[name]) if name in found else "-" for name in names],

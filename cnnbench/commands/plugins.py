@@ -25,7 +25,7 @@ def _unavailable_reason(backend: Any) -> tuple[str | None, str | None]:
     """(reason, error): a plugin bug in ``unavailable_reason`` is reported, never raised."""
     try:
         return backend.unavailable_reason(), None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (any plugin bug)
         return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -67,11 +67,13 @@ def describe(registry: Registry) -> list[dict[str, Any]]:
 
 
 def _environment() -> dict[str, str]:
-    return {name: os.environ[name] for name in (ALLOW_ENV, BLOCK_ENV, EXTRA_MODULES_ENV) if os.environ.get(name, "").strip()}
+    names = (ALLOW_ENV, BLOCK_ENV, EXTRA_MODULES_ENV)
+    return {name: os.environ[name] for name in names if os.environ.get(name, "").strip()}
 
 
 @click.command("plugins")
-@click.option("--json", "as_json", is_flag=True, default=False, help="Print JSON (plugins and the plugin environment variables) instead of a table.")
+@click.option("--json", "as_json", is_flag=True, default=False,
+              help="Print JSON (plugins and the plugin environment variables) instead of a table.")
 def plugins_command(as_json: bool) -> None:
     """Every plugin found: name, distribution and version, module, hooks, what it registers, status.
 

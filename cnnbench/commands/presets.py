@@ -21,7 +21,8 @@ def presets_command() -> None:
         table.add_row(
             p.name, f"{100 * p.published_accuracy:.2f}% ({p.published_with})",
             f"{p.train.optimizer} {p.train.learning_rate:g}", str(p.train.epochs), p.train.init,
-            f"{p.train.dropout:g}" if p.train.dropout else "-", data, p.description + (f". {p.notes}" if p.notes else ""),
+            f"{p.train.dropout:g}" if p.train.dropout else "-", data,
+            p.description + (f". {p.notes}" if p.notes else ""),
         )
     console.print(table)
 
