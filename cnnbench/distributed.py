@@ -145,7 +145,8 @@ def free_port(address: str = LOOPBACK) -> int:
     """A TCP port free on ``address`` now (the launcher binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((address, 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def loopback_interface() -> str | None:

@@ -253,17 +253,25 @@ class Jax(Framework):
     def mode(self, compiled: bool) -> str:
         return "jit (XLA)" if compiled else "eager (no jax.jit)"
 
+    def platform(self, requested: str) -> str:
+        """The jax platform for ``--device``: "gpu" for auto/cuda when jax sees one, else "cpu"."""
+        import jax
+
+        if requested in ("auto", "cuda"):
+            try:
+                if jax.devices("gpu"):
+                    return "gpu"
+            except RuntimeError:  # no GPU backend in this jaxlib, or no device
+                pass
+            if requested == "cuda":
+                raise BackendUnavailable(self.no_gpu_reason())
+        return "cpu"
+
     def mesh_devices(self, config: TrainConfig, where: Cluster) -> list[Any]:
         """The first ``config.devices`` local devices of every process (GPUs for auto/cuda when present)."""
         import jax
 
-        platform = "cpu"
-        if config.device in ("auto", "cuda"):
-            try:
-                platform = "gpu" if jax.devices("gpu") else "cpu"
-            except RuntimeError:
-                if config.device == "cuda":
-                    raise BackendUnavailable(self.no_gpu_reason()) from None
+        platform = self.platform(config.device)
         local = jax.local_devices(backend=platform)
         if len(local) < config.devices:
             hint = " (XLA_FLAGS --xla_force_host_platform_device_count is set by the harness before jax starts)"

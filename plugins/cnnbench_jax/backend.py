@@ -7,13 +7,13 @@ jax and optax are imported inside functions only, so listing backends never pays
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, missing_module_reason
+from cnnbench.backend import Backend, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
-from cnnbench.errors import UsageError
+from cnnbench.errors import BackendError, UsageError
 from cnnbench.frameworks import JAX
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
@@ -27,13 +27,7 @@ DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 def _resolve_device(jax, requested: str):
     """The first GPU for "auto"/"cuda" when jax sees one, else the CPU."""
-    if requested in ("auto", "cuda"):
-        try:
-            return jax.devices("gpu")[0]
-        except RuntimeError:
-            if requested == "cuda":
-                raise BackendUnavailable(JAX.no_gpu_reason()) from None
-    return jax.devices("cpu")[0]
+    return jax.devices(JAX.platform(requested))[0]
 
 
 def _activation(jax, name: str | None):
@@ -50,7 +44,7 @@ def build_forward(spec: ModelSpec, precision):
     import jax.numpy as jnp
     from jax import lax
 
-    steps = []
+    steps: list[Callable[..., Any]] = []
     for index, layer in enumerate(spec.layers):
         if isinstance(layer, Conv2D):
             act = _activation(jax, layer.activation)
@@ -120,6 +114,15 @@ def framework_initial_params(spec: ModelSpec, seed: int) -> dict[str, np.ndarray
 class JaxSession(Session):
     """Model, optimizer and data on one jax device (training loop: see ``train_batches``)."""
 
+    #: Parameters and optimizer state (pytrees of device arrays), set by ``set_weights``.
+    params: Any
+    opt_state: Any
+    #: The resident dataset, None until ``load_data``.
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+
     def __init__(self, spec: ModelSpec, config: TrainConfig):
         import jax
         import optax
@@ -167,7 +170,8 @@ class JaxSession(Session):
 
         def scan_chunk(params, opt_state, x_train, y_train, rows, first_step):
             def body(carry, row_and_step):
-                params, opt_state, loss = step(*carry, x_train, y_train, *row_and_step)
+                (params, opt_state), (row, step_number) = carry, row_and_step
+                params, opt_state, loss = step(params, opt_state, x_train, y_train, row, step_number)
                 return (params, opt_state), loss
 
             step_numbers = first_step + jnp.arange(rows.shape[0], dtype=jnp.int32)

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import BackendError
 from cnnbench.config import TrainConfig
 from cnnbench.distributed import Cluster
+from cnnbench.errors import BackendError
 from cnnbench.frameworks import JAX, mesh_label
 from cnnbench.spec import ModelSpec
 

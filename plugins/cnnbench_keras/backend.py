@@ -16,23 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import (
-    Backend,
-    BackendError,
-    BackendUnavailable,
-    Session,
-    distribution_version,
-    missing_module_reason,
-)
+from cnnbench.backend import Backend, Session, distribution_version, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
-from cnnbench.errors import UsageError
+from cnnbench.errors import BackendError, BackendUnavailable, UsageError
 from cnnbench.frameworks import FRAMEWORKS, JAX, Framework
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
 #: Keras engines, selected as ``keras:<engine>``; the first is the default.
 ENGINES = ("tensorflow", "jax", "torch")
 #: Values of ``--backend-option keras.jit_compile``; "auto" lets Keras decide (docs/decisions.md#keras-jit-compile).
-JIT_COMPILE_CHOICES = {"auto": "auto", "true": True, "false": False}
+JIT_COMPILE_CHOICES: dict[str, bool | str] = {"auto": "auto", "true": True, "false": False}
 #: ``jit_compile`` per engine when the option is absent: the mode of the framework's own backend, on a GPU
 #: too; why, with the figures: docs/decisions.md#keras-jit-compile.
 DEFAULT_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}

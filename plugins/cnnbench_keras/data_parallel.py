@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import BackendUnavailable
 from cnnbench.config import TrainConfig
 from cnnbench.distributed import Cluster, SharedLifetime, shard_bounds
+from cnnbench.errors import BackendUnavailable
 from cnnbench.frameworks import JAX, mesh_label
 from cnnbench.spec import ModelSpec
 

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendError, BackendUnavailable, Session, missing_module_reason
+from cnnbench.backend import Backend, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.errors import BackendError, BackendUnavailable
 from cnnbench.frameworks import TENSORFLOW
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
@@ -58,6 +59,12 @@ def _activate(x, activation: str | None, tf):
 class TFRawSession(Session):
     """Variables, slots and compiled steps for one spec on one device."""
 
+    #: The resident dataset (tf tensors), None until ``load_data``.
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+
     def __init__(self, spec: ModelSpec, config: TrainConfig, runtime_notes: dict[str, Any]):
         import tensorflow as tf
 
@@ -92,7 +99,7 @@ class TFRawSession(Session):
         for index, info in enumerate(self.spec.layer_infos()):
             layer = info.layer
             if isinstance(layer, Conv2D):
-                kernel_shape = (layer.kernel_size, layer.kernel_size, shape[-1], layer.filters)
+                kernel_shape: tuple[int, ...] = (layer.kernel_size, layer.kernel_size, shape[-1], layer.filters)
             elif isinstance(layer, Dense):
                 kernel_shape = (shape[0], layer.units)
             else:

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import BackendError, BackendUnavailable
 from cnnbench.config import TrainConfig
 from cnnbench.distributed import Cluster
+from cnnbench.errors import BackendError, BackendUnavailable
 from cnnbench.frameworks import TENSORFLOW
 from cnnbench.spec import ModelSpec
 
@@ -69,6 +69,9 @@ def create_strategy(tf, config: TrainConfig, where: Cluster):
 
 class TFMirroredSession(TFRawSession):
     """Mirrored variables and one distributed step per global batch."""
+
+    #: (images, labels) as every replica sees them, None until ``load_data``.
+    replicated_train: Any
 
     def __init__(self, spec: ModelSpec, config: TrainConfig, runtime_notes: dict[str, Any], where: Cluster):
         import tensorflow as tf

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendUnavailable, Session, missing_module_reason
+from cnnbench.backend import Backend, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.errors import BackendUnavailable
 from cnnbench.frameworks import TORCH
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
@@ -29,7 +30,7 @@ def build_module(spec: ModelSpec):
     import torch
     from torch import nn
 
-    class NHWCFlatten(nn.Module):
+    class NHWCFlatten(nn.Module):  # type: ignore[misc]  # torch is untyped here (optional dependency)
         """Flatten in (H, W, C) order so canonical dense1 weights apply unchanged."""
 
         def forward(self, x):

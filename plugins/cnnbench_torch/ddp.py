@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import BackendUnavailable
 from cnnbench.config import TrainConfig
 from cnnbench.distributed import SharedLifetime, shard_bounds
+from cnnbench.errors import BackendUnavailable
 from cnnbench.frameworks import TORCH
 from cnnbench.spec import ModelSpec
 
