@@ -107,7 +107,8 @@ def epoch_chart(
                     "x": x,
                     "y": {"field": f"{field}_lo", "type": "quantitative"},
                     "y2": {"field": f"{field}_hi"},
-                    "color": _colour(colours),
+                    # the legend is shared with the lines: keep its symbols at full strength
+                    "color": {**_colour(colours), "legend": {"symbolOpacity": 1}},
                 },
             }
         )
@@ -284,8 +285,6 @@ def history_chart(found: History, colours: dict[str, str]) -> Spec:
         {"field": "run", "title": "run"},
         {"field": "value_text", "title": f"{metric.label} (median ± half IQR)"},
         {"field": "repeats", "title": "repeats"},
-        {"field": "changed", "title": "changed"},
-        {"field": "regression", "title": "regression"},
     ]
     line: Spec = {
         "mark": {"type": "line", "point": {"filled": True, "size": 45}, "strokeWidth": 2},
@@ -341,7 +340,7 @@ def history_chart(found: History, colours: dict[str, str]) -> Spec:
                     "strokeWidth": 1.6,
                     "color": "#000",
                 },
-                "encoding": {"x": x, "y": y, "tooltip": tooltip},
+                "encoding": {"x": x, "y": y, "tooltip": [*tooltip, {"field": "changed", "title": "changed"}]},
             }
         )
     if any(p["regression"] for p in found.points):
@@ -357,7 +356,7 @@ def history_chart(found: History, colours: dict[str, str]) -> Spec:
                     "stroke": "#000",
                     "strokeWidth": 1,
                 },
-                "encoding": {"x": x, "y": y, "tooltip": tooltip},
+                "encoding": {"x": x, "y": y, "tooltip": [*tooltip, {"field": "regression", "title": "regression"}]},
             }
         )
     return {
