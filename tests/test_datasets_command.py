@@ -48,7 +48,7 @@ def test_lists_every_dataset_and_says_what_is_missing(env):
     for name in ("mnist", "fashion-mnist", "cifar10", "synthetic", "synthetic-cifar", "tiny-listed"):
         assert name in result.output
     assert "missing" in result.output and "generated" in result.output
-    assert f"mnist: offline (--offline): put train-images-idx3-ubyte.gz" in result.output
+    assert "mnist: offline (--offline): put train-images-idx3-ubyte.gz" in result.output
     assert str(env / "cache" / "datasets" / "cifar10") in result.output
 
 

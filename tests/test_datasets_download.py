@@ -14,7 +14,14 @@ from cnnbench.config import DataConfig
 from cnnbench.datasets import locate
 from cnnbench.datasets.checksums import ChecksumError
 from cnnbench.datasets.mnist import IDX_NAMES, TRAIN_IMAGES
-from cnnbench.datasets.testing import serve_files, tar_bytes, tiny_cifar_content, tiny_cifar_dataset, tiny_idx_content, tiny_idx_dataset
+from cnnbench.datasets.testing import (
+    serve_files,
+    tar_bytes,
+    tiny_cifar_content,
+    tiny_cifar_dataset,
+    tiny_idx_content,
+    tiny_idx_dataset,
+)
 from cnnbench.errors import DatasetError
 
 
@@ -155,7 +162,7 @@ def test_archive_download_verified_by_members(env):
     bad_archive = tar_bytes([(f"cifar-10-batches-bin/{n}", d) for n, d in bad_content.items()])
     with serve_files({"cifar-10-binary.tar.gz": archive}) as (good_base, _), serve_files({"cifar-10-binary.tar.gz": bad_archive}) as (bad_base, _):
         dataset = tiny_cifar_dataset(content, base_urls=(f"{bad_base}/ok/",))
-        with pytest.raises(ChecksumError, match="sha256 mismatch for test_batch.bin"):
+        with pytest.raises(ChecksumError, match=r"sha256 mismatch for test_batch\.bin"):
             dataset.load(DataConfig(dataset=dataset.name), progress=False)
         assert download_folder_files(dataset.name) == []
         dataset = tiny_cifar_dataset(content, base_urls=(f"{bad_base}/ok/", f"{good_base}/ok/"))

@@ -13,7 +13,14 @@ from cnnbench.config import DataConfig
 from cnnbench.datasets import locate
 from cnnbench.datasets.checksums import ChecksumError, sha256_hex
 from cnnbench.datasets.mnist import TRAIN_IMAGES, TRAIN_LABELS
-from cnnbench.datasets.testing import tiny_cifar_content, tiny_cifar_dataset, tiny_idx_content, tiny_idx_dataset, tar_bytes, write_files
+from cnnbench.datasets.testing import (
+    tar_bytes,
+    tiny_cifar_content,
+    tiny_cifar_dataset,
+    tiny_idx_content,
+    tiny_idx_dataset,
+    write_files,
+)
 from cnnbench.errors import DatasetError
 
 
@@ -197,7 +204,7 @@ def test_incomplete_folder_is_skipped(env, tiny):
 
 def test_data_dir_that_is_not_a_folder(env, tiny):
     _, dataset = tiny
-    with pytest.raises(DatasetError, match="--data-dir .*missing is not a folder"):
+    with pytest.raises(DatasetError, match=r"--data-dir .*missing is not a folder"):
         dataset.load(DataConfig(dataset=dataset.name, data_dir=str(env / "missing")))
     assert dataset.status(DataConfig(dataset=dataset.name, data_dir=str(env / "missing")))["available"] is False
 
@@ -242,7 +249,8 @@ def test_bad_file_that_passes_no_checksum_is_still_a_clear_error(env):
     content[TRAIN_LABELS] = tiny_idx_content(n_train=59)[TRAIN_LABELS]
     dataset = tiny_idx_dataset(content, name="tiny-unchecked", checksums=False)
     write_files(env / "data", content)
-    with pytest.raises(DatasetError, match="^tiny-unchecked: train-images-idx3-ubyte has 60 images but train-labels-idx1-ubyte has 59 labels$"):
+    expected = r"^tiny-unchecked: train-images-idx3-ubyte has 60 images but train-labels-idx1-ubyte has 59 labels$"
+    with pytest.raises(DatasetError, match=expected):
         dataset.load(DataConfig(dataset=dataset.name, data_dir=str(env / "data")))
 
 
@@ -268,5 +276,5 @@ def test_cifar_archive_lacking_a_batch(env):
     archive_dir.mkdir()
     members = [(f"cifar-10-batches-bin/{n}", d) for n, d in content.items() if n != "test_batch.bin"]
     (archive_dir / "cifar-10-binary.tar.gz").write_bytes(tar_bytes(members))
-    with pytest.raises(DatasetError, match="cifar-10-binary.tar.gz lacks test_batch.bin"):
+    with pytest.raises(DatasetError, match=r"cifar-10-binary\.tar\.gz lacks test_batch\.bin"):
         dataset.load(DataConfig(dataset=dataset.name, data_dir=str(archive_dir)))

@@ -8,13 +8,19 @@ import tarfile
 import numpy as np
 import pytest
 
-from cnnbench.datasets.archive import check_member, read_members
+from cnnbench.datasets.archive import check_member, read_bytes, read_members
 from cnnbench.datasets.base import check_arrays
 from cnnbench.datasets.cifar10 import CIFAR10, parse_batch
-from cnnbench.datasets.archive import read_bytes
 from cnnbench.datasets.idx import load_idx_pair, parse_idx, parse_idx_pair
 from cnnbench.datasets.mnist import MNIST, TRAIN_IMAGES, TRAIN_LABELS
-from cnnbench.datasets.testing import cifar_batch_bytes, idx_bytes, link_member, tar_bytes, tiny_cifar_content, tiny_idx_content
+from cnnbench.datasets.testing import (
+    cifar_batch_bytes,
+    idx_bytes,
+    link_member,
+    tar_bytes,
+    tiny_cifar_content,
+    tiny_idx_content,
+)
 from cnnbench.errors import DatasetError
 
 SHAPE = (28, 28, 1)
@@ -49,7 +55,7 @@ def test_idx_truncated_body():
 
 
 def test_idx_truncated_header():
-    with pytest.raises(DatasetError, match="too short|truncated header"):
+    with pytest.raises(DatasetError, match=r"too short|truncated header"):
         parse_idx(b"\x00\x00\x08", "x")
     with pytest.raises(DatasetError, match="truncated header"):
         parse_idx(b"\x00\x00\x08\x03\x00\x00", "x")
@@ -141,7 +147,7 @@ def test_cifar_label_out_of_range():
 
 def test_cifar_parse_whole_dataset_and_class_names():
     content = tiny_cifar_content(n_per_batch=20)
-    x_train, y_train, x_test, y_test = CIFAR10().parse(content)
+    x_train, y_train, x_test, _ = CIFAR10().parse(content)
     assert x_train.shape == (100, 32, 32, 3) and x_test.shape == (20, 32, 32, 3)
     assert np.bincount(y_train).tolist() == [10] * 10
     content["batches.meta.txt"] = b"cat\ndog\n"
@@ -165,7 +171,7 @@ def test_archive_reads_wanted_members(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "member, reason",
+    ("member", "reason"),
     [
         (("../evil.bin", b"x"), "'..' in its path"),
         (("cifar-10-batches-bin/../../evil.bin", b"x"), "'..' in its path"),
@@ -201,7 +207,7 @@ def test_archive_truncated(tmp_path):
     data = tar_bytes([("cifar-10-batches-bin/data_batch_1.bin", cifar_batch_bytes(200))])
     path = tmp_path / "cifar-10-binary.tar.gz"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DatasetError, match="corrupt or truncated archive|truncated") as exc:
+    with pytest.raises(DatasetError, match=r"corrupt or truncated archive|truncated") as exc:
         read_members(path, {"data_batch_1.bin"}, ("cifar-10-batches-bin/",))
     one_line(exc)
 

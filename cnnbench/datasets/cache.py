@@ -165,7 +165,7 @@ def read_meta(dataset_name: str, key: str) -> dict[str, Any] | None:
 def _map_array(path: Path, meta: dict[str, Any], name: str) -> np.ndarray:
     """The array in ``path``, memory-mapped, if its header agrees with the metadata."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # noqa: BLE001  (numpy's header parser raises ValueError, TypeError, TokenError...)
         raise CacheEntryError(one_line(f"{path.name} cannot be read as .npy ({type(exc).__name__}: {exc})")) from None
     shape, dtype = meta["shapes"][name], meta["dtypes"][name]
@@ -240,7 +240,7 @@ def _write_array(path: Path, array: np.ndarray) -> tuple[str, int]:
     """Save ``array`` as .npy; its sha256 and size."""
     with open(path, "wb") as handle:
         writer = _HashingWriter(handle)
-        np.lib.format.write_array(writer, np.ascontiguousarray(array), allow_pickle=False)  # type: ignore[arg-type]
+        np.lib.format.write_array(writer, np.ascontiguousarray(array), allow_pickle=False)
     return writer.digest.hexdigest(), writer.size
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlparse
 
 from cnnbench.datasets.checksums import ChecksumError
 from cnnbench.errors import DatasetError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 ALLOWED_SCHEMES = ("https", "http", "file")
 CHUNK_BYTES = 1 << 20
@@ -53,7 +57,7 @@ def remove_stale_parts(folder: Path) -> None:
             pass
 
 
-def _progress(enabled: bool):
+def _progress(enabled: bool) -> Progress:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -68,7 +72,7 @@ def _progress(enabled: bool):
     )
 
 
-def _fetch(url: str, out, label: str, progress: bool, timeout: float) -> None:
+def _fetch(url: str, out: BinaryIO, label: str, progress: bool, timeout: float) -> None:
     """Stream ``url`` into the open file ``out``; ``TransferError`` for any network-side failure."""
     import http.client  # here, not at the top: workers import this module and never download
     import urllib.error

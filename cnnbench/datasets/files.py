@@ -15,6 +15,7 @@ does the rest, the same way for every such dataset:
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -29,7 +30,14 @@ from cnnbench.datasets.archive import is_archive, read_bytes, read_members
 from cnnbench.datasets.base import Dataset, DatasetArrays, check_arrays
 from cnnbench.datasets.checksums import CanonicalFile, ChecksumError, verify_content
 from cnnbench.datasets.download import download
-from cnnbench.datasets.locate import DATA_DIR_ENV, MIRROR_ENV, candidate_folders, download_folder, offline_reason
+from cnnbench.datasets.locate import (
+    DATA_DIR_ENV,
+    MIRROR_ENV,
+    arrays_folder,
+    candidate_folders,
+    download_folder,
+    offline_reason,
+)
 from cnnbench.errors import DatasetError
 
 
@@ -131,7 +139,7 @@ class FileDataset(Dataset):
                 if missing:
                     raise DatasetError(f"{path} lacks {', '.join(missing)} (expected under {' or '.join(p or 'the top' for p in prefixes)})")
                 content.update(members)
-                origins.update({name: f"{path}" for name in members})
+                origins.update(dict.fromkeys(members, f"{path}"))
             else:
                 content[canonical_name(path)] = read_bytes(path, max_bytes=self._max_sizes().get(canonical_name(path)))
                 origins[canonical_name(path)] = str(path)
@@ -198,7 +206,7 @@ class FileDataset(Dataset):
             dest = folder / item.filename
             if dest.is_file() or (not is_archive(dest) and find_file(folder, canonical_name(dest))):
                 continue
-            download(self.urls(item), dest, lambda path, url, item=item: self._check_download(item, path, url), progress=progress)
+            download(self.urls(item), dest, functools.partial(self._check_download, item), progress=progress)
         paths = self.find_in(folder)
         if not paths:
             raise DatasetError(f"downloaded into {folder} but the files are still incomplete")
@@ -270,7 +278,7 @@ class FileDataset(Dataset):
         except cache.CacheEntryError as exc:
             raise DatasetError(f"the array cache could not be read back after writing it ({exc})") from None
         if hit is None:
-            raise DatasetError(f"the array cache under {cache.arrays_folder(self.name)} vanished after writing it")
+            raise DatasetError(f"the array cache under {arrays_folder(self.name)} vanished after writing it")
         how = "source files matched their declared sha256" if verified else "source not verified (no declared sha256)"
         return self._arrays(source, hit, verified, f"parsed in this load; {how}")
 

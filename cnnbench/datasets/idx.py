@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -11,7 +12,14 @@ from cnnbench.datasets.archive import read_bytes
 from cnnbench.errors import DatasetError
 
 #: IDX type codes for the element dtypes MNIST-style files use.
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def parse_idx(data: bytes, name: str = "IDX data", expected_ndim: int | None = None) -> np.ndarray:
@@ -27,7 +35,7 @@ def parse_idx(data: bytes, name: str = "IDX data", expected_ndim: int | None = N
     if len(data) < header:
         raise DatasetError(f"{name}: truncated header")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[type_code])
+    dtype = _IDX_DTYPES[type_code]
     expected = math.prod(shape) * dtype.itemsize
     body = len(data) - header
     if body < expected:

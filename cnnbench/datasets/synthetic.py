@@ -6,6 +6,8 @@ LeNet learns it in a few hundred steps and accuracy still means something.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cnnbench.config import DataConfig
@@ -54,7 +56,7 @@ class Synthetic(Dataset):
             verification="generated in this process from the seed (nothing read, nothing to check)",
         )  # fmt: skip
 
-    def status(self, config: DataConfig) -> dict:
+    def status(self, config: DataConfig) -> dict[str, Any]:
         try:
             n_train, n_test, _, _ = self._options(config)
         except DatasetError as exc:

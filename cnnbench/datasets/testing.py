@@ -7,14 +7,17 @@ their real sha256, and serve them from a local HTTP server to exercise downloads
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import http.server
 import io
+import lzma
 import tarfile
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -63,7 +66,8 @@ def tiny_idx_dataset(content: dict[str, bytes], name: str = "tiny-mnist", base_u
         "n_train": None,
         "n_test": None,
     }
-    return type("TinyIdxDataset", (IdxDataset,), attributes)()
+    dataset: IdxDataset = type("TinyIdxDataset", (IdxDataset,), attributes)()
+    return dataset
 
 
 def cifar_batch_bytes(n: int, seed: int = 0, num_classes: int = 10) -> bytes:
@@ -93,13 +97,23 @@ def tiny_cifar_dataset(content: dict[str, bytes], name: str = "tiny-cifar10", ba
         "n_train": None,
         "n_test": None,
     }
-    return type("TinyCifarDataset", (CIFAR10,), attributes)()
+    dataset: CIFAR10 = type("TinyCifarDataset", (CIFAR10,), attributes)()
+    return dataset
 
 
-def tar_bytes(members: list[tarfile.TarInfo | tuple[str, bytes]], compression: str = "gz") -> bytes:
+#: How ``tar_bytes`` compresses a tar, by the suffix tar itself would use ("" for none).
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gz": lambda data: gzip.compress(data, mtime=0),
+    "bz2": bz2.compress,
+    "xz": lzma.compress,
+    "": bytes,
+}
+
+
+def tar_bytes(members: Sequence[tarfile.TarInfo | tuple[str, bytes]], compression: str = "gz") -> bytes:
     """A tar archive of ``(name, data)`` regular files and prepared ``TarInfo`` entries (links, devices)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=f"w:{compression}" if compression else "w") as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for member in members:
             if isinstance(member, tarfile.TarInfo):
                 tar.addfile(member)
@@ -108,7 +122,7 @@ def tar_bytes(members: list[tarfile.TarInfo | tuple[str, bytes]], compression: s
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return COMPRESSORS[compression](buffer.getvalue())
 
 
 def link_member(name: str, target: str, hard: bool = False) -> tarfile.TarInfo:
@@ -125,10 +139,10 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
     ``/cut/<name>``: announces the full length, sends half, closes; anything else: 404.
     """
 
-    files: dict[str, bytes] = {}
-    requests: list[str] = []
+    files: ClassVar[dict[str, bytes]] = {}
+    requests: ClassVar[list[str]] = []
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+    def do_GET(self) -> None:
         self.requests.append(self.path)
         mode, _, name = self.path.lstrip("/").partition("/")
         name = name.rsplit("/", 1)[-1]
@@ -147,14 +161,14 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
-    def log_message(self, format: str, *args) -> None:  # keep test output clean
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         pass
 
 
 @contextmanager
 def serve_files(files: dict[str, bytes]) -> Iterator[tuple[str, list[str]]]:
     """A local HTTP server on 127.0.0.1 serving ``files``; yields its base URL and the request log."""
-    handler = type("Handler", (_FileHandler,), {"files": dict(files), "requests": []})
+    handler: type[_FileHandler] = type("Handler", (_FileHandler,), {"files": dict(files), "requests": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
