@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,6 +183,14 @@ def test_missing_digest_file(built: Built, capsys: Capture) -> None:
 def test_garbage_digest_file(built: Built, capsys: Capture, garbage: bytes) -> None:
     (built.folder / cache.DIGEST_FILE).write_bytes(garbage)
     assert_rebuilt(built, capsys, cache.DIGEST_FILE)
+
+
+@pytest.mark.parametrize("name", [cache.DIGEST_FILE, cache.META_FILE, "y_test.npy"])
+def test_entry_file_replaced_by_a_fifo(built: Built, capsys: Capture, name: str) -> None:
+    """Opening a fifo blocks until a writer comes: the check must refuse it before opening it."""
+    (built.folder / name).unlink()
+    os.mkfifo(built.folder / name)
+    assert_rebuilt(built, capsys, name)
 
 
 def test_wrong_digest_of_the_right_form(built: Built, capsys: Capture) -> None:

@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -106,8 +107,10 @@ def _entry(dataset_name: str, key: str) -> Path:
 
 
 def _read_small(path: Path) -> bytes:
-    """The content of a metadata-sized file; ``CacheEntryError`` if missing, unreadable or too large."""
+    """The content of a metadata-sized file; ``CacheEntryError`` if missing, unreadable, too large or not a file."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a fifo would block the open forever
+            raise CacheEntryError(f"{path.name} is not a regular file")
         with open(path, "rb") as handle:
             data = handle.read(MAX_SMALL_FILE + 1)
     except OSError as exc:
