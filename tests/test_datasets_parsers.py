@@ -76,6 +76,14 @@ def test_idx_wrong_magic():
     one_line(exc)
 
 
+def test_idx_empty_dimension_beside_huge_ones():
+    """0 x 2**32-1 x 2**32-1 elements: no bytes to read, but numpy refuses the shape ("array is too big")."""
+    data = b"\x00\x00\x08\x03" + bytes(4) + b"\xff" * 8
+    with pytest.raises(DatasetError, match=r"shape \(0, 4294967295, 4294967295\) cannot be represented") as exc:
+        parse_idx(data, "t10k-images-idx3-ubyte", expected_ndim=3)
+    one_line(exc)
+
+
 def test_idx_trailing_bytes():
     with pytest.raises(DatasetError, match="trailing bytes"):
         parse_idx(idx_bytes(np.zeros(4, np.uint8)) + b"xx", "labels")

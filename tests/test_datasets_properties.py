@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cnnbench.config import DataConfig
@@ -108,6 +108,7 @@ def idx_headers(draw: st.DrawFn) -> bytes:
 
 @PARSERS
 @given(st.one_of(st.binary(max_size=1024), idx_headers(), damaged(VALID_LABELS)), st.sampled_from([None, 1, 3]))
+@example(b"\x00\x00\x08\x03" + bytes(4) + b"\xff" * 8, None)  # found by Hypothesis: 0 x 2**32-1 x 2**32-1 elements
 def test_parse_idx_any_bytes(data: bytes, expected_ndim: int | None) -> None:
     array = data_or_dataset_error(parse_idx, data, "t10k-labels-idx1-ubyte", expected_ndim=expected_ndim)
     if array is not None:

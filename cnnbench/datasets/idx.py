@@ -42,7 +42,11 @@ def parse_idx(data: bytes, name: str = "IDX data", expected_ndim: int | None = N
         raise DatasetError(f"{name}: truncated: header says shape {shape} ({expected} bytes), file has {body}")
     if body > expected:
         raise DatasetError(f"{name}: {body - expected} unexpected trailing bytes after shape {shape}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    except ValueError as exc:  # an empty dimension beside dimensions whose product overflows: "array is too big"
+        raise DatasetError(f"{name}: shape {shape} cannot be represented ({exc})") from None
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
 def parse_idx_pair(images: bytes, labels: bytes, names: tuple[str, str], image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
