@@ -15,9 +15,10 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import statistics
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
 
 from cnnbench import stats
 from cnnbench.errors import UsageError
@@ -204,7 +205,7 @@ def mann_whitney_greater(a: Sequence[float], b: Sequence[float]) -> float:
         return at_least / splits
     u = observed - n * (n + 1) / 2
     mean = n * m / 2
-    ties = {}
+    ties: dict[float, int] = {}
     for r in ranks:
         ties[r] = ties.get(r, 0) + 1
     total = n + m
@@ -319,7 +320,7 @@ def judge(backend: str, metric: Metric, baseline: Sequence[float], current: Sequ
     if not base or not cur:
         side = "baseline" if not base else "current run"
         return replace(row, verdict=NOT_AVAILABLE, evidence=f"no value in the {side}")
-    b, c = stats.median(base), stats.median(cur)
+    b, c = float(statistics.median(base)), float(statistics.median(cur))
     gate = threshold or Threshold(0.0, "")
     for toward_worse, verdict in ((True, WORSE), (False, BETTER)):
         if not gate.beyond(metric, b, c, toward_worse):

@@ -9,6 +9,11 @@
 - ``github-action-benchmark``: its ``customBiggerIsBetter`` or ``customSmallerIsBetter`` JSON
   (one file per direction, as the action takes one tool per step).
 - ``markdown``: a table for a CI job summary; ``csv``: one row per framework and repeat.
+
+Text from plugins and result files (names, versions, reasons, machine strings) is written without
+terminal escape sequences or control characters in every format; in markdown it is also
+backslash-escaped, so a backend name cannot become a link, an image or a broken table.
+JSON output holds no NaN or Infinity (not JSON; JavaScript readers such as the action reject it).
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from bisect import bisect_left, bisect_right
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cnnbench import stats
 from cnnbench.compare import BETTER, FAILED, METRICS, MISSING, WORSE, Comparison, format_spread
 from cnnbench.errors import UsageError
+from cnnbench.report import strip_controls
 from cnnbench.results import OK, BackendResult, Measurement, Phases, RunResult, metric_value
 
 FORMATS = ("pytest-benchmark", "github-action-benchmark", "markdown", "csv")
@@ -35,14 +43,27 @@ PYTEST_BENCHMARK_FORMAT = "4.0.0"
 def export(result: RunResult, fmt: str, direction: str = "bigger") -> str:
     """The text of ``result`` in format ``fmt`` (one of ``FORMATS``)."""
     if fmt == "pytest-benchmark":
-        return json.dumps(to_pytest_benchmark(result), indent=2)
+        return json.dumps(clean_json(to_pytest_benchmark(result)), indent=2, allow_nan=False)
     if fmt == "github-action-benchmark":
-        return json.dumps(to_github_action_benchmark(result, direction), indent=2)
+        return json.dumps(clean_json(to_github_action_benchmark(result, direction)), indent=2, allow_nan=False)
     if fmt == "markdown":
         return run_markdown(result)
     if fmt == "csv":
         return to_csv(result)
     raise UsageError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
+
+
+def clean_json(value: Any) -> Any:
+    """A JSON document with control characters stripped from every string and NaN/Infinity as null."""
+    if isinstance(value, str):
+        return strip_controls(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {clean_json(key): clean_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(item) for item in value]
+    return value
 
 
 # --- pytest-benchmark -----------------------------------------------------------------------------
@@ -186,7 +207,7 @@ def to_github_action_benchmark(result: RunResult, direction: str = "bigger") -> 
             entries.append({
                 "name": f"{row.backend} {metric.key}",
                 "unit": metric.unit,
-                "value": round(stats.median(values) * scale, 6),
+                "value": round(statistics.median(values) * scale, 6),
                 "range": f"± {half_iqr:.6g}",
                 "extra": f"median of {len(values)} repeat(s), ± half IQR; {row.framework} {row.framework_version}; run {result.run_id}",
             })
@@ -198,6 +219,23 @@ def to_github_action_benchmark(result: RunResult, direction: str = "bigger") -> 
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+#: Characters that could start markdown or HTML from data (links, images, emphasis, code, tags, entities).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>~&!#])")
+
+
+def md(text: object) -> str:
+    """Data as literal markdown text: no control characters, one line, punctuation backslash-escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", strip_controls(text).replace("\t", " ").replace("\n", " "))
+
+
+def md_code(text: object) -> str:
+    """Data as a markdown code span, fenced with more backticks than it holds."""
+    body = strip_controls(text).replace("\t", " ").replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall("`+", body)), default=0) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: range | Sequence[int] = ()) -> str:
@@ -212,8 +250,9 @@ def describe_run(result: RunResult) -> str:
     t, d = result.train, result.data
     limits = "".join(f", {name} {value}" for name, value in (("limit-train", d.limit_train), ("limit-test", d.limit_test)) if value)
     return (
-        f"{d.dataset}{limits}, {t.epochs} epoch{'s' if t.epochs != 1 else ''}, batch {t.batch_size}, {t.optimizer} lr {t.learning_rate:g}, "
-        f"{t.threads} threads, {result.repeat} repeat{'s' if result.repeat != 1 else ''}"
+        f"{md(d.dataset)}{limits}, {t.epochs} epoch{'s' if t.epochs != 1 else ''}, batch {t.batch_size}, "
+        f"{md(t.optimizer)} lr {t.learning_rate:g}, {t.threads} threads, "
+        f"{result.repeat} repeat{'s' if result.repeat != 1 else ''}"
     )
 
 
@@ -223,12 +262,15 @@ def run_markdown(result: RunResult) -> str:
     header = ["framework", "version", *[f"{m.label} ({m.unit})" for m in METRICS], "status"]
     rows = []
     for row in result.backends:
-        status = row.status if row.status == OK else f"{row.status}: {row.reason}"
-        rows.append([row.backend, row.framework_version or "-", *[format_spread(m, row.values(m.key)) for m in METRICS], status])
+        status = md(row.status if row.status == OK else f"{row.status}: {row.reason}")
+        spreads = [format_spread(m, [v for v in row.values(m.key) if stats.finite(v)]) for m in METRICS]
+        rows.append([md(row.backend), md(row.framework_version or "-"), *spreads, status])
+    commit = md_code(env.get("git_commit") or "?")
+    machine = f"Machine: {md(env.get('cpu') or '?')}, {md(env.get('cores') or '?')} cores; commit {commit}."
     lines = [
-        f"### cnnbench run `{result.run_id}`",
+        f"### cnnbench run {md_code(result.run_id)}",
         "",
-        f"{describe_run(result)}. Machine: {env.get('cpu', '?')}, {env.get('cores', '?')} cores; commit `{env.get('git_commit') or '?'}`.",
+        f"{describe_run(result)}. {machine}",
         "Values are medians over repeats (each a fresh process), ± half the inter-quartile range.",
         "",
         _table(header, rows, right=range(2, 2 + len(METRICS))),
@@ -245,7 +287,7 @@ def comparison_markdown(comparison: Comparison) -> str:
     regressions = comparison.regressions
     outcome = (
         f"**{len(regressions)} regression{'s' if len(regressions) != 1 else ''}**: "
-        + ", ".join(f"{r.backend} {r.metric.label}" for r in regressions)
+        + ", ".join(f"{md(r.backend)} {r.metric.label}" for r in regressions)
         if regressions else "**No regression.**"
     )
     rows = []
@@ -254,12 +296,14 @@ def comparison_markdown(comparison: Comparison) -> str:
         if r.regression and r.verdict == MISSING:
             verdict = "❌ missing"
         rows.append([
-            r.backend, r.metric.label, r.format_side(r.baseline), r.format_side(r.current), r.metric.format_change(r.change),
-            r.format_relative(), r.threshold.describe(r.metric) if r.threshold else "off", f"**{verdict}**" if r.regression else verdict, r.evidence,
+            md(r.backend), r.metric.label, r.format_side(r.baseline), r.format_side(r.current),
+            r.metric.format_change(r.change), r.format_relative(),
+            r.threshold.describe(r.metric) if r.threshold else "off", f"**{verdict}**" if r.regression else verdict,
+            md(r.evidence),
         ])
     header = ["framework", "metric", "baseline", "current", "change", "change %", "fails at", "verdict", "evidence"]
     lines = [
-        f"### cnnbench compare: `{comparison.baseline_name}` → `{comparison.current_name}`",
+        f"### cnnbench compare: {md_code(comparison.baseline_name)} → {md_code(comparison.current_name)}",
         "",
         outcome,
         "",
@@ -271,7 +315,7 @@ def comparison_markdown(comparison: Comparison) -> str:
     ]
     if comparison.warnings:
         lines += ["", "> [!WARNING]", "> These runs differ in more than the code:"]
-        lines += [f"> - {_cell(w)}" for w in comparison.warnings]
+        lines += [f"> - {md(w)}" for w in comparison.warnings]
     return "\n".join(lines) + "\n"
 
 
@@ -289,12 +333,13 @@ def to_csv(result: RunResult) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run_id", "created", "dataset", "backend", "framework", "framework_version", "device", "repeat", "status", "reason", *CSV_METRICS])
     for row in result.backends:
-        base = [result.run_id, result.created, result.data.dataset, row.backend, row.framework, row.framework_version, row.device]
+        texts = (result.run_id, result.created, result.data.dataset, row.backend, row.framework, row.framework_version)
+        base = [strip_controls(text) for text in (*texts, row.device)]
         if not row.repeats:
-            writer.writerow([*base, "", row.status, row.reason, *[""] * len(CSV_METRICS)])
+            writer.writerow([*base, "", *map(strip_controls, (row.status, row.reason)), *[""] * len(CSV_METRICS)])
         for index, measurement in enumerate(row.repeats, start=1):
             values = [_csv_value(measurement, name) for name in CSV_METRICS]
-            writer.writerow([*base, index, measurement.status, measurement.reason, *values])
+            writer.writerow([*base, index, *map(strip_controls, (measurement.status, measurement.reason)), *values])
     return out.getvalue()
 
 

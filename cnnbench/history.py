@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class Point:
     repeats: int
 
 
-def store_files(directory: str | os.PathLike | None = None) -> list[Path]:
+def store_files(directory: str | os.PathLike[str] | None = None) -> list[Path]:
     """Run files of the store (named by time, so they sort oldest first); baselines are not runs."""
     folder = results.results_dir(directory)
     return sorted(f for f in folder.glob("*.json") if f.name[:1].isdigit())
@@ -77,7 +77,7 @@ def points(run: StoredRun, metric: Metric) -> dict[str, Point]:
         values = [v for v in row.values(metric.key) if stats.finite(v)]
         if values:
             q1, q3 = (float(q) for q in np.percentile(values, [25, 75]))
-            found[row.backend] = Point(stats.median(values), q1, q3, len(values))
+            found[row.backend] = Point(float(np.median(values)), q1, q3, len(values))
     return found
 
 
@@ -96,12 +96,16 @@ def history_rows(runs: Sequence[StoredRun], metric: Metric) -> tuple[list[str], 
     return frameworks(runs, metric), [(run, points(run, metric)) for run in runs]
 
 
-def plot_history(runs: Sequence[StoredRun], metric: Metric, path: str | os.PathLike, title: str | None = None) -> Path:
+def plot_history(
+    runs: Sequence[StoredRun], metric: Metric, path: str | os.PathLike[str], title: str | None = None,
+) -> Path:
     """A line per framework over the runs, the repeats' inter-quartile range as a band."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed (CI, ssh)
     import matplotlib.pyplot as plt
+
+    from cnnbench.plots import mpl_text
 
     names, rows = history_rows(runs, metric)
     if not names:
@@ -114,16 +118,17 @@ def plot_history(runs: Sequence[StoredRun], metric: Metric, path: str | os.PathL
         med = [p[name].median * scale if name in p else math.nan for _, p in rows]
         low = [p[name].q1 * scale if name in p else math.nan for _, p in rows]
         high = [p[name].q3 * scale if name in p else math.nan for _, p in rows]
-        (line,) = ax.plot(x, med, marker="o", markersize=4, linewidth=1.6, label=name)
+        (line,) = ax.plot(x, med, marker="o", markersize=4, linewidth=1.6, label=mpl_text(name))
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
     ax.set_xticks(x)
     crowded = len(rows) > 12
-    labels = [run.label.replace("\n", " ") if crowded else run.label for run, _ in rows]
+    labels = [mpl_text(run.label.replace("\n", " ") if crowded else run.label) for run, _ in rows]
     ax.set_xticklabels(labels, fontsize=7, rotation=45 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(f"{metric.label} ({unit}), {metric.direction}" if unit else f"{metric.label}, {metric.direction}")
     ax.set_xlabel("run (oldest left); band: inter-quartile range of the repeats")
     dataset = runs[0].result.data.dataset if runs else "?"
-    ax.set_title(title or f"cnnbench {dataset}: {metric.label} across {len(rows)} run{'s' if len(rows) != 1 else ''}")
+    runs_text = f"{len(rows)} run{'s' if len(rows) != 1 else ''}"
+    ax.set_title(mpl_text(title or f"cnnbench {dataset}: {metric.label} across {runs_text}"))
     ax.grid(True, alpha=0.3)
     ax.margins(x=0.05)
     ax.legend(title="framework", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -1,15 +1,60 @@
-"""Rich tables for results: what a person reads after a run."""
+"""Rich tables for results: what a person reads after a run.
+
+Every string that comes from a plugin, a path or a result file reaches rich as a ``Text`` built by
+``literal``: never parsed as markup (``[link=...]``, ``[/]``) or emoji codes, and with control
+characters shown as visible escapes instead of being sent to the terminal (ANSI colours, OSC
+hyperlinks and titles, cursor moves, bidi overrides). ``strip_controls`` is the same idea for
+files other tools read: exports drop those characters.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
+from rich.console import Console, JustifyMethod
 from rich.table import Table
+from rich.text import Text
 
 from cnnbench import stats
 from cnnbench.results import OK, BackendResult, RunResult
+
+if TYPE_CHECKING:
+    from cnnbench.compare import Comparison, Metric
+    from cnnbench.history import Point, StoredRun
+
+#: Terminal escape sequences, whole (so no ``[31m`` is left behind), 7-bit and 8-bit forms:
+#: OSC (hyperlinks, window titles) up to BEL or ST; DCS/SOS/PM/APC strings; CSI; other ESC pairs.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|(?:\x1b[P^_X]|[\x90\x98\x9e\x9f])[^\x1b\x9c]*(?:\x1b\\|\x9c)?"
+    r"|(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"
+    r"|\x1b[ -/]*[0-~]?"
+)
+#: C0 controls but tab and newline, DEL, C1, and the bidi marks and overrides ("Trojan source").
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def strip_controls(text: object) -> str:
+    """``text`` without escape sequences and control characters (tab and newline stay): for exports."""
+    return _CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", str(text)))
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible_controls(text: object) -> str:
+    r"""``text`` with every control character (but tab and newline) written out as ``\x1b`` / ``\u202e``."""
+    return _CONTROL.sub(_visible, str(text))
+
+
+def literal(text: object, style: str = "") -> Text:
+    """Untrusted text as rich shows it verbatim: no markup, no emoji codes, controls made visible."""
+    return Text(visible_controls(text), style=style)
+
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "diverged": "yellow", "interrupted": "yellow", "unavailable": "dim", "unsupported": "dim"}
 
@@ -34,10 +79,6 @@ def fmt_percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def backend_label(row: BackendResult) -> str:
-    return row.backend
-
-
 def results_table(result: RunResult, title: str | None = None) -> Table:
     repeats = f", median of {result.repeat} repeats (± half IQR)" if result.repeat > 1 else ""
     train = result.train
@@ -45,29 +86,32 @@ def results_table(result: RunResult, title: str | None = None) -> Table:
         f"cnnbench: {result.data.dataset}, {train.optimizer} lr {train.learning_rate:g}, batch {train.batch_size}, "
         f"{train.epochs} epoch{'s' if train.epochs != 1 else ''}, {train.threads} threads{repeats}"
     )
-    table = Table(title=title or default_title, title_justify="left")
-    for name, justify in [
+    table = Table(title=literal(title or default_title), title_justify="left")
+    columns: list[tuple[str, JustifyMethod]] = [
         ("framework", "left"), ("version", "left"), ("device", "left"), ("params", "right"), ("test acc", "right"),
         ("train samples/s", "right"), ("GFLOP/s (% peak)", "right"), ("eval samples/s", "right"),
         ("first epoch s", "right"), ("total s", "right"), ("parity", "left"), ("status", "left"),
-    ]:
+    ]
+    for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
     for row in result.backends:
-        style = STATUS_STYLE.get(row.status, "")
-        status = row.status if row.status == OK else escape(f"{row.status}: {row.reason}")
+        status = row.status if row.status == OK else f"{row.status}: {row.reason}"
+        speed = Text(fmt_spread(_throughputs(row)))
+        if parity_status(row) == "FAIL":
+            speed.append(" !", style="red")
         table.add_row(
-            backend_label(row),
-            row.framework_version,
-            row.device or "-",
+            literal(row.backend),
+            literal(row.framework_version),
+            literal(row.device or "-"),
             fmt_number(row.parameters),
             fmt_percent(row.median("test_accuracy")),
-            fmt_spread(_throughputs(row)) + (" [red]![/red]" if parity_status(row) == "FAIL" else ""),
+            speed,
             fmt_efficiency(result, row),
             fmt_spread(row.values("eval_throughput")),
             fmt_spread(row.values("first_epoch_s"), 2),
             fmt_spread(row.values("total_s"), 1),
             fmt_parity(row),
-            f"[{style}]{status}[/{style}]" if style else status,
+            literal(status, STATUS_STYLE.get(row.status, "")),
         )
     return table
 
@@ -76,13 +120,13 @@ def parity_status(row: BackendResult) -> str:
     return str(row.parity.get("status", "not checked")) if row.parity else "not checked"
 
 
-def fmt_parity(row: BackendResult) -> str:
+def fmt_parity(row: BackendResult) -> Text:
     status = parity_status(row)
     if status == "PASS":
-        return "[green]PASS[/green]"
+        return Text("PASS", style="green")
     if status == "FAIL":
-        return f"[red]FAIL[/red]: {escape(str(row.parity.get('message', '')))}"
-    return f"[dim]{status}[/dim]"
+        return Text.assemble(("FAIL", "red"), ": ", literal(row.parity.get("message", "")))
+    return literal(status, "dim")
 
 
 def fmt_efficiency(result: RunResult, row: BackendResult) -> str:
@@ -128,13 +172,13 @@ def settings_table(differing: dict[str, dict[str, Any]]) -> Table:
     table = Table(title="Settings that differ between backends", title_justify="left")
     table.add_column("setting")
     for backend in backends:
-        table.add_column(backend, overflow="fold")
+        table.add_column(literal(backend), overflow="fold")
     for key, values in differing.items():
-        table.add_row(key, *[str(values.get(b, "-")) for b in backends])
+        table.add_row(literal(key), *[literal(values.get(b, "-")) for b in backends])
     return table
 
 
-def reproduce_table(runs: list, quick: bool, wall_s: float | None = None) -> Table:
+def reproduce_table(runs: list[tuple[Any, RunResult]], quick: bool, wall_s: float | None = None) -> Table:
     """Published vs measured test accuracy per preset and framework, with training time.
 
     ``runs`` holds (preset, RunResult) pairs. Quick runs are labelled in the title: their
@@ -152,18 +196,97 @@ def reproduce_table(runs: list, quick: bool, wall_s: float | None = None) -> Tab
     table.add_column("experiment")
     table.add_column("published", justify="right")
     for backend in backends:
-        table.add_column(f"{backend}\nacc (diff) | train s", justify="right")
+        table.add_column(literal(f"{backend}\nacc (diff) | train s"), justify="right")
     for preset, run in runs:
-        cells = []
+        cells: list[Text | str] = []
         for backend in backends:
-            row = run.backend(backend)
-            accuracy = row.median("test_accuracy") if row else None
-            if row is None or accuracy is None:
-                cells.append("-" if row is None else f"[dim]{row.status}[/dim]")
+            found = run.backend(backend)
+            accuracy = found.median("test_accuracy") if found else None
+            if found is None or accuracy is None:
+                cells.append("-" if found is None else literal(found.status, "dim"))
                 continue
             diff = 100 * (accuracy - preset.published_accuracy)
             colour = "green" if abs(diff) <= 0.5 else ("yellow" if abs(diff) <= 1.0 else "red")
-            cells.append(f"{100 * accuracy:.2f}% ([{colour}]{diff:+.2f}[/{colour}]) | {fmt_number(row.median('train_s'), 0)}")
+            train_s = fmt_number(found.median("train_s"), 0)
+            cells.append(Text.assemble(f"{100 * accuracy:.2f}% (", (f"{diff:+.2f}", colour), f") | {train_s}"))
         epochs = run.train.epochs
-        table.add_row(f"{preset.name} ({epochs} ep)", f"{100 * preset.published_accuracy:.2f}% ({preset.published_with})", *cells)
+        published = f"{100 * preset.published_accuracy:.2f}% ({preset.published_with})"
+        table.add_row(literal(f"{preset.name} ({epochs} ep)"), literal(published), *cells)
     return table
+
+
+# --- compare and history -------------------------------------------------------------------------
+
+#: Verdict -> style in the comparison table (keys are ``cnnbench.compare`` verdicts).
+VERDICT_STYLE = {"worse": "bold red", "failed": "bold red", "better": "green", "missing": "yellow", "new": "cyan"}
+
+
+def comparison_table(comparison: Comparison) -> Table:
+    """One row per framework and metric: both sides, the change, the threshold and the verdict."""
+    title = f"cnnbench compare: {comparison.baseline_name} -> {comparison.current_name}"
+    table = Table(title=literal(title), title_justify="left")
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("framework", "left"), ("metric", "left"), ("baseline", "right"), ("current", "right"), ("change", "right"),
+        ("change %", "right"), ("fails at", "right"), ("verdict", "left"), ("evidence", "left"),
+    ]
+    for name, justify in columns:
+        table.add_column(name, justify=justify, overflow="fold")
+    previous = None
+    for row in comparison.rows:
+        verdict = f"{row.verdict} ✗ REGRESSION" if row.regression else row.verdict
+        table.add_row(
+            literal(row.backend if row.backend != previous else ""),
+            literal(row.metric.label),
+            row.format_side(row.baseline),
+            row.format_side(row.current),
+            row.metric.format_change(row.change),
+            row.format_relative(),
+            row.threshold.describe(row.metric) if row.threshold else "off",
+            literal(verdict, VERDICT_STYLE.get(row.verdict, "")),
+            literal(row.evidence),
+        )
+        previous = row.backend
+    return table
+
+
+def comparison_warnings(comparison: Comparison) -> list[Text]:
+    """One line per difference between the runs (their texts quote values from the result files)."""
+    return [Text.assemble(("warning:", "yellow"), " ", literal(warning)) for warning in comparison.warnings]
+
+
+def comparison_outcome(comparison: Comparison) -> Text:
+    """The last line of ``compare``: the regressions by name, or that there is none."""
+    regressions = comparison.regressions
+    if not regressions:
+        return Text("no regression", style="green")
+    head = f"{len(regressions)} regression{'s' if len(regressions) != 1 else ''}:"
+    names = ", ".join(f"{r.backend} {r.metric.label}" for r in regressions)
+    return Text.assemble((head, "bold red"), " ", literal(names))
+
+
+def history_table(
+    names: Sequence[str], rows: Sequence[tuple[StoredRun, dict[str, Point]]], metric: Metric, dataset: str | None,
+) -> Table:
+    """One row per stored run, one column per framework: the median ± half IQR of its repeats."""
+    from cnnbench.compare import format_spread
+
+    unit = "%" if metric.fraction else metric.unit
+    title = f"{metric.label} ({unit}, {metric.direction}) on {dataset}: median ± half IQR"
+    table = Table(title=literal(title), title_justify="left")
+    table.add_column("run", overflow="fold")
+    table.add_column("commit", overflow="fold")
+    for name in names:
+        table.add_column(literal(name), justify="right")
+    for run, found in rows:
+        cells: list[Text | str] = []
+        for name in names:
+            row = run.result.backend(name) if name in found else None
+            values = [v for v in row.values(metric.key) if stats.finite(v)] if row else []
+            cells.append(format_spread(metric, values) if values else "-")
+        table.add_row(literal(run.path.name), literal(run.result.environment.get("git_commit") or "-"), *cells)
+    return table
+
+
+def skipped_line(reason: str) -> Text:
+    """``history``'s note for a result file it could not read (the reason names the file)."""
+    return Text.assemble(("skipped", "yellow"), " ", literal(reason))

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 from cnnbench import results, stats
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.results import OK, BackendResult, EpochRecord, Measurement, Phases, RunResult
 
+#: A backend name an attacker would pick: rich markup (a live link, a closing tag that raises), an ANSI
+#: colour, an OSC 8 hyperlink, a bidi override, a markdown link and a matplotlib formula that does not parse.
+HOSTILE = (
+    "[link=http://x]evil[/link] [/] \x1b[31mred\x1b[0m \x1b]8;;http://x\x1b\\osc\x1b]8;;\x1b\\ "
+    "\u202eabc [md](http://x) $\\frac$ :thumbs_up:"
+)
 ENVIRONMENT = {"cpu": "Test CPU", "cores": 2, "hostname": "testhost", "python": "3.11.9", "os": "Linux 6.1", "machine": "x86_64", "git_commit": "abc123def456"}
 
 
@@ -45,7 +52,7 @@ def backend(name: str, throughputs: Sequence[float], status: str = OK, reason: s
     """A framework row with one repeat per throughput value; ``kwargs`` go to every ``measurement``."""
     repeats = tuple(measurement(t, **kwargs) for t in throughputs)
     if status != OK:
-        repeats = repeats + (Measurement(status=status, reason=reason),)
+        repeats = (*repeats, Measurement(status=status, reason=reason))
     return BackendResult(
         backend=name, framework=name.capitalize(), framework_version="1.0", plugin=name, device="cpu", parameters=3_274_634,
         status=status, reason=reason, settings={"threads": 2}, repeats=repeats,
@@ -70,3 +77,24 @@ def run(
 
 def save(result: RunResult, folder: Path, name: str | None = None) -> Path:
     return results.save(result, folder, filename=name or f"{result.run_id}_testhost.json")
+
+
+def full_run(name: str = "torch") -> RunResult:
+    """A run with every optional section filled (parity, settings, ceiling, per-epoch accuracy, a failed row)."""
+    good = backend(name, [1000.0, 1010.0, 990.0])
+    epochs = tuple(replace(e, test_accuracy=0.9) for e in good.repeats[0].epochs)
+    good = replace(
+        good,
+        repeats=(replace(good.repeats[0], epochs=epochs, time_to_accuracy_s=3.0), *good.repeats[1:]),
+        parity={"status": "FAIL", "message": "max diff 0.3"},
+        settings={
+            "threads": 2, "devices_per_host": 1, "hosts": 1, "global_batch": 100, "data_parallel": "single device",
+        },
+    )
+    failed = backend("jax", [900.0], status="failed", reason="worker killed")
+    result = run([good, failed])
+    return replace(
+        result,
+        environment={**result.environment, "matmul_ceiling": {"gflops": 100.0, "threads": 2}},
+        model={"name": "cnn", "flops_train_per_sample": 1.0e7},
+    )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -11,9 +14,21 @@ from click.testing import CliRunner
 import resultgen
 from cnnbench import compare
 from cnnbench.cli import cli
-from cnnbench.compare import BETTER, FAILED, MISSING, SAME, WORSE, Threshold, compare_runs, mann_whitney_greater, metric_for, parse_fail_on
+from cnnbench.compare import (
+    BETTER,
+    FAILED,
+    MISSING,
+    SAME,
+    WORSE,
+    Threshold,
+    compare_runs,
+    mann_whitney_greater,
+    metric_for,
+    parse_fail_on,
+)
 from cnnbench.errors import UsageError
-from cnnbench.results import FAILED as STATUS_FAILED, SCHEMA_VERSION, UNAVAILABLE, BackendResult
+from cnnbench.results import FAILED as STATUS_FAILED
+from cnnbench.results import SCHEMA_VERSION, UNAVAILABLE, BackendResult
 
 TIGHT = (1000.0, 1003.0, 997.0)
 
@@ -89,7 +104,7 @@ def test_structurally_wrong_file_exits_2_naming_the_file(tmp_path):
 
 def test_future_schema_exits_2_naming_the_file(tmp_path):
     base, cur = write_pair(tmp_path, [resultgen.backend("torch", TIGHT)], [resultgen.backend("torch", TIGHT)])
-    data = json.loads(open(cur).read())
+    data = json.loads(Path(cur).read_text())
     data["schema_version"] = SCHEMA_VERSION + 1
     future = tmp_path / "from-the-future.json"
     future.write_text(json.dumps(data))
@@ -109,7 +124,7 @@ def test_missing_file_and_bad_options_exit_2(tmp_path):
 
 
 def test_store_names_latest_and_summary(tmp_path):
-    base, cur = write_pair(tmp_path, [resultgen.backend("torch", TIGHT)], [resultgen.backend("torch", [t * 1.3 for t in TIGHT])])
+    write_pair(tmp_path, [resultgen.backend("torch", TIGHT)], [resultgen.backend("torch", [t * 1.3 for t in TIGHT])])
     summary = tmp_path / "summary.md"
     summary.write_text("existing line\n")
     result = invoke("latest~1", "latest", "--results-dir", str(tmp_path), "--summary", str(summary))
@@ -261,3 +276,60 @@ def test_metric_lookup():
     assert not metric_for("test_loss").bigger_is_better
     with pytest.raises(UsageError, match="unknown metric"):
         metric_for("speed")
+
+
+# --- hostile input (issue 15, items 9 and 10) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d: d.__setitem__("train", None), "train: expected an object, got null"),
+        (lambda d: d["backends"][0]["repeats"].__setitem__(1, None),
+         "backends[0].repeats[1]: expected an object, got null"),
+        (lambda d: d["backends"][0]["repeats"][0].__setitem__("eval_throughput", "8000"),
+         "backends[0].repeats[0].eval_throughput: expected a number or null, got a string"),
+        (lambda d: d["backends"][0].__setitem__("settings", {"threads": json.loads("[" * 40 + "2" + "]" * 40)}),
+         "nested more than 32 levels deep"),
+    ],
+)
+def test_wrongly_typed_result_files_exit_2_naming_the_file_and_the_field(tmp_path, mutate, field):
+    base, cur = write_pair(tmp_path, [resultgen.backend("torch", TIGHT)], [resultgen.backend("torch", TIGHT)])
+    data = json.loads(Path(cur).read_text())
+    mutate(data)
+    wrong = tmp_path / "wrong-types.json"
+    wrong.write_text(json.dumps(data))
+    for args in ((base, str(wrong)), (str(wrong), base)):
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert "wrong-types.json: " in result.output and field in result.output and "Traceback" not in result.output
+
+
+def test_the_comparison_table_shows_hostile_names_and_reasons_literally():
+    from rich.console import Console
+
+    from cnnbench import report
+
+    evil = resultgen.HOSTILE
+    base = resultgen.run([resultgen.backend(evil, TIGHT)])
+    slower = [t * 0.5 for t in TIGHT]
+    cur = resultgen.run([resultgen.backend(evil, slower, status=STATUS_FAILED, reason=f"{evil} [bold]x[/bold]")])
+    cur = replace(cur, environment={**cur.environment, "cpu": "[link=http://x]cpu[/link]"})
+    comparison = compare_runs(base, cur, baseline_name="[/]base.json", current_name="cur\x1b[2J.json")
+    renderables = [
+        report.comparison_table(comparison),
+        *report.comparison_warnings(comparison),
+        report.comparison_outcome(comparison),
+    ]
+    plain = Console(file=io.StringIO(), width=600, color_system=None)
+    plain.print(*renderables)
+    text = plain.file.getvalue()
+    assert "\x1b" not in text and "\u202e" not in text
+    assert "cnnbench compare: [/]base.json -> cur\\x1b[2J.json" in text
+    assert "[link=http://x]evil[/link] [/] \\x1b[31mred\\x1b[0m" in text and ":thumbs_up:" in text
+    assert "[bold]x[/bold]" in text
+    assert "warning: machine cpu differs: 'Test CPU' (baseline) vs '[link=http://x]cpu[/link]' (current)" in text
+    assert f"regressions: {resultgen.HOSTILE[:31]}" in text
+    terminal = Console(file=io.StringIO(), width=600, force_terminal=True, color_system="truecolor")
+    terminal.print(*renderables)
+    assert "\x1b]8;" not in terminal.file.getvalue()  # no OSC 8 hyperlink

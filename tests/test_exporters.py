@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -155,3 +156,64 @@ def test_export_command(tmp_path):
     bad.write_text("[]")
     result = runner.invoke(cli, ["export", str(bad), "--format", "csv"])
     assert result.exit_code == 2 and "bad.json" in result.output
+
+
+#: resultgen.HOSTILE as exports write it: the escape sequences and the bidi override removed, the rest kept.
+STRIPPED = "[link=http://x]evil[/link] [/] red osc abc [md](http://x) $\\frac$ :thumbs_up:"
+
+
+def hostile_run():
+    """The sample run with a backend, a reason and machine strings an attacker chose."""
+    run = sample_run()
+    evil = replace(
+        run.backends[0], backend=resultgen.HOSTILE, framework=resultgen.HOSTILE, framework_version="1.0\x1b[2J",
+        device="cpu\u202e", status=FAILED, reason=resultgen.HOSTILE,
+    )
+    return replace(run, backends=(evil, *run.backends[1:]), data=replace(run.data, dataset="mnist\x1b]0;title\x07"),
+                   environment={**run.environment, "cpu": "\x9b31mCPU", "git_commit": "abc`def\x1b[0m"})
+
+
+def no_control_characters(text: str) -> bool:
+    return not any((ord(c) < 32 and c not in "\t\n") or 0x7F <= ord(c) <= 0x9F or c in "\u202e\u2066" for c in text)
+
+
+def json_strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from json_strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from json_strings(item)
+
+
+def test_exports_strip_escape_sequences_and_control_characters():
+    run = hostile_run()
+    for fmt in ("pytest-benchmark", "github-action-benchmark"):
+        for direction in exporters.DIRECTIONS:
+            document = json.loads(exporters.export(run, fmt, direction))
+            strings = list(json_strings(document))
+            assert [text for text in strings if not no_control_characters(text)] == []
+            assert not any("31m" in text or "title" in text for text in strings)  # whole sequences go, not just ESC
+    names = {b["name"] for b in json.loads(exporters.export(run, "pytest-benchmark"))["benchmarks"]}
+    assert f"train_step[{STRIPPED}]" in names
+    text = exporters.export(run, "csv")
+    assert no_control_characters(text)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0]["backend"] == STRIPPED and rows[0]["dataset"] == "mnist"
+    assert rows[0]["framework_version"] == "1.0" and rows[0]["device"] == "cpu"
+    markdown = exporters.export(run, "markdown")
+    assert no_control_characters(markdown)
+    assert "\\[link=http://x\\]evil\\[/link\\] \\[/\\] red osc abc \\[md\\](http://x)" in markdown  # no markdown link
+    assert "### cnnbench run `20250101T000000Z`" in markdown and "commit ``abc`def``" in markdown
+
+
+def test_comparison_markdown_escapes_names_reasons_and_warnings():
+    base, cur = sample_run(), hostile_run()
+    comparison = compare_runs(base, cur, baseline_name="a`b.json", current_name="\x1b[31mc.json")
+    text = exporters.comparison_markdown(comparison)
+    assert no_control_characters(text)
+    assert text.splitlines()[0] == "### cnnbench compare: ``a`b.json`` → `c.json`"
+    assert "\\[link=http://x\\]evil" in text and "[link=http://x]" not in text.replace("\\[link", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -109,3 +110,63 @@ def test_explicit_runs(store):
     result = invoke(*map(str, files), "--metric", "peak_rss")
     assert result.exit_code == 0 and "peak memory" in result.output
     assert "20250101T120000Z" in result.output and "20250103T120000Z" not in result.output
+
+
+# --- hostile input (issue 15, items 9 and 10) ------------------------------------------------------
+
+
+def hostile_store(folder):
+    evil = resultgen.HOSTILE
+    env = {**resultgen.ENVIRONMENT, "git_commit": "[link=http://x]c0ffee[/link]\x1b[31m"}
+    for day in (1, 2):
+        run = resultgen.run([resultgen.backend(evil, [1000.0 * day, 1010.0 * day]), resultgen.backend("$x$", [900.0])],
+                            run_id=f"2025010{day}T120000Z", created=f"2025-01-0{day}T12:00:00+00:00", environment=env,
+                            dataset="synthetic[/]")
+        resultgen.save(run, folder, name=f"2025010{day}T120000Z_[red]host[link=x].json")
+    return folder
+
+
+def test_the_history_table_and_plot_show_hostile_names_literally(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from cnnbench import report
+
+    store = hostile_store(tmp_path / "results")
+    runs, skipped = history.load_runs(history.store_files(store))
+    assert not skipped
+    metric = metric_for("train_throughput")
+    names, rows = history.history_rows(runs, metric)
+    plain = Console(file=io.StringIO(), width=600, color_system=None)
+    plain.print(report.history_table(names, rows, metric, "synthetic[/]"))
+    text = plain.file.getvalue()
+    assert "\x1b" not in text and "\u202e" not in text
+    assert "on synthetic[/]: median" in text and "[link=http://x]evil[/link] [/] \\x1b[31mred" in text
+    assert "20250101T120000Z_[red]host[link=x].json" in text and "[link=http://x]c0ffee[/link]\\x1b[31m" in text
+    terminal = Console(file=io.StringIO(), width=600, force_terminal=True)
+    terminal.print(report.history_table(names, rows, metric, "synthetic[/]"))
+    assert "\x1b]8;" not in terminal.file.getvalue()
+    # In a plot a name is matplotlib text: '$\frac$' would be a formula that cannot be drawn.
+    assert png_size(history.plot_history(runs, metric, tmp_path / "history.png"))[0] > 0
+
+
+def test_plots_of_runs_take_hostile_names(tmp_path):
+    from cnnbench.plots import plot_runs
+
+    run = resultgen.full_run(resultgen.HOSTILE)
+    assert png_size(plot_runs([("$\\frac$ [/]", run)], tmp_path / "runs.png"))[0] > 0
+
+
+def test_a_wrongly_typed_file_is_skipped_naming_the_field_or_exits_2_when_named(store):
+    good = sorted(store.glob("20250101*.json"))[0]
+    data = json.loads(good.read_text())
+    data["backends"][0]["repeats"][1] = None
+    wrong = store / "20250107T120000Z_wrong.json"
+    wrong.write_text(json.dumps(data))
+    result = invoke("--results-dir", str(store), "--dataset", "synthetic")
+    assert result.exit_code == 0, result.output
+    assert "20250107T120000Z_wrong.json: backends[0].repeats[1]: expected an object, got null" in result.output
+    named = invoke(str(wrong))
+    assert named.exit_code == 2 and "backends[0].repeats[1]: expected an object, got null" in named.output
+    assert "Traceback" not in named.output
