@@ -32,6 +32,7 @@ class EventStream:
 
 
 def _take_over_stdout() -> EventStream:
+    """Keep fd 1 for events only: frameworks print to stdout, which would corrupt the stream."""
     from cnnbench.distributed import is_reporting_process
 
     events_fd = os.dup(1)
