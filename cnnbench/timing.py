@@ -43,6 +43,46 @@ class Diverged(Exception):
     """The training loss became NaN or infinite."""
 
 
+#: Runaway loss counts as divergence: the batch loss stayed above RUNAWAY_FACTOR times the initial
+#: loss for RUNAWAY_BATCHES consecutive batches (the rule and its reasons: docs/decisions.md).
+RUNAWAY_FACTOR = 100.0
+RUNAWAY_BATCHES = 20
+#: The initial loss is the first batch's (from the harness's initial weights, before any update),
+#: floored here so that a lucky near-zero first batch cannot make ordinary noise look like a runaway.
+RUNAWAY_MIN_REFERENCE = 1.0
+
+
+class RunawayWatch:
+    """Finds a runaway loss across epochs: finite, but far above where training started and staying there."""
+
+    def __init__(self) -> None:
+        self.reference: float | None = None
+        self.streak = 0
+        self.streak_start: tuple[int, int] | None = None
+        self.peak = 0.0
+
+    def update(self, epoch: int, losses: np.ndarray) -> str | None:
+        """Feed one epoch's batch losses; returns why training diverged, or None."""
+        for index, loss in enumerate(losses):
+            if self.reference is None:
+                self.reference = max(float(loss), RUNAWAY_MIN_REFERENCE)
+            if loss > RUNAWAY_FACTOR * self.reference:
+                if self.streak == 0:
+                    self.streak_start, self.peak = (epoch, index + 1), 0.0
+                self.streak += 1
+                self.peak = max(self.peak, float(loss))
+                if self.streak >= RUNAWAY_BATCHES and self.streak_start is not None:
+                    start_epoch, start_batch = self.streak_start
+                    return (
+                        f"runaway loss: above {RUNAWAY_FACTOR:g}x the initial loss ({self.reference:.3g}) for "
+                        f"{RUNAWAY_BATCHES} consecutive batches from epoch {start_epoch}, batch {start_batch} "
+                        f"(peak {self.peak:.3g})"
+                    )
+            else:
+                self.streak = 0
+        return None
+
+
 @dataclass
 class TimingOutcome:
     status: str = OK
@@ -96,6 +136,7 @@ def measure(
     evaluate_each_epoch = evaluate_each_epoch or target_accuracy is not None
     per_epoch_rates: list[float] = []
     single_epoch_steady: float | None = None
+    runaway = RunawayWatch()
 
     for epoch in range(1, config.epochs + 1):
         batches = epoch_batch_indices(config.seed, epoch, n_train, batch)
@@ -135,6 +176,11 @@ def measure(
             outcome.epochs.append(EpochRecord(epoch, mean_loss, seconds, samples, samples / seconds))
             outcome.status = DIVERGED
             outcome.reason = f"loss became {epoch_losses[bad]} at epoch {epoch}, batch {bad + 1}"
+            break
+        runaway_reason = runaway.update(epoch, epoch_losses)
+        if runaway_reason:
+            outcome.epochs.append(EpochRecord(epoch, mean_loss, seconds, samples, samples / seconds))
+            outcome.status, outcome.reason = DIVERGED, runaway_reason
             break
         if evaluate_each_epoch:
             outcome.test_loss, outcome.test_accuracy, outcome.eval_s = _evaluate(session, config, len(data.y_test))
