@@ -20,7 +20,7 @@ from cnnbench import report
 from cnnbench.commands.report import command
 from cnnbench.compare import compare_runs, metric_for
 from cnnbench.errors import UsageError
-from cnnbench.html import charts, data, page, write_report
+from cnnbench.html import charts, data, page, write_report, write_store_report
 from cnnbench.results import BackendResult, EpochRecord, Measurement, RunResult
 
 HOSTILE = "</script><img src=x onerror=alert(1)>"
@@ -410,6 +410,17 @@ def test_write_report_errors(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UsageError, match="cannot write the report"):
         write_report([run_at(1, [resultgen.backend("torch", [1.0])])], blocker / "sub")
+
+
+def test_store_report_adds_an_unsaved_latest_run_once(results_dir, tmp_path):
+    saved = store_runs()[:2]
+    for run in saved:
+        resultgen.save(run, results_dir)
+    unsaved = run_at(3, [resultgen.backend("torch", [900.0])])
+    document = write_store_report(tmp_path / "a", results_dir, latest=unsaved).read_text()
+    assert len(results_tables(document)) == 3
+    document = write_store_report(tmp_path / "b", results_dir, latest=saved[-1]).read_text()
+    assert len(results_tables(document)) == 2  # already in the store: not twice
 
 
 # --- the command -----------------------------------------------------------------------------

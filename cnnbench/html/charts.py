@@ -36,6 +36,8 @@ CONFIG: Spec = {
         "labelFontSize": 11,
         "titleFontSize": 12,
         "titleFontWeight": "normal",
+        # several legends (colour, dash pattern) stack under the chart instead of side by side
+        "layout": {"bottom": {"anchor": "start", "direction": "vertical"}},
     },
     "title": {"anchor": "start", "fontSize": 14, "fontWeight": 600, "subtitleFontSize": 11, "subtitleColor": "#555"},
     "point": {"size": 40},
@@ -64,8 +66,8 @@ def _colour(colours: dict[str, str], legend: bool = True) -> Spec:
         "title": "framework",
         "scale": {"domain": names, "range": [colours[n] for n in names]},
     }
-    if not legend:
-        channel["legend"] = None
+    # layers share the legend, and a faint layer (bands, spreads) would fade its symbols: keep them solid
+    channel["legend"] = {"symbolOpacity": 1} if legend else None
     return channel
 
 
@@ -107,8 +109,7 @@ def epoch_chart(
                     "x": x,
                     "y": {"field": f"{field}_lo", "type": "quantitative"},
                     "y2": {"field": f"{field}_hi"},
-                    # the legend is shared with the lines: keep its symbols at full strength
-                    "color": {**_colour(colours), "legend": {"symbolOpacity": 1}},
+                    "color": _colour(colours),
                 },
             }
         )
@@ -269,7 +270,12 @@ def history_chart(found: History, colours: dict[str, str]) -> Spec:
     metric: Metric = found.metric
     unit = "%" if metric.fraction else metric.unit
     y_title = f"{metric.label} ({unit}), {metric.direction}" if unit else f"{metric.label}, {metric.direction}"
-    x = {"field": "created", "type": "temporal", "title": "run date"}
+    x = {
+        "field": "created",
+        "type": "temporal",
+        "title": "run date",
+        "axis": {"format": "%b %d %H:%M", "labelOverlap": "greedy", "labelSeparation": 10},
+    }
     number = ",.2f" if metric.fraction else f",.{metric.digits}f"
     y = {
         "field": "value",
@@ -287,7 +293,7 @@ def history_chart(found: History, colours: dict[str, str]) -> Spec:
         {"field": "repeats", "title": "repeats"},
     ]
     line: Spec = {
-        "mark": {"type": "line", "point": {"filled": True, "size": 45}, "strokeWidth": 2},
+        "mark": {"type": "line", "point": True, "strokeWidth": 2},
         "encoding": {
             "x": x,
             "y": y,
@@ -302,6 +308,14 @@ def history_chart(found: History, colours: dict[str, str]) -> Spec:
             "type": "nominal",
             "title": "configuration · machine",
             "sort": list(found.variants),
+            "legend": {
+                "columns": 1,
+                "symbolType": "stroke",
+                "symbolFillColor": "transparent",
+                "symbolStrokeColor": "#333",
+                "symbolStrokeWidth": 2,
+                "symbolSize": 300,
+            },
         }
     layers: list[Spec] = []
     if found.rules:
