@@ -1,10 +1,35 @@
-"""The project's exceptions. The CLI maps each to a one-line message and an exit code."""
+"""The project's exceptions and exit codes. The CLI maps each exception to a one-line message and its code."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Every command's exit status, one table (README "Exit codes"); distinct where CI must tell them apart."""
+
+    OK = 0
+    #: compare / a CI gate: a metric got worse beyond its threshold and beyond noise.
+    REGRESSION = 1
+    #: Bad input: an option, a name, a file; nothing was measured, or nothing more after the error.
+    USAGE = 2
+    #: run / check: a backend failed, timed out, diverged or failed its parity check.
+    BACKEND_FAILED = 3
+    #: run: measured, but the result could not be saved where asked (it went to a named fallback).
+    NOT_SAVED = 4
+    #: Interrupted: 128 + the signal (130 Ctrl-C, 129 SIGHUP, 143 SIGTERM).
+    INTERRUPTED = 130
+
+    @staticmethod
+    def for_signal(signum: int) -> int:
+        """The shell convention for a process ended by a signal: 128 + its number."""
+        return 128 + signum
 
 
 class CnnbenchError(Exception):
     """Base class: anything cnnbench reports to a user without a traceback."""
 
-    exit_code = 1
+    exit_code: int = 1
 
 
 class UsageError(CnnbenchError):
