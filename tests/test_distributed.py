@@ -140,6 +140,7 @@ def test_a_torchrun_failure_names_the_rank_and_the_signal():
     assert distributed.describe_launcher_failure(TORCHRUN_FAILURE.replace("(local_rank: 1)", "(local_rank: 0)"), "ValueError: bug") is None
 
 
+@pytest.mark.requires("keras")
 def test_engines_without_data_parallel_are_unsupported_rows_without_a_worker(tmp_path):
     registry = load_registry()
     targets = parse_frameworks("keras:tensorflow,keras:torch", registry)
@@ -219,6 +220,7 @@ def test_one_step_on_two_devices_equals_one_step_on_the_concatenated_batch(targe
 # --- whole runs ---------------------------------------------------------------------------------
 
 
+@pytest.mark.requires("torch")
 def test_two_torch_ranks_train_to_the_accuracy_of_one_device_with_the_same_global_batch(tmp_path):
     """N=2 with per-device batch 20 against N=1 with batch 40: the same global batches, in the same order.
 
@@ -259,6 +261,7 @@ class KillRankOne(RunObserver):
                 continue
 
 
+@pytest.mark.requires("torch")
 def test_a_killed_rank_ends_the_run_with_a_clear_status_not_a_hang():
     registry = load_registry()
     data = DataConfig(dataset="synthetic", options={"n_train": 2000, "n_test": 100})
@@ -316,7 +319,7 @@ def run_two_hosts_on_loopback(target: str, tmp_path: Path) -> list:
     return rows
 
 
-@pytest.mark.parametrize("target", ["torch", pytest.param("tf", marks=pytest.mark.slow), pytest.param("jax", marks=pytest.mark.slow), pytest.param("keras:jax", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("target", [pytest.param("torch", marks=pytest.mark.requires("torch")), pytest.param("tf", marks=pytest.mark.slow), pytest.param("jax", marks=pytest.mark.slow), pytest.param("keras:jax", marks=pytest.mark.slow)])
 def test_two_hosts_on_the_loopback_address_train_one_model(target, tmp_path):
     """The multi-host path (torchrun static rendezvous, TF_CONFIG, jax.distributed) with two local processes."""
     rows = run_two_hosts_on_loopback(target, tmp_path)

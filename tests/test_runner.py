@@ -36,11 +36,10 @@ def test_parse_frameworks_expands_all_and_deduplicates():
     assert targets[0] == BackendTarget("torch") and targets.count(BackendTarget("torch")) == 1
 
 
-@pytest.mark.requires("torch")
-def test_every_fault_is_a_row_and_real_results_are_saved(fixture_plugins, tmp_path):
+def test_every_fault_is_a_row_and_real_results_are_saved(fixture_plugins, numpy_backend, tmp_path):
     fixture_plugins("faulty_backends")
     registry = load_registry()
-    targets = parse_frameworks("faulty-import,faulty-raise,faulty-hang,faulty-nan,faulty-kill,torch", registry)
+    targets = parse_frameworks(f"faulty-import,faulty-raise,faulty-hang,faulty-nan,faulty-kill,{numpy_backend}", registry)
     options = RunOptions(timeout_s=30, results_dir=str(tmp_path))
     result, path = run_benchmark(targets, registry, SMALL_TRAIN, SMALL_DATA, options)
     rows = {row.backend: row for row in result.backends}
@@ -49,7 +48,7 @@ def test_every_fault_is_a_row_and_real_results_are_saved(fixture_plugins, tmp_pa
     assert rows["faulty-raise"].status == "failed" and "injected failure in the middle" in rows["faulty-raise"].reason
     assert rows["faulty-nan"].status == "diverged" and "loss became nan" in rows["faulty-nan"].reason
     assert rows["faulty-kill"].status == "failed" and "SIGKILL" in rows["faulty-kill"].reason
-    assert rows["torch"].status == "ok" and rows["torch"].median("test_accuracy") > 0.5
+    assert rows[numpy_backend].status == "ok" and rows[numpy_backend].median("test_accuracy") > 0.5
     # the hang is cut by the timeout, which must not have swallowed the remaining backends
     assert rows["faulty-hang"].status == "timeout"
     saved = results.load(path)
@@ -57,11 +56,10 @@ def test_every_fault_is_a_row_and_real_results_are_saved(fixture_plugins, tmp_pa
     assert saved.backends[-1].repeats[0].train_throughput > 0
 
 
-@pytest.mark.requires("torch")
-def test_repeats_run_in_fresh_processes_and_keep_every_sample(tmp_path):
+def test_repeats_run_in_fresh_processes_and_keep_every_sample(numpy_backend, tmp_path):
     registry = load_registry()
     options = RunOptions(repeat=2, results_dir=str(tmp_path))
-    result, _ = run_benchmark([BackendTarget("torch")], registry, SMALL_TRAIN, SMALL_DATA, options)
+    result, _ = run_benchmark([BackendTarget(numpy_backend)], registry, SMALL_TRAIN, SMALL_DATA, options)
     row = result.backends[0]
     assert len(row.repeats) == 2 and all(m.status == "ok" for m in row.repeats)
     assert len(row.values("train_throughput")) == 2
@@ -71,11 +69,10 @@ def test_repeats_run_in_fresh_processes_and_keep_every_sample(tmp_path):
     assert row.repeats[0].phases.import_s > 0 and row.repeats[0].peak_rss_mb > 50
 
 
-@pytest.mark.requires("torch")
-def test_time_to_accuracy_counts_training_time_only(tmp_path):
+def test_time_to_accuracy_counts_training_time_only(numpy_backend, tmp_path):
     registry = load_registry()
     options = RunOptions(target_accuracy=0.5, save=False)
-    result, _ = run_benchmark([BackendTarget("torch")], registry, SMALL_TRAIN, SMALL_DATA, options)
+    result, _ = run_benchmark([BackendTarget(numpy_backend)], registry, SMALL_TRAIN, SMALL_DATA, options)
     m = result.backends[0].repeats[0]
     assert all(e.test_accuracy is not None for e in m.epochs)
     reached = next(i for i, e in enumerate(m.epochs) if e.test_accuracy >= 0.5)
@@ -83,9 +80,8 @@ def test_time_to_accuracy_counts_training_time_only(tmp_path):
     assert m.phases.train_s == pytest.approx(sum(e.seconds for e in m.epochs))
 
 
-@pytest.mark.requires("torch")
-def test_cli_run_prints_the_table_and_saves(results_dir):
-    args = ["run", "-f", "torch", "-d", "synthetic", "--threads", "1",
+def test_cli_run_prints_the_table_and_saves(results_dir, numpy_backend):
+    args = ["run", "-f", numpy_backend, "-d", "synthetic", "--threads", "1",
             "--dataset-option", "n_train=600", "--dataset-option", "n_test=200"]
     out = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert out.exit_code == 0, out.output

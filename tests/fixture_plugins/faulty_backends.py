@@ -1,6 +1,7 @@
 """Backends that fail in every way a worker can: for the runner's fault-isolation tests.
 
-Each wraps the real PyTorch backend and injects one fault, so everything else is genuine.
+Each wraps the example NumPy backend (examples/cnnbench-numpy, on the path through the `numpy_backend`
+fixture) and injects one fault, so everything else is genuine and no framework is needed.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import time
 import numpy as np
 
 from cnnbench import hookimpl
-from cnnbench_torch.backend import TorchBackend, TorchSession
+from cnnbench_numpy.backend import NumpyBackend, NumpySession
 
 
-class _FaultySession(TorchSession):
+class _FaultySession(NumpySession):
     fault = ""
 
     def train_batches(self, batch_indices):
@@ -32,23 +33,22 @@ class _FaultySession(TorchSession):
         return losses
 
 
-class FaultyBackend(TorchBackend):
+class FaultyBackend(NumpyBackend):
     fault = ""
 
     def __init__(self, fault: str):
         self.fault = fault
         self.name = f"faulty-{fault}"
-        self.framework = f"PyTorch with injected fault '{fault}'"
+        self.framework = f"NumPy with injected fault '{fault}'"
 
     def import_framework(self, variant=None):
         if self.fault == "import":
             raise ImportError("injected failure while importing the framework")
         super().import_framework(variant)
 
-    session_class = _FaultySession
-
     def create_session(self, spec, config, variant=None):
-        session = super().create_session(spec, config, variant)
+        super().create_session(spec, config, variant)  # the backend's own checks (device)
+        session = _FaultySession(spec, config)
         session.fault = self.fault
         return session
 
