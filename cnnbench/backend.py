@@ -19,14 +19,76 @@ flattening in NHWC order). A backend converts to its native layout inside.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Union
 
 import numpy as np
 
-from cnnbench.config import TrainConfig
+from cnnbench.config import BOOLEAN_FALSE, BOOLEAN_TRUE, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable  # noqa: F401  (re-exported for plugins)
 from cnnbench.spec import ModelSpec
+
+
+#: What a ``BackendOption`` accepts: ``bool`` (true/false, 1/0, yes/no, on/off), ``int``, ``float`` (finite),
+#: ``str`` (any text), or a tuple of the allowed words.
+OptionValues = Union[type[bool], type[int], type[float], type[str], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """A ``--backend-option NAME.KEY=VALUE`` a backend reads, declared so that the parent rejects typos and bad values
+    before any worker starts, and ``cnnbench list`` can show it."""
+
+    #: The part after ``NAME.``, e.g. "xla" for ``tf.xla``.
+    key: str
+    values: OptionValues = bool
+    #: What the backend does without the option (shown by ``cnnbench list``; None: it decides, see ``help``).
+    default: object = None
+    help: str = ""
+
+    def parse(self, value: str) -> str:
+        """The canonical text of ``value`` (what ``TrainConfig.option`` then returns); ValueError naming what fits."""
+        text = value.strip()
+        lowered = text.lower()
+        if isinstance(self.values, tuple):
+            found = next((choice for choice in self.values if choice.lower() == lowered), None)
+            if found is None:
+                raise ValueError(f"expected one of {', '.join(self.values)}")
+            return found
+        if self.values is bool:
+            if lowered in BOOLEAN_TRUE or lowered in BOOLEAN_FALSE:
+                return "true" if lowered in BOOLEAN_TRUE else "false"
+            raise ValueError("expected true or false (also 1/0, yes/no, on/off)")
+        if self.values is int:
+            try:
+                return str(int(text))
+            except ValueError:
+                raise ValueError("expected an integer") from None
+        if self.values is float:
+            try:
+                number = float(text)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return repr(number)
+        return text
+
+    def describe_values(self) -> str:
+        """The accepted values in a few words, for listings and error messages."""
+        if isinstance(self.values, tuple):
+            return " | ".join(self.values)
+        return {bool: "true | false", int: "integer", float: "number"}.get(self.values, "text")
+
+    def describe_default(self) -> str:
+        """The default as a listing shows it."""
+        if self.default is None:
+            return "-"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return str(self.default)
 
 
 class Session(ABC):
@@ -102,6 +164,8 @@ class Backend(ABC):
     variants: tuple[str, ...] = ()
     #: Whether two runs with the same seed give bit-identical results on CPU.
     deterministic: bool = False
+    #: The ``--backend-option NAME.KEY=VALUE`` switches this backend reads; any other key is an error.
+    options: tuple[BackendOption, ...] = ()
 
     @abstractmethod
     def unavailable_reason(self) -> str | None:

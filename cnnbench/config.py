@@ -21,6 +21,10 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Adam hyper-parameters every backend uses, so that optimizers match across frameworks
 #: (Keras defaults to epsilon 1e-7, PyTorch and optax to 1e-8: the harness picks one).
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
+#: Seeds are 0 <= seed < 2**32: NumPy's legacy seeding refuses more, and JAX's 32-bit keys wrap 2**32 to 0.
+SEED_LIMIT = 2**32
+#: How a boolean backend option may be spelled (``BackendOption`` stores "true" / "false").
+BOOLEAN_TRUE, BOOLEAN_FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,17 @@ class TrainConfig:
         return self.backend_options.get(f"{backend}.{key}", default)
 
     def flag(self, backend: str, key: str, default: bool = False) -> bool:
-        """A boolean backend option: 1/true/yes/on are true."""
+        """A boolean backend option: 1/true/yes/on are true, 0/false/no/off false; anything else is refused."""
         value = self.option(backend, key)
-        return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+        if value is None:
+            return default
+        word = value.strip().lower()
+        if word not in BOOLEAN_TRUE + BOOLEAN_FALSE:
+            raise UsageError(f"--backend-option {backend}.{key}={value}: expected true or false")
+        return word in BOOLEAN_TRUE
 
     def validate(self) -> "TrainConfig":
+        """Every field in range, so a bad value is one line in the parent, not a failed row per backend."""
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)) or not (
@@ -65,6 +75,8 @@ class TrainConfig:
             raise UsageError(f"learning rate must be a number in (0, 10], got {self.learning_rate!r}")
         if self.epochs < 1:
             raise UsageError(f"epochs must be at least 1, got {self.epochs}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
+            raise UsageError(f"seed must be an integer in 0..{SEED_LIMIT - 1} (2**32 - 1), got {self.seed!r}")
         if self.batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
         if self.eval_batch_size < 1:
@@ -102,6 +114,7 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "DataConfig":
+        """Limits and hold-out in range; whether they fit the dataset is ``check_sizes``' job (it needs the sizes)."""
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -109,6 +122,45 @@ class DataConfig:
         if self.validation < 0:
             raise UsageError(f"validation must be 0 or more, got {self.validation}")
         return self
+
+
+def check_sizes(train: TrainConfig, data: DataConfig, n_train: int, replicas: int = 1) -> None:
+    """Refuse a hold-out or a batch the training set cannot give, before any worker starts (else: a failed row each).
+
+    ``n_train`` is the dataset's training images; ``replicas`` the data-parallel replicas (global batch =
+    batch size x replicas). Mirrors ``cnnbench.preprocess.prepare``: hold-out first, then the seeded subset.
+    """
+    if data.validation and data.validation >= n_train:
+        raise UsageError(
+            f"validation hold-out {data.validation:,} leaves no training data: {data.dataset} has {n_train:,} "
+            "training images"
+        )
+    remaining = n_train - data.validation
+    usable = min(remaining, data.limit_train) if data.limit_train else remaining
+    batch = train.batch_size * replicas
+    if batch > usable:
+        what = f"batch size {train.batch_size}" + (f" x {replicas} replicas = {batch}" if replicas > 1 else "")
+        held = f" after the hold-out of {data.validation:,}" if data.validation else ""
+        limited = " (--limit-train)" if data.limit_train and data.limit_train < remaining else ""
+        raise UsageError(f"{what} is larger than the training set: {usable:,} images{limited}{held}")
+
+
+def check_threads(threads: int | None, cores: int) -> None:
+    """Refuse more threads than the cores this process may use: the run would measure contention, not the framework.
+
+    Refused rather than capped, so that a result never records a thread count other than the one asked for.
+    """
+    if threads is not None and threads > cores:
+        raise UsageError(
+            f"threads {threads} is more than the {cores} core{'s' if cores != 1 else ''} this process may use; "
+            "oversubscribed threads measure contention, not the framework"
+        )
+
+
+def check_timeout(timeout_s: float | None) -> None:
+    """A timeout is a positive, finite number of seconds (NaN would compare false and mean no limit)."""
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise UsageError(f"timeout must be positive and finite (seconds), got {timeout_s:g}; omit it for no limit")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

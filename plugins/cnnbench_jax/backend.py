@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnnbench.backend import Backend, Session, missing_module_reason
+from cnnbench.backend import Backend, BackendOption, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, UsageError
 from cnnbench.frameworks import JAX
@@ -309,6 +309,11 @@ class JaxBackend(Backend):
     name = "jax"
     framework = "JAX"
     deterministic = True
+    options = (
+        BackendOption(OPTION_SCAN, bool, False, "true: one jitted lax.scan per chunk of batches instead of a Python loop"),
+        BackendOption(OPTION_PRECISION, ("default", "high", "highest"), DEFAULT_PRECISION,
+                      "lax.Precision of convolutions and matmuls (highest: true fp32 on GPUs, no TF32)"),
+    )
 
     def unavailable_reason(self) -> str | None:
         return missing_module_reason("jax", "jaxlib", "optax", extra="jax")

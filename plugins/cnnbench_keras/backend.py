@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, Session, distribution_version, missing_module_reason
+from cnnbench.backend import Backend, BackendOption, Session, distribution_version, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable, UsageError
 from cnnbench.frameworks import FRAMEWORKS, JAX, Framework
@@ -300,6 +300,11 @@ class KerasBackend(Backend):
     framework = "Keras"
     variants = ENGINES
     deterministic = True
+    options = (
+        BackendOption("jit_compile", tuple(JIT_COMPILE_CHOICES), None,
+                      "model.compile(jit_compile=...); default per engine: "
+                      + ", ".join(f"{engine} {str(value).lower()}" for engine, value in DEFAULT_JIT_COMPILE.items())),
+    )
 
     def unavailable_reason(self) -> str | None:
         reason = missing_module_reason("keras", extra="keras")
