@@ -17,6 +17,8 @@ class ExitCode(enum.IntEnum):
     BACKEND_FAILED = 3
     #: run: measured, but the result could not be saved where asked (it went to a named fallback).
     NOT_SAVED = 4
+    #: ab: the time budget ran out before the interval of the change decided regression or not.
+    INCONCLUSIVE = 5
     #: Interrupted: 128 + the signal (130 Ctrl-C, 129 SIGHUP, 143 SIGTERM).
     INTERRUPTED = 130
 
