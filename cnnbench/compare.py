@@ -8,6 +8,11 @@ exact one-sided Mann-Whitney U test (each repeat is a fresh process, so repeats 
 independent); when the sample sizes are too small for it ever to reach ``alpha`` (e.g. 2 vs 2)
 the two sets must not overlap at all; with a single value on either side the threshold alone
 decides. The test is written here in a few lines instead of depending on scipy.
+
+Two runs of different configurations (dataset, epochs, batch size, learning rate...) measure
+different things: ``config_changes`` lists those differences, and the ``compare`` command refuses
+them (exit 2) unless told ``--allow-config-change``. Machine and version differences stay warnings.
+A stored baseline is only a hint; the gate that measures both sides fresh is ``cnnbench ab``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from cnnbench import stats
-from cnnbench.errors import UsageError
+from cnnbench.errors import ExitCode, UsageError
 from cnnbench.results import OK, UNAVAILABLE, BackendResult, Measurement, Phases, RunResult
 
 #: Significance level of the noise test.
@@ -76,7 +81,12 @@ METRICS: tuple[Metric, ...] = (
 )
 
 #: Any single-number field of a repeat can be compared or plotted, not only the five above.
-_NUMERIC_FIELDS = {name for cls in (Measurement, Phases) for name, tp in typing.get_type_hints(cls).items() if tp in (float, float | None)}
+_NUMERIC_FIELDS = {
+    name
+    for cls in (Measurement, Phases)
+    for name, tp in typing.get_type_hints(cls).items()
+    if tp in (float, float | None)
+}
 
 
 def metric_for(name: str) -> Metric:
@@ -157,13 +167,23 @@ def parse_fail_on(text: str, base: dict[str, Threshold | None] | None = None) ->
             continue
         match = _THRESHOLD.match(value)
         if not match:
-            raise UsageError(f"--fail-on item {item!r}: threshold must be a number with %, pp or nothing (the metric's unit), or 'off'")
+            raise UsageError(
+                f"--fail-on item {item!r}: threshold must be a number with %, pp or nothing (the metric's unit), "
+                "or 'off'"
+            )
         kind = match["kind"] or ""
         if kind == "pp" and not metric.fraction:
-            raise UsageError(f"--fail-on item {item!r}: pp (percentage points) only applies to accuracy; use % or {metric.unit or 'a plain number'}")
+            raise UsageError(
+                f"--fail-on item {item!r}: pp (percentage points) only applies to accuracy; "
+                f"use % or {metric.unit or 'a plain number'}"
+            )
         bad_sign = "-" if metric.bigger_is_better else "+"
         if match["sign"] and match["sign"] != bad_sign:
-            raise UsageError(f"--fail-on item {item!r}: {metric.key} is worse when it goes {'down' if bad_sign == '-' else 'up'}, so write {bad_sign}{match['amount']}{kind}")
+            way = "down" if bad_sign == "-" else "up"
+            raise UsageError(
+                f"--fail-on item {item!r}: {metric.key} is worse when it goes {way}, "
+                f"so write {bad_sign}{match['amount']}{kind}"
+            )
         thresholds[metric.key] = Threshold(float(match["amount"]), kind)
     return thresholds
 
@@ -240,7 +260,8 @@ def noise_test(current: Sequence[float], reference: Sequence[float], alpha: floa
         p = mann_whitney_greater(current, reference)
         return Evidence(p <= alpha, f"p={p:.3g} (Mann-Whitney, {sizes})", p)
     separated = min(current) > max(reference)
-    return Evidence(separated, f"{'no overlap' if separated else 'ranges overlap'} ({sizes}, too few repeats for a test)")
+    overlap = "no overlap" if separated else "ranges overlap"
+    return Evidence(separated, f"{overlap} ({sizes}, too few repeats for a test)")
 
 
 # --- comparing runs ---------------------------------------------------------------------------
@@ -307,13 +328,34 @@ class Comparison:
     #: Differences that make the numbers less comparable (config, machine, versions).
     warnings: tuple[str, ...] = ()
     alpha: float = DEFAULT_ALPHA
+    #: The warnings that are configuration differences (train and data settings): the runs measured different things.
+    config_changes: tuple[str, ...] = ()
 
     @property
     def regressions(self) -> list[MetricComparison]:
         return [row for row in self.rows if row.regression]
 
 
-def judge(backend: str, metric: Metric, baseline: Sequence[float], current: Sequence[float], threshold: Threshold | None, alpha: float = DEFAULT_ALPHA) -> MetricComparison:
+class ConfigurationMismatch(UsageError):
+    """Two runs of different configurations: a gate's verdict on them would compare different measurements."""
+
+    exit_code = ExitCode.USAGE
+
+
+def require_same_config(comparison: Comparison) -> None:
+    """Raise ``ConfigurationMismatch`` naming every configuration difference, if there is one."""
+    if comparison.config_changes:
+        listed = "; ".join(comparison.config_changes)
+        raise ConfigurationMismatch(
+            f"{comparison.baseline_name} and {comparison.current_name} have different configurations ({listed}); "
+            "compare runs of one configuration, or pass --allow-config-change to compare them anyway"
+        )
+
+
+def judge(
+    backend: str, metric: Metric, baseline: Sequence[float], current: Sequence[float], threshold: Threshold | None,
+    alpha: float = DEFAULT_ALPHA,
+) -> MetricComparison:
     """The verdict for one metric of one framework; gated only when it has a threshold."""
     base, cur = tuple(baseline), tuple(current)
     row = MetricComparison(backend, metric, base, cur, threshold=threshold)
@@ -332,7 +374,8 @@ def judge(backend: str, metric: Metric, baseline: Sequence[float], current: Sequ
         line = [sign * gate.shift(metric, v, toward_worse) for v in base]
         evidence = noise_test([sign * v for v in cur], line, alpha)
         if evidence.significant:
-            return replace(row, verdict=verdict, regression=toward_worse and threshold is not None, evidence=evidence.text)
+            regression = toward_worse and threshold is not None
+            return replace(row, verdict=verdict, regression=regression, evidence=evidence.text)
         return replace(row, verdict=SAME, evidence=f"within noise: {evidence.text}")
     limit = f"within {threshold.describe(metric)}" if threshold else "no change"
     return replace(row, verdict=SAME, evidence=limit)
@@ -354,7 +397,8 @@ def compare_runs(
     thresholds = DEFAULT_THRESHOLDS if thresholds is None else thresholds
     metrics = tuple(metrics)
     rows: list[MetricComparison] = []
-    names = [b.backend for b in baseline.backends] + [b.backend for b in current.backends if baseline.backend(b.backend) is None]
+    names = [b.backend for b in baseline.backends]
+    names += [b.backend for b in current.backends if baseline.backend(b.backend) is None]
     for name in names:
         before, after = baseline.backend(name), current.backend(name)
         status = _backend_status(before, after, fail_on_missing)
@@ -362,20 +406,29 @@ def compare_runs(
             threshold = thresholds.get(metric.key)
             if status is not None:
                 verdict, regression, text = status
-                rows.append(MetricComparison(name, metric, _values(before, metric), _values(after, metric), verdict, regression, text, threshold))
+                old, new = _values(before, metric), _values(after, metric)
+                rows.append(MetricComparison(name, metric, old, new, verdict, regression, text, threshold))
             else:
                 rows.append(judge(name, metric, _values(before, metric), _values(after, metric), threshold, alpha))
-    return Comparison(baseline_name, current_name, tuple(rows), tuple(comparability_warnings(baseline, current)), alpha)
+    warnings = tuple(comparability_warnings(baseline, current))
+    return Comparison(
+        baseline_name, current_name, tuple(rows), warnings, alpha,
+        config_changes=tuple(config_changes(baseline, current)),
+    )
 
 
 def _values(row: BackendResult | None, metric: Metric) -> tuple[float, ...]:
     return tuple(v for v in row.values(metric.key) if stats.finite(v)) if row else ()
 
 
-def _backend_status(before: BackendResult | None, after: BackendResult | None, fail_on_missing: bool) -> tuple[str, bool, str] | None:
+def _backend_status(
+    before: BackendResult | None, after: BackendResult | None, fail_on_missing: bool,
+) -> tuple[str, bool, str] | None:
     """A verdict for the whole framework when it cannot be compared metric by metric; else None."""
     if before is None:
-        return (NEW, False, "not in the baseline") if after and after.ok_repeats() else (NOT_AVAILABLE, False, f"not in the baseline; {after.status if after else 'absent'}")
+        if after and after.ok_repeats():
+            return NEW, False, "not in the baseline"
+        return NOT_AVAILABLE, False, f"not in the baseline; {after.status if after else 'absent'}"
     if not before.ok_repeats():
         return NOT_AVAILABLE, False, f"baseline {before.status}: {before.reason}".rstrip(": ")
     if after is None or after.status == UNAVAILABLE:
@@ -387,28 +440,41 @@ def _backend_status(before: BackendResult | None, after: BackendResult | None, f
     return None
 
 
-def comparability_warnings(baseline: RunResult, current: RunResult) -> list[str]:
-    """Settings that differ between the two runs: the numbers then compare different things."""
-    warnings: list[str] = []
+#: Configuration fields that say where the data lives or whether to download, not what is measured.
+_NOT_MEASURED = ("data_dir", "offline")
+
+
+def config_changes(baseline: RunResult, current: RunResult) -> list[str]:
+    """The train and data settings that differ: with any of them the two runs measured different things."""
+    changes: list[str] = []
     for section, old, new in (("train", baseline.train, current.train), ("data", baseline.data, current.data)):
         for name in old.__dataclass_fields__:
-            if name in ("data_dir", "offline"):
+            if name in _NOT_MEASURED:
                 continue
             a, b = getattr(old, name), getattr(new, name)
             if a != b:
-                warnings.append(f"{section}.{name} differs: {a!r} (baseline) vs {b!r} (current)")
+                changes.append(f"{section}.{name} differs: {a!r} (baseline) vs {b!r} (current)")
+    return changes
+
+
+def comparability_warnings(baseline: RunResult, current: RunResult) -> list[str]:
+    """Everything that differs between the two runs: configuration (see ``config_changes``), machine, versions."""
+    warnings = config_changes(baseline, current)
     for key in ("cpu", "cores", "gpus"):
         a, b = baseline.environment.get(key), current.environment.get(key)
         if a != b:
-            warnings.append(f"machine {key} differs: {a!r} (baseline) vs {b!r} (current); speed comparisons are unreliable")
+            warnings.append(
+                f"machine {key} differs: {a!r} (baseline) vs {b!r} (current); speed comparisons are unreliable"
+            )
     if baseline.repeat != current.repeat:
         warnings.append(f"repeats differ: {baseline.repeat} (baseline) vs {current.repeat} (current)")
     for before in baseline.backends:
         after = current.backend(before.backend)
         if after is None:
             continue
-        if before.framework_version and after.framework_version and before.framework_version != after.framework_version:
-            warnings.append(f"{before.backend}: framework version {before.framework_version} -> {after.framework_version}")
+        old_version, new_version = before.framework_version, after.framework_version
+        if old_version and new_version and old_version != new_version:
+            warnings.append(f"{before.backend}: framework version {old_version} -> {new_version}")
         for key in sorted(set(before.settings) | set(after.settings)):
             a, b = before.settings.get(key), after.settings.get(key)
             if a is not None and b is not None and a != b:
