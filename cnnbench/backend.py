@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -30,10 +30,9 @@ from cnnbench.config import BOOLEAN_FALSE, BOOLEAN_TRUE, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable  # noqa: F401  (re-exported for plugins)
 from cnnbench.spec import ModelSpec
 
-
 #: What a ``BackendOption`` accepts: ``bool`` (true/false, 1/0, yes/no, on/off), ``int``, ``float`` (finite),
 #: ``str`` (any text), or a tuple of the allowed words.
-OptionValues = Union[type[bool], type[int], type[float], type[str], tuple[str, ...]]
+OptionValues: TypeAlias = type[bool] | type[int] | type[float] | type[str] | tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,19 @@ class BackendOption:
     #: What the backend does without the option (shown by ``cnnbench list``; None: it decides, see ``help``).
     default: object = None
     help: str = ""
+
+    def __post_init__(self) -> None:
+        """A malformed declaration fails when the plugin is imported (a broken plugin), not when a user types it."""
+        key = self.key
+        if not isinstance(key, str) or not key or any(c in key for c in ".= ") or not key.isprintable():
+            raise TypeError(f"BackendOption key must be a non-empty word without '.', '=' or spaces, got {self.key!r}")
+        if isinstance(self.values, tuple):
+            if not self.values or not all(isinstance(choice, str) and choice for choice in self.values):
+                raise TypeError(f"BackendOption {self.key}: choices must be non-empty strings, got {self.values!r}")
+        elif self.values not in (bool, int, float, str):
+            raise TypeError(f"BackendOption {self.key}: values must be bool, int, float, str or a tuple of choices")
+        if not isinstance(self.help, str):
+            raise TypeError(f"BackendOption {self.key}: help must be a string")
 
     def parse(self, value: str) -> str:
         """The canonical text of ``value`` (what ``TrainConfig.option`` then returns); ValueError naming what fits."""

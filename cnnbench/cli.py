@@ -1,6 +1,7 @@
 """The ``cnnbench`` command line. Errors a user can cause end as one line and exit code 2.
 
 The commands live in cnnbench/commands/, one module each; ``cnnbench.commands.COMMANDS`` says which.
+Exit codes are ``cnnbench.errors.ExitCode`` (README "Exit codes").
 """
 
 from __future__ import annotations
@@ -9,11 +10,18 @@ import importlib
 from typing import Any
 
 import click
+from rich.text import Text
 
 from cnnbench import __version__
 from cnnbench.commands import COMMANDS
 from cnnbench.commands.common import err_console
-from cnnbench.errors import CnnbenchError
+from cnnbench.errors import CnnbenchError, ExitCode
+from cnnbench.report import literal
+
+
+def print_error(message: str) -> None:
+    """One ``error:`` line; the message quotes user input and file contents, so it is never read as markup."""
+    err_console.print(Text.assemble(("error:", "red"), " ", literal(message)), highlight=False, soft_wrap=True)
 
 
 class CnnbenchGroup(click.Group):
@@ -23,17 +31,22 @@ class CnnbenchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
-            ctx.exit(2)
+            print_error(exc.format_message())
+            ctx.exit(ExitCode.USAGE)
         except CnnbenchError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             ctx.exit(exc.exit_code)
 
 
 @click.group(cls=CnnbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cnnbench")
 def cli() -> None:
-    """Train the same LeNet in several frameworks; compare accuracy and speed."""
+    """Train the same LeNet in several frameworks; compare accuracy and speed.
+
+    \b
+    Exit status: 0 ok, 1 a regression (compare), 2 bad input, 3 a backend failed (run, check),
+    4 measured but not saved where asked (run), 128+N interrupted by signal N (130 for Ctrl-C).
+    """
 
 
 for _name in COMMANDS:

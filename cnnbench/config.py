@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from cnnbench.errors import UsageError
 
@@ -65,7 +65,7 @@ class TrainConfig:
             raise UsageError(f"--backend-option {backend}.{key}={value}: expected true or false")
         return word in BOOLEAN_TRUE
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Every field in range, so a bad value is one line in the parent, not a failed row per backend."""
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}")
@@ -113,7 +113,7 @@ class DataConfig:
     #: Extra dataset-specific options (e.g. size of the synthetic set).
     options: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self) -> "DataConfig":
+    def validate(self) -> DataConfig:
         """Limits and hold-out in range; whether they fit the dataset is ``check_sizes``' job (it needs the sizes)."""
         for name in ("limit_train", "limit_test"):
             value = getattr(self, name)
@@ -163,17 +163,22 @@ def check_timeout(timeout_s: float | None) -> None:
         raise UsageError(f"timeout must be positive and finite (seconds), got {timeout_s:g}; omit it for no limit")
 
 
+#: The config dataclasses (what ``override`` and ``from_dict`` build).
+ConfigT = TypeVar("ConfigT", TrainConfig, DataConfig)
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
+    """A config as plain JSON-ready data."""
     return asdict(obj)
 
 
-def from_dict(cls: type, data: dict[str, Any]):
+def from_dict(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
     """Build a config dataclass from a dict, ignoring unknown keys (older/newer files)."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def override(config, **changes):
+def override(config: ConfigT, **changes: Any) -> ConfigT:
     """``dataclasses.replace`` that ignores None values: explicit flags override presets."""
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
 

@@ -17,7 +17,7 @@ from cnnbench import presets
 from cnnbench.cli import cli
 from cnnbench.commands import COMMANDS, common
 from cnnbench.config import DataConfig, TrainConfig
-from cnnbench.errors import UsageError
+from cnnbench.errors import ExitCode, UsageError
 from cnnbench.results import RunResult
 from cnnbench.runner import RunOptions
 
@@ -87,11 +87,11 @@ def test_run_params_are_typed_as_click_parses_them() -> None:
 
 def test_build_configs_lets_flags_override_the_preset() -> None:
     preset = presets.get("mnist-sgd")
-    params = common.RunParams(epochs=2, threads=3, backend_options=("tf.xla=true",), dataset_options=("n_train=500",),
+    params = common.RunParams(epochs=2, threads=1, backend_options=("tf.xla=true",), dataset_options=("n_train=500",),
                               dataset="synthetic", offline=True)
     train, data = common.build_configs(params, preset.train, preset.data)
     assert (train.optimizer, train.learning_rate) == (preset.train.optimizer, preset.train.learning_rate)
-    assert (train.epochs, train.threads, train.backend_options["tf.xla"]) == (2, 3, "true")
+    assert (train.epochs, train.threads, train.backend_options["tf.xla"]) == (2, 1, "true")
     assert (data.dataset, data.offline, data.options["n_train"]) == ("synthetic", True, "500")
     assert common.build_configs(common.RunParams()) == (TrainConfig().validate(), DataConfig().validate())
 
@@ -123,16 +123,16 @@ def test_reproduce_hands_execute_run_real_run_params(monkeypatch: pytest.MonkeyP
         return fake_result(train, data), None
 
     monkeypatch.setattr("cnnbench.commands.reproduce.execute_run", execute_run)
-    result = invoke("reproduce", "-f", "torch", "--presets", "mnist-adam,mnist-sgd", "--quick", "--threads", "2",
+    result = invoke("reproduce", "-f", "torch", "--presets", "mnist-adam,mnist-sgd", "--quick", "--threads", "1",
                     "--timeout", "5", "--offline")
     assert result.exit_code == 0, result.output
     assert [preset for *_, preset in calls] == ["mnist-adam", "mnist-sgd"]
     params, train, data, _ = calls[1]
     assert isinstance(params, common.RunParams)
-    assert (params.frameworks, params.threads, params.timeout_s, params.offline) == ("torch", 2, 5.0, True)
+    assert (params.frameworks, params.threads, params.timeout_s, params.offline) == ("torch", 1, 5.0, True)
     assert params.evaluate_each_epoch and not params.no_save and not params.skip_parity
     quick_train, quick_data = presets.get("mnist-sgd").configs(quick=True)
-    assert train == dataclasses.replace(quick_train, threads=2)
+    assert train == dataclasses.replace(quick_train, threads=1)
     assert data == dataclasses.replace(quick_data, offline=True)
     assert "Reproducing the reference chapter" in result.output
 
@@ -182,3 +182,101 @@ def test_execute_run_turns_run_params_into_run_options(monkeypatch: pytest.Monke
     assert (options.save, options.parity, options.evaluate_each_epoch, options.preset) == (False, False, True, "p")
     common.execute_run(dataclasses.replace(params, plot=None), train, data, show=False)
     assert captured[1].evaluate_each_epoch is False and captured[1].save is False
+
+
+# --- exit codes: every command's error path ends with its ExitCode ---------------------------------------
+
+#: One bad input per command (env, args): each must end with one line and ExitCode.USAGE.
+USAGE_ERRORS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "run": ({}, ("run", "--epochs", "0")),
+    "presets": ({}, ("presets", "unexpected")),
+    "reproduce": ({}, ("reproduce", "--presets", "nosuch")),
+    "list": ({"CNNBENCH_PLUGINS": "nosuchplugin"}, ("list",)),
+    "plugins": ({"CNNBENCH_PLUGINS": "nosuchplugin"}, ("plugins",)),
+    "scale": ({}, ("scale", "--devices", "0")),
+    "check": ({}, ("check", "--steps", "0")),
+    "datasets": ({}, ("datasets", "nosuch")),
+    "compare": ({}, ("compare", "nosuch-baseline.json", "nosuch-current.json")),
+    "export": ({}, ("export", "nosuch.json", "--format", "csv")),
+    "history": ({}, ("history", "--last", "0")),
+    "report": ({}, ("report", "--last", "0")),
+    "ceiling": ({}, ("ceiling", "--threads", "0")),
+    "ab": ({}, ("ab",)),
+}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_ends_bad_input_with_the_usage_exit_code(name: str, tmp_path: Path) -> None:
+    command = importlib.import_module(f"cnnbench.commands.{name}").command
+    assert command.name in USAGE_ERRORS, f"add a bad input for '{command.name}' to USAGE_ERRORS"
+    env, args = USAGE_ERRORS[command.name]
+    result = CliRunner().invoke(cli, list(args), env={"CNNBENCH_RESULTS_DIR": str(tmp_path), **env})
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+
+
+def test_compare_exits_with_regression_on_a_regression(tmp_path: Path) -> None:
+    import resultgen
+
+    base = resultgen.save(resultgen.run([resultgen.backend("torch", [1000.0, 1001.0, 999.0, 1000.5, 999.5])]),
+                          tmp_path, "base.json")
+    slower = resultgen.run([resultgen.backend("torch", [500.0, 501.0, 499.0, 500.5, 499.5])])
+    current = resultgen.save(slower, tmp_path, "current.json")
+    result = invoke("compare", str(base), str(current))
+    assert result.exit_code == ExitCode.REGRESSION, result.output
+    assert invoke("compare", str(base), str(base)).exit_code == ExitCode.OK
+
+
+def test_check_exits_with_backend_failed_when_a_backend_fails_parity(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnbench import parity
+    from cnnbench.runner import BackendTarget
+
+    def check_targets(targets: list[BackendTarget], *_: Any, **__: Any) -> list[tuple[BackendTarget, dict[str, Any]]]:
+        return [(target, {"status": parity.FAIL, "message": "logits differ", "checks": {}}) for target in targets]
+
+    monkeypatch.setattr("cnnbench.commands.check.check_targets", check_targets)
+    result = CliRunner().invoke(cli, ["check", "-f", "torch"])
+    assert result.exit_code == ExitCode.BACKEND_FAILED, result.output
+    assert "logits differ" in result.output
+
+
+def test_a_scaling_run_with_a_failed_backend_exits_with_backend_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnbench.results import BackendResult
+
+    def execute_run(params: common.RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None,
+                    title: str | None = None, show: bool = True) -> tuple[RunResult, None]:
+        row = BackendResult(backend="torch", framework="PyTorch", status="failed", reason="worker killed")
+        return dataclasses.replace(fake_result(train, data), backends=(row,)), None
+
+    monkeypatch.setattr(common, "execute_run", execute_run)
+    monkeypatch.setattr(common, "targets_for_count", lambda *_: ["torch"])
+    result = CliRunner().invoke(cli, ["scale", "-f", "torch", "--devices", "1", "-d", "synthetic", "--no-save"])
+    assert result.exit_code == ExitCode.BACKEND_FAILED, result.output
+
+
+# --- run --report DIR ------------------------------------------------------------------------------------
+
+
+def test_run_report_writes_the_store_report_with_this_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import resultgen
+
+    captured: list[RunOptions] = []
+    latest = resultgen.run([resultgen.backend("torch", [1000.0, 1010.0])], run_id="20250202T000000Z")
+
+    def run_benchmark(targets: list[Any], registry: Any, train: TrainConfig, data: DataConfig, options: RunOptions,
+                      observer: Any) -> tuple[RunResult, None]:
+        captured.append(options)
+        return latest, None
+
+    monkeypatch.setattr(common, "run_benchmark", run_benchmark)
+    store = tmp_path / "results"
+    resultgen.save(resultgen.run([resultgen.backend("jax", [900.0])], run_id="20240101T000000Z"), store)
+    out = tmp_path / "site"
+    result = invoke("run", "-f", "torch", "-d", "synthetic", "--no-save", "--results-dir", str(store),
+                    "--report", str(out))
+    assert result.exit_code == ExitCode.OK, result.output
+    assert captured[0].evaluate_each_epoch, "--report draws accuracy curves: evaluate after every epoch"
+    page = (out / "index.html").read_text()
+    assert "20240101T000000Z" in page and "20250202T000000Z" in page  # the store's run and this unsaved one
+    assert "report written to" in result.output and str(out / "index.html") in result.output.replace("\n", "")

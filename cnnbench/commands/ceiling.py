@@ -7,7 +7,10 @@ import os
 import click
 
 from cnnbench.commands.common import console
+from cnnbench.config import check_threads
 from cnnbench.errors import UsageError
+from cnnbench.frameworks import available_cores
+from cnnbench.report import literal
 
 
 @click.command("ceiling")
@@ -17,16 +20,19 @@ def ceiling_command(threads: int | None, refresh: bool) -> None:
     """This machine's fp32 matmul ceiling (GFLOP/s), the yardstick of the efficiency column."""
     from cnnbench import ceiling
 
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads must be at least 1, got {threads}")
+    check_threads(threads, available_cores())
     threads = threads or os.cpu_count() or 1
     with console.status("measuring fp32 GEMM..."):
         value = ceiling.ceiling(threads, refresh=refresh)
     if not value:
         raise UsageError("could not measure the matmul ceiling (neither NumPy nor PyTorch ran the probe)")
     libraries = ", ".join(f"{name} {gflops:,.0f}" for name, gflops in value["per_library"].items())
-    console.print(
+    console.print(literal(
         f"fp32 matmul ceiling, {value['size']}x{value['size']}, {value['threads']} threads: {value['gflops']:,.0f} "
         f"GFLOP/s ({libraries}); cached in {ceiling.cache_file()}"
-    )
+    ))
 
 
 command: click.Command = ceiling_command

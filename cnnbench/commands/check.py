@@ -11,20 +11,25 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import JustifyMethod
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cnnbench import messages, parity
-from cnnbench.commands.common import console
-from cnnbench.config import DEVICES, TrainConfig, parse_key_values
-from cnnbench.errors import UsageError
+from cnnbench.commands.common import checked_backend_options, console
+from cnnbench.config import DEVICES, TrainConfig, check_threads, check_timeout, parse_key_values
+from cnnbench.errors import ExitCode, UsageError
+from cnnbench.frameworks import available_cores
 from cnnbench.messages import CheckRequest
 from cnnbench.plugins import Registry, load_registry
+from cnnbench.report import literal
 from cnnbench.results import UNAVAILABLE
 from cnnbench.runner import BackendTarget, harness_environment, parse_frameworks, run_worker
 from cnnbench.spec import spec_for
@@ -55,7 +60,7 @@ def run_check_process(
 
 def check_targets(
     targets: list[BackendTarget], registry: Registry, request_base: dict[str, Any], train: TrainConfig,
-    timeout_s: float | None, on_start=lambda target: None,
+    timeout_s: float | None, on_start: Callable[[BackendTarget], object] = lambda target: None,
 ) -> list[tuple[BackendTarget, dict[str, Any]]]:
     """The parity result of every target, in order (UNAVAILABLE rows for missing frameworks)."""
     log_dir = Path(tempfile.mkdtemp(prefix="cnnbench-check-logs-"))
@@ -93,13 +98,15 @@ def _tolerance(check: dict[str, Any]) -> str:
 
 
 def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) -> Table:
+    """One backend's checks; names, versions and messages come from plugins and workers, so are shown literally."""
     status = result["status"]
     colour = {"PASS": "green", "FAIL": "red"}.get(status, "yellow")
     where = f" on {result['device']}" if result.get("device") else ""
     took = f", {result['elapsed_s']:.1f} s" if result.get("elapsed_s") is not None else ""
     version = result.get("framework_version", "")
-    title = f"{target.id} ({framework} {version}){where}{took}: [{colour}]{status}[/{colour}]"
-    table = Table(title=title, title_justify="left", caption=result.get("message", ""), caption_justify="left")
+    title = Text.assemble(literal(f"{target.id} ({framework} {version}){where}{took}: "), literal(status, colour))
+    table = Table(title=title, title_justify="left", caption=literal(result.get("message", "")),
+                  caption_justify="left")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("check", "left"), ("max abs diff", "right"), ("max rel diff", "right"), ("tolerance", "right"),
         ("diff/tol", "right"), ("result", "center"), ("note", "left"),
@@ -107,9 +114,9 @@ def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) 
     for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     for name, check in result.get("checks", {}).items():
-        verdict = "[green]PASS[/green]" if check["passed"] else "[red]FAIL[/red]"
-        table.add_row(name, _number(check.get("max_abs")), _number(check.get("max_rel")), _tolerance(check),
-                      _ratio(check), verdict, check.get("detail", ""))
+        verdict = Text("PASS", style="green") if check["passed"] else Text("FAIL", style="red")
+        table.add_row(literal(name), _number(check.get("max_abs")), _number(check.get("max_rel")), _tolerance(check),
+                      _ratio(check), verdict, literal(check.get("detail", "")))
     return table
 
 
@@ -150,24 +157,27 @@ def check(
 
     The same seeded weights and images go into each backend and the reference: logits, loss,
     gradients, evaluate, then a few Adam and SGD steps (dropout off); one table per backend.
-    Exit code 1 when any backend fails.
+    Exit status: 0 when every backend that ran passed, 3 when one failed, 2 on bad input.
     """
     if steps < 1:
         raise UsageError(f"steps must be at least 1, got {steps}")
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    if timeout_s <= 0:
-        raise UsageError(f"timeout must be positive, got {timeout_s:g}")
+    check_timeout(timeout_s)
+    check_threads(threads, available_cores())
     learning_rates = _learning_rates(optimizer, adam_lr, sgd_lr)
     registry = load_registry()
     targets = parse_frameworks(frameworks, registry)
     data_source = registry.dataset(dataset).item
+    chosen_options = parse_key_values(backend_options, "--backend-option")
+    checked_options = checked_backend_options(chosen_options) if chosen_options else {}
     train = TrainConfig(seed=seed, init=init, dropout=dropout, threads=threads or os.cpu_count() or 1, device=device,
-                        backend_options=parse_key_values(backend_options, "--backend-option")).validate()
+                        backend_options=checked_options).validate()
     spec = spec_for(data_source.input_shape, data_source.num_classes, dropout)
     request = {
-        "train": asdict(train), "input_shape": list(spec.input_shape), "num_classes": spec.num_classes, "dropout": dropout,
-        "learning_rates": learning_rates, "seed": seed, "steps": steps, "init": init, "batch": batch_size,
+        "train": asdict(train), "input_shape": list(spec.input_shape), "num_classes": spec.num_classes,
+        "dropout": dropout, "learning_rates": learning_rates, "seed": seed, "steps": steps, "init": init,
+        "batch": batch_size,
     }
     console.print(
         f"parity against the float64 reference: {spec.name} {'x'.join(map(str, spec.input_shape))} "
@@ -177,21 +187,25 @@ def check(
         highlight=False,
     )
     with console.status("") as status:
-        outcomes = check_targets(targets, registry, request, train, timeout_s, on_start=lambda target: status.update(f"checking {target.id}..."))
+        outcomes = check_targets(targets, registry, request, train, timeout_s,
+                                 on_start=lambda target: status.update(f"checking {escape(target.id)}..."))
     for target, result in outcomes:
         framework = registry.backend(target.name).item.framework
         if result["status"] == parity.UNAVAILABLE:
-            console.print(f"{target.id} ({framework}): [yellow]not checked[/yellow]: {result['message']}",
-                          highlight=False)
+            console.print(Text.assemble(literal(f"{target.id} ({framework}): "), ("not checked", "yellow"), ": ",
+                                        literal(result["message"])), highlight=False)
             continue
         console.print(result_table(target, framework, result))
     summary = ", ".join(f"{target.id} {result['status']}" for target, result in outcomes)
-    console.print(f"summary: {summary}", highlight=False)
+    console.print(literal(f"summary: {summary}"), highlight=False)
     if json_path:
         rows = [{"backend": target.id, **result} for target, result in outcomes]
-        Path(json_path).write_text(json.dumps(rows, indent=1, default=str))
+        try:
+            Path(json_path).write_text(json.dumps(rows, indent=1, default=str))
+        except OSError as exc:
+            raise UsageError(f"cannot write {json_path}: {exc.strerror or exc}") from None
     if any(result["status"] == parity.FAIL for _, result in outcomes):
-        sys.exit(1)
+        sys.exit(ExitCode.BACKEND_FAILED)
 
 
 command: click.Command = check

@@ -5,6 +5,7 @@ Command modules reach each other only through this module or the core (tests/tes
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -14,12 +15,28 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
-from cnnbench import distributed, report
-from cnnbench.config import DEVICES, INIT_SCHEMES, OPTIMIZERS, DataConfig, TrainConfig, override, parse_key_values
-from cnnbench.errors import UsageError
-from cnnbench.plugins import load_registry
+from cnnbench import distributed, report, results
+from cnnbench.config import (
+    DEVICES,
+    INIT_SCHEMES,
+    OPTIMIZERS,
+    DataConfig,
+    TrainConfig,
+    check_sizes,
+    check_threads,
+    check_timeout,
+    override,
+    parse_key_values,
+)
+from cnnbench.errors import ExitCode, UsageError
+from cnnbench.frameworks import available_cores
+from cnnbench.plugins import Registry, load_registry
+from cnnbench.report import literal
 from cnnbench.results import OK, UNAVAILABLE, UNSUPPORTED, BackendResult, RunResult
 from cnnbench.runner import (
     ALLOCATORS,
@@ -93,6 +110,9 @@ def run_options(func: F) -> F:
         click.option("--plot", type=click.Path(dir_okay=False), default=None,
                      help="Write loss / accuracy curves and throughput bars to FILE.png "
                      "(evaluates after every epoch)."),
+        click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+                     help="Also write the HTML report of the result store (this run included) to DIR/index.html "
+                     "(evaluates after every epoch)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -137,6 +157,7 @@ class RunParams:
     no_save: bool = False
     skip_parity: bool = False
     plot: str | None = None
+    report_dir: str | None = None
     #: Not an option: evaluate after every epoch even without ``plot`` (reproduce plots every preset at the end).
     evaluate_each_epoch: bool = False
 
@@ -160,6 +181,8 @@ def build_configs(
     if params.backend_options:
         chosen = parse_key_values(params.backend_options, "--backend-option")
         train = override(train, backend_options={**train.backend_options, **chosen})
+    if train.backend_options:
+        train = replace(train, backend_options=checked_backend_options(train.backend_options))
     data = override(
         base_data or DataConfig(),
         dataset=params.dataset, data_dir=params.data_dir, limit_train=params.limit_train,
@@ -172,9 +195,35 @@ def build_configs(
         raise UsageError(f"target accuracy must be in (0, 1], got {params.target_accuracy}")
     if params.repeat < 1:
         raise UsageError(f"repeat must be at least 1, got {params.repeat}")
-    if params.timeout_s is not None and params.timeout_s <= 0:
-        raise UsageError(f"timeout must be positive, got {params.timeout_s}")
+    check_timeout(params.timeout_s)
+    check_threads(train.threads, available_cores())
+    if params.report_dir is not None and Path(params.report_dir).exists() and not Path(params.report_dir).is_dir():
+        raise UsageError(f"--report {params.report_dir} is a file; give a folder")
     return train.validate(), data.validate()
+
+
+def backend_options_table(registry: Registry) -> Table | None:
+    """Every ``--backend-option`` the backends declare, with its values and default; None when none declares one."""
+    from cnnbench.backend_options import declared_options
+
+    rows = [(name, option) for name, registered in sorted(registry.backends.items())
+            for option in declared_options(registered.item)]
+    if not rows:
+        return None
+    table = Table(title="Backend options (--backend-option NAME.KEY=VALUE)", title_justify="left")
+    for column in ("option", "values", "default", "what it does"):
+        table.add_column(column, overflow="fold")
+    for name, option in rows:  # plugin text: shown literally
+        table.add_row(literal(f"{name}.{option.key}"), literal(option.describe_values()),
+                      literal(option.describe_default()), literal(option.help))
+    return table
+
+
+def checked_backend_options(options: Mapping[str, str]) -> dict[str, str]:
+    """``--backend-option`` values checked against what each registered backend declares, in canonical form."""
+    from cnnbench.backend_options import validate_backend_options
+
+    return validate_backend_options(options, load_registry())
 
 
 class ProgressObserver(RunObserver):
@@ -186,7 +235,8 @@ class ProgressObserver(RunObserver):
         self.label = ""
 
     def backend_started(self, target: BackendTarget, repeat: int, repeats: int) -> None:
-        self.label = target.id + (f" (repeat {repeat}/{repeats})" if repeats > 1 else "")
+        # The bar's text column reads markup: a plugin's backend name is escaped.
+        self.label = escape(target.id) + (f" (repeat {repeat}/{repeats})" if repeats > 1 else "")
         self.task = self.bar.add_task(f"{self.label}: starting", total=None)
 
     def phase(self, target: BackendTarget, name: str) -> None:
@@ -207,38 +257,88 @@ class ProgressObserver(RunObserver):
         self.task = None
 
 
+class RunProgress(ProgressObserver):
+    """The progress bars, and the one fact about saving that ``execute_run`` must tell after the table."""
+
+    def __init__(self, progress: Progress, epochs: int) -> None:
+        super().__init__(progress, epochs)
+        self.save_problem: str | None = None
+        self.saved_instead: Path | None = None
+
+    def save_failed(self, problem: str, saved_to: Path | None) -> None:
+        self.save_problem, self.saved_instead = problem, saved_to
+
+
 def execute_run(
     params: RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None, title: str | None = None,
     show: bool = True,
 ) -> tuple[RunResult, Path | None]:
-    """Validate, prepare the dataset once, run every backend in its own process, print and save."""
+    """Validate, prepare the dataset once, run every backend in its own process, print and save.
+
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP) prints and saves what finished, then exits 128 + the signal.
+    """
     registry = load_registry()
     targets = parse_frameworks(params.frameworks, registry)
+    if not params.no_save:  # before the dataset download and the first worker, not after the first backend
+        unwritable = results.writable_folder_error(params.results_dir)
+        if unwritable:
+            raise UsageError(unwritable)
     dataset = registry.dataset(data.dataset).item
     with console.status(f"preparing dataset {data.dataset}..."):
-        dataset.load(data)  # locate, download, verify and cache once, in the parent
+        arrays = dataset.load(data)  # locate, download, verify and cache once, in the parent
+    check_sizes(train, data, len(arrays.y_train), distributed.replicas(train))  # one line, not a failed row each
     options = RunOptions(
         repeat=params.repeat, timeout_s=params.timeout_s, target_accuracy=params.target_accuracy,
         allocator=params.allocator, results_dir=params.results_dir, save=not params.no_save, preset=preset,
         measure_ceiling=True, parity=not params.skip_parity,
-        evaluate_each_epoch=params.evaluate_each_epoch or bool(params.plot),
+        evaluate_each_epoch=params.evaluate_each_epoch or bool(params.plot or params.report_dir),
     )
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=False)
+    observer = RunProgress(progress, train.epochs)
+    stopped: RunInterrupted | None = None
     try:
         with progress:
-            observer = ProgressObserver(progress, train.epochs)
-            result, path = run_benchmark(targets, registry, train, data, options, observer)
-    except RunInterrupted as stop:
-        report.print_result(stop.result, console, title)
-        where = f"; finished results saved to {stop.path}" if stop.path else ""
-        err_console.print(f"[yellow]interrupted[/yellow]{where}")
-        sys.exit(130)
+            try:
+                result, path = run_benchmark(targets, registry, train, data, options, observer)
+            except RunInterrupted as stop:
+                stopped = stop
+    except OSError:  # the terminal went away (SIGHUP) while the bars were closed: still save and exit as told
+        if stopped is None:
+            raise
+    if stopped is not None:
+        with contextlib.suppress(OSError):
+            report.print_result(stopped.result, console, title)
+            _warn_if_not_saved(observer)
+            where = Text.assemble("; finished results saved to ", report.literal(stopped.path)) if stopped.path else ""
+            err_console.print(Text.assemble(("interrupted", "yellow"), f" by {stopped.signal_name}", where),
+                              soft_wrap=True)
+        sys.exit(stopped.exit_code)
     if show:
         report.print_result(result, console, title)
-    if path:
-        console.print(f"saved {path}")
+    if path and observer.save_problem is None:
+        console.print(Text.assemble("saved ", report.literal(path)))
+    _warn_if_not_saved(observer)
     return result, path
+
+
+def _warn_if_not_saved(observer: RunProgress) -> None:
+    """One line: the asked results folder failed mid-run, and where the whole run went instead."""
+    if observer.save_problem is None:
+        return
+    if observer.saved_instead is not None:
+        where = Text.assemble("; the whole run was saved to ", report.literal(observer.saved_instead), " instead")
+    else:
+        where = Text("; no fallback folder was writable either: the result is only in the table above")
+    err_console.print(Text.assemble(("warning:", "yellow"), " ", report.literal(observer.save_problem), where),
+                      soft_wrap=True)
+
+
+def not_saved(params: RunParams, path: Path | None) -> bool:
+    """Whether a run that was to be saved is not in the asked folder (it went to a fallback, or nowhere)."""
+    if params.no_save:
+        return False
+    return path is None or path.parent.resolve() != results.results_dir(params.results_dir).resolve()
 
 
 def run_title(train: TrainConfig, data: DataConfig, where: distributed.Cluster) -> str:
@@ -272,7 +372,7 @@ def targets_for_count(params: RunParams, train: TrainConfig, counts: list[int], 
 def run_device_counts(
     params: RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None, counts: list[int] | None = None,
 ) -> list[RunResult]:
-    """A run per device count (each printed and saved), then the scaling table; exits 1 on a failed row.
+    """A run per device count (each printed and saved), then the scaling table; exits 3 on a failed row.
 
     ``run --devices`` and ``scale`` both end here; ``params.devices`` gives the counts unless ``counts`` does.
     """
@@ -280,6 +380,7 @@ def run_device_counts(
     counts = counts or distributed.parse_device_counts(params.devices or "", where)
     train = replace(train, threads=train.threads or os.cpu_count() or 1)  # as run_benchmark resolves it
     runs: list[RunResult] = []
+    unsaved = False
     for count in counts:
         train_n = replace(train, devices=count).validate()
         ids = targets_for_count(params, train_n, counts, count)
@@ -287,17 +388,32 @@ def run_device_counts(
             continue
         hosts = f", {where.describe()}" if where.multi_host else ""
         console.rule(f"{count} device{'s' if count != 1 else ''} per host{hosts}")
-        result, _ = execute_run(replace(params, frameworks=",".join(ids)), train_n, data, preset=preset,
-                                title=run_title(train_n, data, where))
+        result, path = execute_run(replace(params, frameworks=",".join(ids)), train_n, data, preset=preset,
+                                   title=run_title(train_n, data, where))
         runs.append(result)
+        unsaved = unsaved or not_saved(params, path)
     print_scaling(runs)
     if params.plot:
         from cnnbench.plots import plot_runs
 
-        console.print(f"plot written to {plot_runs([(f'{r.train.devices} device(s)', r) for r in runs], params.plot)}")
+        plotted = plot_runs([(f"{r.train.devices} device(s)", r) for r in runs], params.plot)
+        console.print(Text.assemble("plot written to ", literal(plotted)))
+    if runs:
+        write_report_if_asked(params, runs[-1])
+    if unsaved:
+        sys.exit(ExitCode.NOT_SAVED)
     if any(row.status not in NOT_FAILURES for run in runs for row in run.backends):
-        sys.exit(1)
+        sys.exit(ExitCode.BACKEND_FAILED)
     return runs
+
+
+def write_report_if_asked(params: RunParams, latest: RunResult) -> None:
+    """``--report DIR``: the HTML report of the result store, with ``latest`` in it even when it was not saved."""
+    if params.report_dir:
+        from cnnbench.html import write_store_report
+
+        written = write_store_report(Path(params.report_dir), params.results_dir, latest=latest)
+        console.print(Text.assemble("report written to ", literal(written)))
 
 
 def print_scaling(runs: list[RunResult]) -> None:
@@ -309,4 +425,4 @@ def print_scaling(runs: list[RunResult]) -> None:
         return
     console.print(scaling_table(runs))
     if simulated_devices_only(runs):
-        console.print(f"[dim]{SIMULATED_NOTE}[/dim]")
+        console.print(Text(SIMULATED_NOTE, style="dim"))

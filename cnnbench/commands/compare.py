@@ -5,57 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import JustifyMethod
-from rich.table import Table
 
-from cnnbench import results
+from cnnbench import report, results
 from cnnbench.commands.common import console
 from cnnbench.compare import (
-    BETTER,
     DEFAULT_ALPHA,
     DEFAULT_FAIL_ON,
     DEFAULT_THRESHOLDS,
-    FAILED,
     METRICS,
-    MISSING,
-    NEW,
-    WORSE,
-    Comparison,
     compare_runs,
     metric_for,
     parse_fail_on,
 )
-from cnnbench.errors import UsageError
-
-VERDICT_STYLE = {WORSE: "bold red", FAILED: "bold red", BETTER: "green", MISSING: "yellow", NEW: "cyan"}
-
-
-def comparison_table(comparison: Comparison) -> Table:
-    title = f"cnnbench compare: {comparison.baseline_name} -> {comparison.current_name}"
-    table = Table(title=title, title_justify="left")
-    columns: list[tuple[str, JustifyMethod]] = [
-        ("framework", "left"), ("metric", "left"), ("baseline", "right"), ("current", "right"), ("change", "right"),
-        ("change %", "right"), ("fails at", "right"), ("verdict", "left"), ("evidence", "left"),
-    ]
-    for name, justify in columns:
-        table.add_column(name, justify=justify, overflow="fold")
-    previous = None
-    for row in comparison.rows:
-        style = VERDICT_STYLE.get(row.verdict, "")
-        verdict = f"{row.verdict} ✗ REGRESSION" if row.regression else row.verdict
-        table.add_row(
-            row.backend if row.backend != previous else "",
-            row.metric.label,
-            row.format_side(row.baseline),
-            row.format_side(row.current),
-            row.metric.format_change(row.change),
-            row.format_relative(),
-            row.threshold.describe(row.metric) if row.threshold else "off",
-            f"[{style}]{verdict}[/{style}]" if style else verdict,
-            row.evidence,
-        )
-        previous = row.backend
-    return table
+from cnnbench.errors import ExitCode, UsageError
 
 
 @click.command("compare")
@@ -95,9 +57,9 @@ def compare_command(
         results.load(base_path), results.load(cur_path), thresholds, chosen, alpha, fail_on_missing,
         baseline_name=base_path.name, current_name=cur_path.name,
     )
-    console.print(comparison_table(comparison))
-    for warning in comparison.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    console.print(report.comparison_table(comparison))
+    for warning in report.comparison_warnings(comparison):
+        console.print(warning, highlight=False, soft_wrap=True)
     if summary_path:
         from cnnbench.exporters import comparison_markdown
 
@@ -106,13 +68,9 @@ def compare_command(
                 handle.write(comparison_markdown(comparison))
         except OSError as exc:
             raise UsageError(f"cannot write summary {summary_path}: {exc.strerror or exc}") from None
-    regressions = comparison.regressions
-    if regressions:
-        names = ", ".join(f"{r.backend} {r.metric.label}" for r in regressions)
-        count = f"{len(regressions)} regression{'s' if len(regressions) != 1 else ''}"
-        console.print(f"[bold red]{count}:[/bold red] {names}", highlight=False, soft_wrap=True)
-        click.get_current_context().exit(1)
-    console.print("[green]no regression[/green]")
+    console.print(report.comparison_outcome(comparison), highlight=False, soft_wrap=True)
+    if comparison.regressions:
+        click.get_current_context().exit(ExitCode.REGRESSION)
 
 
 command: click.Command = compare_command

@@ -8,12 +8,14 @@ from typing import Any
 import click
 from rich.console import JustifyMethod
 from rich.table import Table
+from rich.text import Text
 
 from cnnbench.commands.common import console, err_console
 from cnnbench.config import DataConfig
 from cnnbench.datasets.locate import CACHE_DIR_ENV, cache_root
 from cnnbench.errors import CnnbenchError, DatasetError
 from cnnbench.plugins import load_registry
+from cnnbench.report import literal
 
 
 def _size(size_bytes: int | None) -> str:
@@ -30,27 +32,28 @@ def _images(dataset: Any, status: dict[str, Any]) -> str:
     return f"{n_train:,} / {n_test:,}" if n_train and n_test else "-"
 
 
-def _verified(status: dict[str, Any], failure: str | None) -> str:
+def _verified(status: dict[str, Any], failure: str | None) -> Text:
     if failure:
-        return "[red]failed[/red] (below)"
+        return Text.assemble(("failed", "red"), " (below)")
     if status.get("origin") == "generated":
-        return "[dim]generated[/dim]"
+        return Text("generated", style="dim")
     if not status.get("available"):
-        return "-"
+        return Text("-")
     verified = status.get("verified")
     if verified is True:
-        return "[green]yes[/green] (sha256, cached)"
+        return Text.assemble(("yes", "green"), " (sha256, cached)")
     if verified is False:
-        return "[yellow]no checksums declared[/yellow]"
-    return "[dim]not yet (on first load)[/dim]"
+        return Text("no checksums declared", style="yellow")
+    return Text("not yet (on first load)", style="dim")
 
 
-def _location(status: dict[str, Any]) -> str:
+def _location(status: dict[str, Any]) -> Text:
+    """Where the files are: a path or a plugin's text, shown literally."""
     if status.get("available"):
         origin = status.get("origin")
-        shown = f" [dim]({origin})[/dim]" if origin and origin != "generated" else ""
-        return f"{status.get('location', '?')}" + shown
-    return f"[yellow]{status.get('location') or 'missing'}[/yellow]"
+        shown = literal(f" ({origin})", "dim") if origin and origin != "generated" else ""
+        return Text.assemble(literal(status.get("location", "?")), shown)
+    return literal(status.get("location") or "missing", "yellow")
 
 
 @click.command("datasets")
@@ -75,7 +78,7 @@ def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool
     for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     failed: list[str] = []
-    notes: list[tuple[str, str]] = []
+    notes: list[tuple[str, Text]] = []
     for registered in chosen:
         dataset = registered.item
         config = DataConfig(dataset=dataset.name, data_dir=data_dir, offline=offline or not download)
@@ -95,17 +98,18 @@ def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool
             failed.append(dataset.name)
             status = {}
         if failure:
-            notes.append((dataset.name, f"[red]{failure}[/red]"))
+            notes.append((dataset.name, literal(failure, "red")))
         elif not status.get("available") and status.get("reason"):
-            notes.append((dataset.name, status["reason"]))
+            notes.append((dataset.name, literal(status["reason"])))
         table.add_row(
-            dataset.name, _images(dataset, status), "x".join(map(str, dataset.input_shape)), str(dataset.num_classes),
-            _location(status), _size(status.get("size_bytes")), _verified(status, failure),
+            literal(dataset.name), _images(dataset, status), "x".join(map(str, dataset.input_shape)),
+            str(dataset.num_classes), _location(status), _size(status.get("size_bytes")), _verified(status, failure),
         )  # fmt: skip
     console.print(table)
     for name, note in notes:
-        err_console.print(f"[bold]{name}[/bold]: {note}", highlight=False, soft_wrap=True)
-    err_console.print(f"cache: {cache_root()} (set ${CACHE_DIR_ENV} to move it)", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(literal(name, "bold"), ": ", note), highlight=False, soft_wrap=True)
+    err_console.print(literal(f"cache: {cache_root()} (set ${CACHE_DIR_ENV} to move it)"), highlight=False,
+                      soft_wrap=True)
     if failed:
         raise DatasetError(f"{len(failed)} dataset(s) failed: {', '.join(failed)} (reasons in the table)")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.table import Table
+from rich.text import Text
 
-from cnnbench import history, results
+from cnnbench import history, report, results
 from cnnbench.commands.common import console, err_console
-from cnnbench.compare import format_spread, metric_for
+from cnnbench.compare import metric_for
 from cnnbench.errors import UsageError
 
 
@@ -40,30 +40,17 @@ def history_command(
             raise UsageError(f"no runs in {where}; run 'cnnbench run' first or name result files")
         stored, skipped = history.load_runs(files)
     for reason in skipped:
-        err_console.print(f"[yellow]skipped[/yellow] {reason}", highlight=False, soft_wrap=True)
+        err_console.print(report.skipped_line(reason), highlight=False, soft_wrap=True)
     stored, chosen_dataset = history.select_dataset(stored, dataset)
     if not stored:
         raise UsageError(f"no readable run on dataset {chosen_dataset!r}")
     if last:
         stored = stored[-last:]
     names, rows = history.history_rows(stored, chosen)
-    unit = "%" if chosen.fraction else chosen.unit
-    title = f"{chosen.label} ({unit}, {chosen.direction}) on {chosen_dataset}: median ± half IQR"
-    table = Table(title=title, title_justify="left")
-    table.add_column("run", overflow="fold")
-    table.add_column("commit", overflow="fold")
-    for name in names:
-        table.add_column(name, justify="right")
-    for run, found in rows:
-        values = {name: row.values(chosen.key) for name in found if (row := run.result.backend(name)) is not None}
-        table.add_row(
-            run.path.name, run.result.environment.get("git_commit") or "-",
-            *[format_spread(chosen, values[name]) if name in found else "-" for name in names],
-        )
-    console.print(table)
+    console.print(report.history_table(names, rows, chosen, chosen_dataset))
     if plot_path:
         out = history.plot_history(stored, chosen, Path(plot_path))
-        err_console.print(f"wrote {out}", highlight=False)
+        err_console.print(Text.assemble("wrote ", report.literal(out)), highlight=False)
 
 
 command: click.Command = history_command

@@ -1,4 +1,7 @@
-"""``cnnbench list``: registered backends and datasets, the plugin providing each, and whether each is usable."""
+"""``cnnbench list``: registered backends and datasets, the plugin providing each, and whether each is usable.
+
+Every name, version, path and message here comes from a plugin, so each is shown literally (``report.literal``).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,18 @@ from functools import partial
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from cnnbench.commands.common import console
+from cnnbench.commands.common import backend_options_table, console
 from cnnbench.config import DataConfig
-from cnnbench.plugins import load_registry
+from cnnbench.plugins import PluginRecord, load_registry
+from cnnbench.report import literal
 
 
 @click.command("list")
 def list_command() -> None:
-    """Registered backends and datasets, the plugin providing each, and whether each is usable."""
+    """Registered backends and datasets, the plugin providing each, whether each is usable, and backend options."""
     registry = load_registry()
     backends = Table(title="Backends", title_justify="left")
     for column in ("name", "framework", "variants", "version", "plugin", "status"):
@@ -26,24 +30,26 @@ def list_command() -> None:
         registered = registry.backends[name]
         backend = registered.item
         reason = _safe(backend.unavailable_reason)
-        plugin = registered.plugin
         backends.add_row(
-            name, backend.framework, ", ".join(backend.variants) or "-", _safe(backend.framework_version) or "-",
-            f"{plugin.name} ({plugin.distribution} {plugin.version})".strip(),
-            "[green]available[/green]" if not reason else f"[dim]unavailable: {escape(reason)}[/dim]",
+            literal(name), literal(backend.framework), literal(", ".join(backend.variants) or "-"),
+            literal(_safe(backend.framework_version) or "-"), _plugin(registered.plugin),
+            Text("available", style="green") if not reason else literal(f"unavailable: {reason}", "dim"),
         )
     console.print(backends)
+    options = backend_options_table(registry)
+    if options is not None:
+        console.print(options)
     datasets = Table(title="Datasets", title_justify="left")
     for column in ("name", "shape", "classes", "plugin", "location"):
         datasets.add_column(column, overflow="fold")
     for name in sorted(registry.datasets):
         registered = registry.datasets[name]
         dataset = registered.item
-        status = _safe(partial(dataset.status, DataConfig(dataset=name))) or {}
+        status = _safe(partial(dataset.status, DataConfig(dataset=name)))
+        location = status.get("location", "?") if isinstance(status, dict) else status
         datasets.add_row(
-            name, "x".join(map(str, dataset.input_shape)), str(dataset.num_classes),
-            f"{registered.plugin.name} ({registered.plugin.distribution} {registered.plugin.version})".strip(),
-            str(status.get("location", "?")),
+            literal(name), literal("x".join(map(str, dataset.input_shape))), literal(dataset.num_classes),
+            _plugin(registered.plugin), literal(location),
         )
     console.print(datasets)
     broken = [p for p in registry.plugins if p.status != "ok"]
@@ -52,15 +58,23 @@ def list_command() -> None:
         for column in ("plugin", "module", "status"):
             table.add_column(column, overflow="fold")
         for plugin in broken:
-            table.add_row(plugin.name, plugin.module, f"[red]{plugin.status}[/red]: {escape(plugin.error)}")
+            status = Text.assemble((plugin.status, "red"), ": ", literal(plugin.error))
+            table.add_row(literal(plugin.name), literal(plugin.module), status)
         console.print(table)
 
 
+def _plugin(plugin: PluginRecord) -> Text:
+    """The plugin column: name (distribution version)."""
+    return literal(f"{plugin.name} ({plugin.distribution} {plugin.version})".strip())
+
+
 def _safe(func: Callable[[], Any]) -> Any:
-    """Call a plugin's method; a plugin bug shows as text instead of crashing the listing."""
+    """Call a plugin's method; a plugin bug (SystemExit included) shows as text instead of ending the listing."""
     try:
         return func()
-    except Exception as exc:  # noqa: BLE001  (any plugin bug)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001  (any plugin bug)
         return f"error: {type(exc).__name__}: {exc}"
 
 

@@ -13,10 +13,12 @@ from typing import Any
 
 import click
 from rich.table import Table
-from rich.text import Text
 
-from cnnbench.commands.common import console
+from cnnbench.backend import BackendOption
+from cnnbench.backend_options import declared_options
+from cnnbench.commands.common import backend_options_table, console
 from cnnbench.plugins import ALLOW_ENV, BLOCK_ENV, EXTRA_MODULES_ENV, PluginRecord, Registry, load_registry
+from cnnbench.report import literal
 
 STATUS_STYLE = {"ok": "green", "unavailable": "yellow", "broken": "red", "disabled": "dim"}
 
@@ -25,7 +27,9 @@ def _unavailable_reason(backend: Any) -> tuple[str | None, str | None]:
     """(reason, error): a plugin bug in ``unavailable_reason`` is reported, never raised."""
     try:
         return backend.unavailable_reason(), None
-    except Exception as exc:  # noqa: BLE001  (any plugin bug)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001  (any plugin bug, SystemExit included)
         return None, f"{type(exc).__name__}: {exc}"
 
 
@@ -60,10 +64,20 @@ def describe(registry: Registry) -> list[dict[str, Any]]:
             "hooks": list(record.hooks),
             "backends": sorted(name for name, r in registry.backends.items() if r.plugin is record),
             "datasets": sorted(name for name, r in registry.datasets.items() if r.plugin is record),
+            "options": {
+                name: [_option(option) for option in declared_options(r.item)]
+                for name, r in sorted(registry.backends.items()) if r.plugin is record and declared_options(r.item)
+            },
             "status": status,
             "detail": detail,
         })
     return rows
+
+
+def _option(option: BackendOption) -> dict[str, Any]:
+    """A declared backend option as plain JSON."""
+    return {"key": option.key, "values": option.describe_values(), "default": option.describe_default(),
+            "help": option.help}
 
 
 def _environment() -> dict[str, str]:
@@ -102,10 +116,13 @@ def plugins_command(as_json: bool) -> None:
         style = STATUS_STYLE.get(row["status"], "")
         status = row["status"] + (f": {row['detail']}" if row["detail"] else "")
         cells = (row["name"], distribution, row["module"], ", ".join(row["hooks"]) or "-", registers)
-        table.add_row(*(Text(cell) for cell in cells), Text(status, style=style))  # Text: no markup in plugin strings
+        table.add_row(*(literal(cell) for cell in cells), literal(status, style))  # no markup in plugin strings
     console.print(table)
+    options = backend_options_table(registry)
+    if options is not None:
+        console.print(options)
     for name, value in _environment().items():
-        console.print(Text(f"{name}={value}", style="dim"))
+        console.print(literal(f"{name}={value}", "dim"))
     if not rows:
         console.print("no plugins found: is cnnbench installed (pip install -e .)?")
 

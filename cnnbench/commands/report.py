@@ -6,9 +6,11 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from cnnbench import history, results
 from cnnbench.errors import CnnbenchError, UsageError
+from cnnbench.report import literal, skipped_line
 
 DEFAULT_OUTPUT = "cnnbench-report"
 
@@ -55,7 +57,7 @@ def command(
     try:
         path, count = _write(runs, Path(out_dir), baseline, dataset, last, results_dir, err)
     except CnnbenchError as exc:  # also when called on its own, outside the cnnbench group
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        err.print(Text.assemble(("error:", "red"), " ", literal(str(exc))), highlight=False, soft_wrap=True)
         click.get_current_context().exit(exc.exit_code)
     size = path.stat().st_size
     click.echo(
@@ -88,7 +90,7 @@ def _write(
             )
         stored, skipped = history.load_runs(files)
     for reason in skipped:
-        err.print(f"[yellow]skipped[/yellow] {reason}", highlight=False, soft_wrap=True, markup=True)
+        err.print(skipped_line(reason), highlight=False, soft_wrap=True)
     if dataset:
         stored = [run for run in stored if run.result.data.dataset == dataset]
         if not stored:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import click
+from rich.text import Text
 
 from cnnbench import report
 from cnnbench.commands.common import RunParams, build_configs, console, execute_run
@@ -44,7 +45,8 @@ def reproduce_command(
     if plot:
         from cnnbench.plots import plot_runs
 
-        console.print(f"plot written to {plot_runs([(p.name, r) for p, r in runs], plot)}")
+        plotted = plot_runs([(p.name, r) for p, r in runs], plot)
+        console.print(Text.assemble("plot written to ", report.literal(plotted)))
 
 
 command: click.Command = reproduce_command

@@ -6,8 +6,21 @@ import sys
 from typing import Any
 
 import click
+from rich.text import Text
 
-from cnnbench.commands.common import RunParams, build_configs, console, execute_run, run_device_counts, run_options
+from cnnbench import report
+from cnnbench.commands.common import (
+    NOT_FAILURES,
+    RunParams,
+    build_configs,
+    console,
+    execute_run,
+    not_saved,
+    run_device_counts,
+    run_options,
+    write_report_if_asked,
+)
+from cnnbench.errors import ExitCode
 
 
 @click.command("run")
@@ -23,13 +36,17 @@ def run_command(preset: str | None, **options: Any) -> None:
     if params.devices:  # data-parallel runs and the scaling report
         run_device_counts(params, train, data, preset)
         return
-    result, _ = execute_run(params, train, data, preset=preset)
+    result, path = execute_run(params, train, data, preset=preset)
     if params.plot:
         from cnnbench.plots import plot_runs
 
-        console.print(f"plot written to {plot_runs([(preset or data.dataset, result)], params.plot)}")
-    if any(row.status not in ("ok", "unavailable") for row in result.backends):
-        sys.exit(1)
+        plotted = plot_runs([(preset or data.dataset, result)], params.plot)
+        console.print(Text.assemble("plot written to ", report.literal(plotted)))
+    write_report_if_asked(params, result)
+    if not_saved(params, path):  # before a failed row: the file CI reads is not where it looks
+        sys.exit(ExitCode.NOT_SAVED)
+    if any(row.status not in NOT_FAILURES for row in result.backends):
+        sys.exit(ExitCode.BACKEND_FAILED)
 
 
 command: click.Command = run_command

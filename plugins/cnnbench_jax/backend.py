@@ -310,7 +310,7 @@ class JaxBackend(Backend):
     framework = "JAX"
     deterministic = True
     options = (
-        BackendOption(OPTION_SCAN, bool, False, "true: one jitted lax.scan per chunk of batches instead of a Python loop"),
+        BackendOption(OPTION_SCAN, bool, False, "true: one jitted lax.scan per chunk of batches, not a Python loop"),
         BackendOption(OPTION_PRECISION, ("default", "high", "highest"), DEFAULT_PRECISION,
                       "lax.Precision of convolutions and matmuls (highest: true fp32 on GPUs, no TF32)"),
     )
