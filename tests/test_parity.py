@@ -174,10 +174,10 @@ def test_backend_passes_parity_in_its_own_process(name, tmp_path):
         assert row["checks"][check]["passed"], check
 
 
-def test_cli_reports_a_buggy_backend_and_exits_1(fixture_plugins, tmp_path):
+def test_cli_reports_a_buggy_backend_and_exits_3(fixture_plugins, tmp_path):
     fixture_plugins("buggy_backends")
     result = CliRunner().invoke(cli, ["check", "-f", "buggy-flatten", "--optimizer", "sgd", "--steps", "1", "--threads", "1"], catch_exceptions=False)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output  # ExitCode.BACKEND_FAILED
     assert "FAIL" in result.output and "(C, H, W) order" in result.output and "summary: buggy-flatten FAIL" in result.output
 
 
