@@ -44,8 +44,9 @@ def cli() -> None:
     """Train the same LeNet in several frameworks; compare accuracy and speed.
 
     \b
-    Exit status: 0 ok, 1 a regression (compare), 2 bad input, 3 a backend failed (run, check),
-    4 measured but not saved where asked (run), 128+N interrupted by signal N (130 for Ctrl-C).
+    Exit status: 0 ok, 1 a regression (compare, ab), 2 bad input, 3 a backend failed (run, scale, check),
+    4 measured but not saved where asked (run, scale), 5 undecided in the time budget (ab),
+    128+N interrupted by signal N (130 for Ctrl-C).
     """
 
 

@@ -21,7 +21,10 @@ from cnnbench.commands.common import RunParams, build_configs, print_scaling, ru
 @click.option("--from", "from_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Report saved runs (one per device count) instead of running; repeatable.")
 def scale_command(from_files: tuple[str, ...], **options: Any) -> None:
-    """Data-parallel scaling: a run per device count (--devices, default 1,2), then speed-up and efficiency."""
+    """Data-parallel scaling: a run per device count (--devices, default 1,2), then speed-up and efficiency.
+
+    Exit status as for run: 0 ok, 2 bad input, 3 a backend failed at some count, 4 a run not saved where asked.
+    """
     if from_files:
         print_scaling(sorted((results.load(path) for path in from_files), key=lambda r: r.train.devices))
         return
