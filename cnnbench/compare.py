@@ -444,8 +444,13 @@ def _backend_status(
 _NOT_MEASURED = ("data_dir", "offline")
 
 
-def config_changes(baseline: RunResult, current: RunResult) -> list[str]:
+#: What the two sides are called in the texts: ``compare``'s words; ``ab`` says base and head.
+SIDE_NAMES = ("baseline", "current")
+
+
+def config_changes(baseline: RunResult, current: RunResult, names: tuple[str, str] = SIDE_NAMES) -> list[str]:
     """The train and data settings that differ: with any of them the two runs measured different things."""
+    old_name, new_name = names
     changes: list[str] = []
     for section, old, new in (("train", baseline.train, current.train), ("data", baseline.data, current.data)):
         for name in old.__dataclass_fields__:
@@ -453,21 +458,22 @@ def config_changes(baseline: RunResult, current: RunResult) -> list[str]:
                 continue
             a, b = getattr(old, name), getattr(new, name)
             if a != b:
-                changes.append(f"{section}.{name} differs: {a!r} (baseline) vs {b!r} (current)")
+                changes.append(f"{section}.{name} differs: {a!r} ({old_name}) vs {b!r} ({new_name})")
     return changes
 
 
-def comparability_warnings(baseline: RunResult, current: RunResult) -> list[str]:
+def comparability_warnings(baseline: RunResult, current: RunResult, names: tuple[str, str] = SIDE_NAMES) -> list[str]:
     """Everything that differs between the two runs: configuration (see ``config_changes``), machine, versions."""
-    warnings = config_changes(baseline, current)
+    old_name, new_name = names
+    warnings = config_changes(baseline, current, names)
     for key in ("cpu", "cores", "gpus"):
         a, b = baseline.environment.get(key), current.environment.get(key)
         if a != b:
             warnings.append(
-                f"machine {key} differs: {a!r} (baseline) vs {b!r} (current); speed comparisons are unreliable"
+                f"machine {key} differs: {a!r} ({old_name}) vs {b!r} ({new_name}); speed comparisons are unreliable"
             )
     if baseline.repeat != current.repeat:
-        warnings.append(f"repeats differ: {baseline.repeat} (baseline) vs {current.repeat} (current)")
+        warnings.append(f"repeats differ: {baseline.repeat} ({old_name}) vs {current.repeat} ({new_name})")
     for before in baseline.backends:
         after = current.backend(before.backend)
         if after is None:
@@ -478,5 +484,5 @@ def comparability_warnings(baseline: RunResult, current: RunResult) -> list[str]
         for key in sorted(set(before.settings) | set(after.settings)):
             a, b = before.settings.get(key), after.settings.get(key)
             if a is not None and b is not None and a != b:
-                warnings.append(f"{before.backend}: setting {key} differs: {a!r} (baseline) vs {b!r} (current)")
+                warnings.append(f"{before.backend}: setting {key} differs: {a!r} ({old_name}) vs {b!r} ({new_name})")
     return warnings

@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "check",
     "datasets",
     "compare",
+    "ab",
     "export",
     "history",
     "report",
