@@ -360,3 +360,20 @@ def test_a_real_injected_slowdown_is_caught_end_to_end(delayed_plugins: None, tm
     assert "injected_delay differs: 0.0 (base) vs 0.6 (head)" in " ".join(data["differences"])
     assert "cnnbench ab: regression" in summary.read_text()
     assert len(list((tmp_path / "runs").glob("round*/*.json"))) == 4  # every side's result kept
+
+
+# --- compare (a stored baseline) refuses other configurations too ---------------------------------------------
+
+
+def test_compare_refuses_another_configuration_unless_allowed(tmp_path: Path) -> None:
+    base = resultgen.save(resultgen.run([resultgen.backend("torch", [1000.0, 1010.0, 990.0])]), tmp_path)
+    other = resultgen.run([resultgen.backend("torch", [500.0, 505.0, 495.0])], run_id="20250102T000000Z")
+    other = resultgen.save(replace(other, train=replace(other.train, batch_size=50, learning_rate=0.01)), tmp_path)
+    result = CliRunner().invoke(cli, ["compare", str(base), str(other)])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "train.learning_rate differs: 0.001 (baseline) vs 0.01 (current)" in result.output
+    assert "train.batch_size differs" in result.output and "--allow-config-change" in result.output
+    allowed = CliRunner().invoke(cli, ["compare", str(base), str(other), "--allow-config-change"])
+    assert allowed.exit_code == ExitCode.REGRESSION and "train.batch_size differs" in allowed.output
+    same_config = CliRunner().invoke(cli, ["compare", str(base), str(base)])
+    assert same_config.exit_code == ExitCode.OK, same_config.output

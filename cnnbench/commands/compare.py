@@ -16,6 +16,7 @@ from cnnbench.compare import (
     compare_runs,
     metric_for,
     parse_fail_on,
+    require_same_config,
 )
 from cnnbench.errors import ExitCode, UsageError
 
@@ -34,13 +35,15 @@ from cnnbench.errors import ExitCode, UsageError
               help="Significance level of the Mann-Whitney noise test.")
 @click.option("--fail-on-missing", is_flag=True, default=False,
               help="A framework of the baseline that is absent or unavailable now is a regression.")
+@click.option("--allow-config-change", is_flag=True, default=False,
+              help="Compare runs of different configurations (dataset, epochs, batch size...) instead of exit 2.")
 @click.option("--summary", "summary_path", type=click.Path(dir_okay=False), default=None,
               help="Append the comparison as markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")
 @click.option("--results-dir", type=click.Path(file_okay=False), default=None,
               help="Result store for names like latest~1 [$CNNBENCH_RESULTS_DIR or ./results].")
 def compare_command(
     baseline: str, current: str, fail_on: str, metrics: str, alpha: float, fail_on_missing: bool,
-    summary_path: str | None, results_dir: str | None,
+    allow_config_change: bool, summary_path: str | None, results_dir: str | None,
 ) -> None:
     """Compare CURRENT (default: latest) against BASELINE, per framework and metric.
 
@@ -57,6 +60,8 @@ def compare_command(
         results.load(base_path), results.load(cur_path), thresholds, chosen, alpha, fail_on_missing,
         baseline_name=base_path.name, current_name=cur_path.name,
     )
+    if not allow_config_change:
+        require_same_config(comparison)
     console.print(report.comparison_table(comparison))
     for warning in report.comparison_warnings(comparison):
         console.print(warning, highlight=False, soft_wrap=True)
