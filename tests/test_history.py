@@ -12,6 +12,7 @@ import resultgen
 from cnnbench import history
 from cnnbench.cli import cli
 from cnnbench.compare import metric_for
+from cnnbench.errors import UsageError
 from cnnbench.results import SCHEMA_VERSION
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -170,3 +171,55 @@ def test_a_wrongly_typed_file_is_skipped_naming_the_field_or_exits_2_when_named(
     named = invoke(str(wrong))
     assert named.exit_code == 2 and "backends[0].repeats[1]: expected an object, got null" in named.output
     assert "Traceback" not in named.output
+
+
+# --- one series per configuration and machine (issue 17) ------------------------------------------
+
+
+@pytest.fixture
+def mixed_store(tmp_path):
+    """Six runs: threads 2, 2, then 1 (a --threads 1 run), 2 again, then two on a 4-core machine."""
+    from dataclasses import replace
+
+    folder = tmp_path / "mixed"
+    for day in range(1, 7):
+        run = resultgen.run(
+            [resultgen.backend("torch", [1000.0 + day, 1010.0, 990.0])], run_id=f"2025010{day}T120000Z",
+            created=f"2025-01-0{day}T12:00:00+00:00",
+            environment={**resultgen.ENVIRONMENT, "cores": 4 if day >= 5 else 2},
+        )
+        if day == 3:
+            run = replace(run, train=replace(run.train, threads=1))
+        resultgen.save(run, folder)
+    return folder
+
+
+def test_runs_split_into_series_by_configuration_and_machine(mixed_store):
+    runs, _ = history.load_runs(history.store_files(mixed_store))
+    series = history.split_series(runs)
+    assert [[r.result.run_id[7] for r in s.runs] for s in series] == [["1", "2", "4"], ["3"], ["5", "6"]]
+    assert [s.label for s in series] == [
+        "series 1: train.threads=2, machine.cores=2", "series 2: train.threads=1, machine.cores=2",
+        "series 3: train.threads=2, machine.cores=4",
+    ]
+    assert history.select_series(series, "latest") == [series[2]]
+    assert history.select_series(series, "2") == [series[1]]
+    with pytest.raises(UsageError, match="from 1 to 3"):
+        history.select_series(series, "4")
+    alone = history.split_series(runs[:2])
+    assert len(alone) == 1 and alone[0].label == "series 1"
+
+
+def test_history_command_shows_each_series_apart_and_plots_them(mixed_store, tmp_path):
+    plot = tmp_path / "series.png"
+    result = invoke("--results-dir", str(mixed_store), "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    first, second = out.index("series 1: train.threads=2"), out.index("series 2: train.threads=1")
+    assert first < out.index("20250104T120000Z") < second
+    assert out.index("series 2: train.threads=1") < out.index("20250103T120000Z") < out.index("series 3:")
+    assert "3 series in all" in out and png_size(plot)[0] >= 800
+    latest = invoke("--results-dir", str(mixed_store), "--series", "latest")
+    assert latest.exit_code == 0 and "20250106T120000Z" in latest.output and "20250103T120000Z" not in latest.output
+    bad = invoke("--results-dir", str(mixed_store), "--series", "nine")
+    assert bad.exit_code == 2 and "--series 'nine'" in bad.output

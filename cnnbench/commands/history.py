@@ -1,4 +1,4 @@
-"""``cnnbench history``: one metric across stored runs, as a table and optionally a PNG."""
+"""``cnnbench history``: one metric across stored runs, a table per series (configuration and machine), a PNG."""
 
 from __future__ import annotations
 
@@ -19,13 +19,16 @@ from cnnbench.errors import UsageError
               help="Metric: train_throughput, eval_throughput, first_epoch, accuracy, peak_rss, or any result field.")
 @click.option("--dataset", default=None, help="Only runs on this dataset [the newest run's].")
 @click.option("--last", type=int, default=None, help="Only the newest N runs.")
+@click.option("--series", "which_series", default="all", show_default=True, metavar="all|latest|N",
+              help="Runs of one configuration and machine form a series: all of them (a table each), "
+              "the newest run's, or series N.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write a PNG plot, one line per framework.")
+              help="Also write a PNG plot, one line per framework and series.")
 @click.option("--results-dir", type=click.Path(file_okay=False), default=None,
               help="Result store [$CNNBENCH_RESULTS_DIR or ./results].")
 def history_command(
-    runs: tuple[str, ...], metric: str, dataset: str | None, last: int | None, plot_path: str | None,
-    results_dir: str | None,
+    runs: tuple[str, ...], metric: str, dataset: str | None, last: int | None, which_series: str,
+    plot_path: str | None, results_dir: str | None,
 ) -> None:
     """Show METRIC across RUNS (result files or store names; default: every run in the store)."""
     chosen = metric_for(metric)
@@ -46,8 +49,17 @@ def history_command(
         raise UsageError(f"no readable run on dataset {chosen_dataset!r}")
     if last:
         stored = stored[-last:]
-    names, rows = history.history_rows(stored, chosen)
-    console.print(report.history_table(names, rows, chosen, chosen_dataset))
+    everything = history.split_series(stored)
+    shown = history.select_series(everything, which_series)
+    kept = {id(run) for line in shown for run in line.runs}
+    stored = [run for run in stored if id(run) in kept]
+    for line in shown:
+        if len(everything) > 1:
+            runs_text = f"{len(line.runs)} run{'s' if len(line.runs) != 1 else ''}"
+            heading = f"{line.label} ({runs_text}; {len(everything)} series in all)"
+            console.print(Text.assemble(("▶ ", "bold cyan"), report.literal(heading, "bold")), soft_wrap=True)
+        names, rows = history.history_rows(line.runs, chosen)
+        console.print(report.history_table(names, rows, chosen, chosen_dataset))
     if plot_path:
         out = history.plot_history(stored, chosen, Path(plot_path))
         err_console.print(Text.assemble("wrote ", report.literal(out)), highlight=False)
