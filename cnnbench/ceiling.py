@@ -34,7 +34,10 @@ MAX_AGE_S = 7 * 24 * 3600
 LOADED_PER_CORE = 1.0
 
 _PROBE = r"""
-import json, sys, time
+import sys
+if sys.path and sys.path[0] == "":
+    del sys.path[0]  # the current directory (before 3.11's PYTHONSAFEPATH): a numpy/ or json.py there would shadow
+import json, time
 n, repeats = int(sys.argv[1]), int(sys.argv[2])
 best = {}
 def bench(name, mm, sync=lambda: None):
@@ -86,6 +89,7 @@ def measure(threads: int) -> dict[str, Any]:
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "OPENBLAS_NUM_THREADS": str(threads),
+        "PYTHONSAFEPATH": "1",  # nothing in the current directory shadows the libraries measured
     }
     load_before = load_average()
     proc = subprocess.run(

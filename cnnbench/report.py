@@ -106,7 +106,7 @@ def results_table(result: RunResult, title: str | None = None) -> Table:
             fmt_number(row.parameters),
             fmt_percent(row.median("test_accuracy")),
             speed,
-            fmt_efficiency(result, row),
+            _efficiency_cell(result, row),
             fmt_spread(row.values("eval_throughput")),
             fmt_spread(row.values("first_epoch_s"), 2),
             fmt_spread(row.values("total_s"), 1),
@@ -129,15 +129,37 @@ def fmt_parity(row: BackendResult) -> Text:
     return literal(status, "dim")
 
 
+#: Marks an efficiency above the matmul ceiling (a footnote under the table says why).
+ABOVE_CEILING_MARK = " !"
+
+
 def fmt_efficiency(result: RunResult, row: BackendResult) -> str:
-    """Achieved training GFLOP/s (spec FLOPs x samples/s) and its share of the matmul ceiling."""
+    """Achieved training GFLOP/s (spec FLOPs x samples/s) and its share of the matmul ceiling; ``!`` above it."""
     from cnnbench.ceiling import efficiency
 
     peak = (result.environment.get("matmul_ceiling") or {}).get("gflops")
     achieved, fraction = efficiency(result.model.get("flops_train_per_sample"), row.median("train_throughput"), peak)
     if achieved is None:
         return "-"
-    return f"{achieved:,.0f}" + (f" ({100 * fraction:.0f}%)" if fraction is not None else "")
+    text = f"{achieved:,.0f}" + (f" ({100 * fraction:.0f}%)" if fraction is not None else "")
+    return text + ABOVE_CEILING_MARK if is_above_ceiling(result, row, fraction) else text
+
+
+def is_above_ceiling(result: RunResult, row: BackendResult, fraction: float | None) -> bool:
+    """Flagged by the run (``above_ceiling``, after re-measuring the ceiling) or, in older files, over 100%."""
+    flagged = (result.environment.get("matmul_ceiling") or {}).get("above_ceiling")
+    return (isinstance(flagged, list) and row.backend in flagged) or (fraction is not None and fraction > 1)
+
+
+def _efficiency_cell(result: RunResult, row: BackendResult) -> Text:
+    text = fmt_efficiency(result, row)
+    if text.endswith(ABOVE_CEILING_MARK):
+        return Text.assemble(text[: -len(ABOVE_CEILING_MARK)], (ABOVE_CEILING_MARK, "red"))
+    return Text(text)
+
+
+def _any_above_ceiling(result: RunResult) -> bool:
+    return any(fmt_efficiency(result, row).endswith(ABOVE_CEILING_MARK) for row in result.backends)
 
 
 def _throughputs(row: BackendResult) -> list[float]:
@@ -150,6 +172,13 @@ def print_result(result: RunResult, console: Console | None = None, title: str |
     console.print(results_table(result, title))
     if any(parity_status(row) == "FAIL" for row in result.backends):
         console.print("[red]![/red] this backend failed the parity check: its speed is not for a model equal to the others' (see 'cnnbench check')")
+    if _any_above_ceiling(result):
+        remeasured = (result.environment.get("matmul_ceiling") or {}).get("remeasured") is True
+        console.print(Text.assemble(
+            ("!", "red"), " GFLOP/s above the machine's measured matmul ceiling"
+            + (" (measured again after the run)" if remeasured else "")
+            + ": the ceiling understates this machine (measured under load?), so that % is not an efficiency",
+        ))
     differing = differing_settings(result)
     if differing:
         console.print(settings_table(differing))

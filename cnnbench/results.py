@@ -6,7 +6,9 @@ A run holds one ``BackendResult`` per framework; each holds one ``Measurement`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -502,21 +504,48 @@ def default_filename(result: RunResult) -> str:
     return f"{result.run_id}_{host}.json"
 
 
+def _write_file(fd: int, text: str) -> None:
+    """Write and flush ``text`` to the open temporary file: one place a full disk shows up (tests fail it)."""
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def writable_folder_error(directory: str | os.PathLike[str] | None = None) -> str | None:
+    """Why results cannot be written to the store (created if missing), or None: checked before measuring."""
+    folder = results_dir(directory)
+    if folder.exists() and not folder.is_dir():
+        return f"cannot write results to {folder}: not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot write results to {folder}: {exc.strerror or exc}"
+    return None
+
+
 def save(result: RunResult, directory: str | os.PathLike[str] | None = None, filename: str | None = None) -> Path:
-    """Write atomically (temporary file in the same folder, then rename): never a half file."""
+    """Write atomically (temporary file in the same folder, then rename): never a half file, nor a stray one."""
     folder = results_dir(directory)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / (filename or default_filename(result))
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(dumps(result))
+    except OSError as exc:
+        raise UsageError(f"cannot write results to {folder}: {exc.strerror or exc}") from None
+    try:
+        _write_file(fd, dumps(result))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a result file is for sharing
         os.replace(tmp, path)
-    except OSError as exc:
-        raise UsageError(f"cannot write results to {folder}: {exc.strerror or exc}") from None
+    except BaseException as exc:  # a full disk, a removed folder, Ctrl-C: no .tmp-*.json left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write results to {folder}: {exc.strerror or exc}") from None
+        raise
     return path
 
 
@@ -525,6 +554,7 @@ def resolve(name: str, directory: str | os.PathLike[str] | None = None) -> Path:
     path = Path(name)
     if path.is_file():
         return path
+    _refuse_broken_link(path)
     folder = results_dir(directory)
     files = sorted(f for f in folder.glob("*.json") if f.name[:1].isdigit())  # run files, oldest first
     if name.startswith("latest"):
@@ -535,7 +565,24 @@ def resolve(name: str, directory: str | os.PathLike[str] | None = None) -> Path:
     for candidate in (folder / name, folder / f"{name}.json"):
         if candidate.is_file():
             return candidate
+        _refuse_broken_link(candidate)
     matches = [f for f in files if f.name.startswith(name)]
     if len(matches) == 1:
         return matches[0]
     raise UsageError(f"{name}: no such result file (looked in . and {folder})")
+
+
+def _refuse_broken_link(path: Path) -> None:
+    """A path that exists but cannot be read (symlink loop, broken link, no permission) says so: is_file hides it."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            why = "symlink loop"
+        elif exc.errno == errno.ENOENT and path.is_symlink():
+            why = "broken symlink"
+        elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return  # simply not there: the caller looks elsewhere
+        else:
+            why = exc.strerror or str(exc)
+        raise UsageError(f"{path}: cannot read result file: {why}") from None

@@ -8,6 +8,7 @@ line each on the original stdout; anything a framework prints is redirected to s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -17,6 +18,9 @@ from typing import Any, TextIO
 
 from cnnbench import messages
 from cnnbench.messages import CheckRequest, MeasureRequest
+
+#: The directory the user ran cnnbench in; the runner starts workers elsewhere so it cannot shadow cnnbench.
+WORKER_CWD_ENV = "CNNBENCH_WORKER_CWD"
 
 
 class EventStream:
@@ -215,9 +219,20 @@ def _failure(exc: BaseException) -> messages.Final:
     return messages.Error(f"{type(exc).__name__}: {message}", peak_rss_mb=peak_rss_mb())
 
 
+def _return_to_user_directory() -> None:
+    """Back to the user's directory, so relative paths in the request and environment mean what they meant."""
+    # sys.path kept no entry for it (a neutral start directory, PYTHONSAFEPATH): a ``cnnbench`` folder there
+    # cannot shadow the package, and later imports cannot find modules there either.
+    where = os.environ.get(WORKER_CWD_ENV)
+    if where:
+        with contextlib.suppress(OSError):
+            os.chdir(where)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Read the request file named on the command line, run it, report everything as events."""
     argv = sys.argv[1:] if argv is None else argv
+    _return_to_user_directory()
     events = _take_over_stdout()
     try:
         if len(argv) != 1:
