@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.console import JustifyMethod
 from rich.table import Table
 
-from cnnbench.report import STATUS_STYLE, fmt_number, fmt_percent
+from cnnbench.report import STATUS_STYLE, fmt_number, fmt_percent, literal
 from cnnbench.results import OK, BackendResult, RunResult
 
 #: Shown under the table when every data-parallel row ran on simulated CPU devices.
@@ -71,35 +72,40 @@ def baseline(points: list[ScalingPoint]) -> ScalingPoint | None:
 
 
 def speedup(p: ScalingPoint, base: ScalingPoint | None) -> float | None:
-    if base is None or p.status != OK or not p.throughput:
+    """Throughput over the one-replica baseline's; None without a usable baseline or figure."""
+    if base is None or not base.throughput or p.status != OK or not p.throughput:
         return None
     return p.throughput / base.throughput
 
 
 def scaling_table(results: list[RunResult], title: str | None = None) -> Table:
+    """Per backend and device count: throughput, speed-up, efficiency, accuracy; names and reasons shown literally."""
     first = results[0]
     train = first.train
     default_title = (
-        f"Data-parallel scaling: {first.data.dataset}, per-device batch {train.batch_size}, {train.optimizer} lr {train.learning_rate:g}, "
-        f"{train.epochs} epoch{'s' if train.epochs != 1 else ''}, {train.threads} threads; speed-up vs 1 device, efficiency = speed-up / devices"
+        f"Data-parallel scaling: {first.data.dataset}, per-device batch {train.batch_size}, {train.optimizer} "
+        f"lr {train.learning_rate:g}, {train.epochs} epoch{'s' if train.epochs != 1 else ''}, {train.threads} "
+        "threads; speed-up vs 1 device, efficiency = speed-up / devices"
     )
-    table = Table(title=title or default_title, title_justify="left")
-    for name, justify in [
+    table = Table(title=literal(title or default_title), title_justify="left")
+    columns: list[tuple[str, JustifyMethod]] = [
         ("framework", "left"), ("devices", "right"), ("global batch", "right"), ("train samples/s", "right"),
         ("speed-up", "right"), ("efficiency", "right"), ("test acc", "right"), ("Δ acc", "right"),
         ("engine", "left"), ("status", "left"),
-    ]:
+    ]
+    for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
     for backend, points in collect(results).items():
         base = baseline(points)
         for index, p in enumerate(points):
             gain = speedup(p, base)
-            delta = None if base is None or p.test_accuracy is None or p.status != OK else p.test_accuracy - base.test_accuracy
-            style = STATUS_STYLE.get(p.status, "")
+            delta = None
+            if base is not None and base.test_accuracy is not None and p.test_accuracy is not None and p.status == OK:
+                delta = p.test_accuracy - base.test_accuracy
             status = p.status if p.status == OK else f"{p.status}: {p.reason}"
             devices = str(p.devices_per_host) if p.hosts == 1 else f"{p.hosts} x {p.devices_per_host}"
             table.add_row(
-                backend if index == 0 else "",
+                literal(backend if index == 0 else ""),
                 devices,
                 f"{p.global_batch:,}",
                 fmt_number(p.throughput),
@@ -107,8 +113,8 @@ def scaling_table(results: list[RunResult], title: str | None = None) -> Table:
                 "-" if gain is None else f"{100 * gain / p.replicas:.0f}%",
                 fmt_percent(p.test_accuracy if p.status == OK else None),
                 "-" if delta is None or p.replicas == 1 else f"{100 * delta:+.2f} pt",
-                p.engine or "-",
-                f"[{style}]{status}[/{style}]" if style else status,
+                literal(p.engine or "-"),
+                literal(status, STATUS_STYLE.get(p.status, "")),
             )
         table.add_section()
     return table
@@ -117,4 +123,6 @@ def scaling_table(results: list[RunResult], title: str | None = None) -> Table:
 def simulated_devices_only(results: list[RunResult]) -> bool:
     """Every data-parallel row that ran did so on CPU devices (simulated on one machine)."""
     points = [p for points in collect(results).values() for p in points if p.replicas > 1 and p.status == OK]
-    return bool(points) and all(p.hosts == 1 and "cpu" in p.device.lower() and "cuda" not in p.device.lower() for p in points)
+    return bool(points) and all(
+        p.hosts == 1 and "cpu" in p.device.lower() and "cuda" not in p.device.lower() for p in points
+    )

@@ -324,3 +324,21 @@ def test_a_symlink_loop_is_named_as_such(tmp_path, monkeypatch):
         results.resolve("dangling.json", tmp_path / "store")
     with pytest.raises(UsageError, match="no such result file"):
         results.resolve("absent.json", tmp_path / "store")
+
+
+# --- the scaling table shows names and reasons from result files literally (item 9, in scaling.py) ---------------
+
+
+def test_the_scaling_table_renders_names_and_reasons_literally() -> None:
+    from rich.console import Console
+
+    from cnnbench.scaling import scaling_table
+
+    rows = (BackendResult(backend="[link=https://x.example]evil[/link]", status=FAILED, reason="[/] \x1b]8;;x\x07"),)
+    run = RunResult(run_id="r", created="2026-01-01T00:00:00+00:00", train=TrainConfig(threads=1),
+                    data=DataConfig(dataset="[bold]d"), backends=rows)
+    console = Console(width=300, record=True)
+    console.print(scaling_table([run]))
+    text = console.export_text()
+    assert "[link=https://x.example]evil[/link]" in text and "failed: [/] \\x1b]8;;x\\x07" in text
+    assert "[bold]d" in text
