@@ -137,6 +137,25 @@ def test_a_full_disk_mid_run_saves_the_whole_run_to_a_named_fallback(tmp_path, n
     assert list(store.iterdir()) == []  # neither a temporary file nor the copy that lacked the last backend
 
 
+def test_when_no_folder_takes_the_result_the_table_still_shows_it(tmp_path, numpy_backend, monkeypatch, quiet_ceiling,
+                                                                   private_tmp):
+    no_measuring(monkeypatch)
+
+    def full(fd: int, text: str) -> None:
+        os.close(fd)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(results, "_write_file", full)
+    store = tmp_path / "results"
+    out = CliRunner().invoke(cli, ["run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(store)],
+                             catch_exceptions=False)
+    assert out.exit_code == ExitCode.NOT_SAVED, out.output
+    assert "9.9" in out.output
+    assert (f"warning: cannot write results to {store}: No space left on device; no fallback folder was writable "
+            "either: the result is only in the table above") in out.output
+    assert not [p for p in private_tmp.rglob("*") if p.is_file()] and list(store.iterdir()) == []
+
+
 @pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
 def test_an_atomic_save_leaves_no_temporary_file_on_any_failure(tmp_path, monkeypatch, fault):
     def failing(fd: int, text: str) -> None:
@@ -220,6 +239,31 @@ def test_a_stop_signal_saves_and_prints_what_finished_and_leaves_nothing_behind(
     wait_for(lambda: all(gone(pid) for pid in pids), 10, "the worker and the process it started to end")
     assert leftovers(private_tmp) == []  # request folders and log folders
     assert not list(store.glob(".tmp-*"))
+
+
+def test_a_stop_signal_waits_for_a_held_section_and_an_ignored_one_stays_ignored() -> None:
+    stop = runner._StopSignals()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with stop.installed():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+            reached: list[str] = []
+
+            def held_section() -> None:
+                with stop.held():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.05)  # the handler runs here, and must not raise yet
+                    reached.append("end")
+
+            with pytest.raises(runner.Interrupted) as raised:
+                held_section()
+            assert reached == ["end"] and raised.value.signum == signal.SIGTERM
+            os.kill(os.getpid(), signal.SIGTERM)  # a second one while stopping is ignored
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_an_interrupted_row_keeps_its_framework_version_and_finished_repeats(tmp_path, numpy_backend, monkeypatch,
