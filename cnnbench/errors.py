@@ -31,29 +31,32 @@ class ExitCode(enum.IntEnum):
 class CnnbenchError(Exception):
     """Base class: anything cnnbench reports to a user without a traceback."""
 
-    exit_code: int = 1
+    #: Never REGRESSION's 1 by accident: CI reads that as "slower".
+    exit_code: int = ExitCode.USAGE
 
 
 class UsageError(CnnbenchError):
     """Bad input from the user: unknown name, out-of-range value, malformed file."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ResultFileError(UsageError):
     """A result file that cannot be used: not JSON, wrong types, too deep; names the file and the field."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class DatasetError(CnnbenchError):
     """A dataset is missing, corrupt, or cannot be cached."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class BackendError(CnnbenchError):
     """Raised by a backend for a failure it can explain (shown as the row's reason)."""
+
+    exit_code = ExitCode.BACKEND_FAILED
 
 
 class BackendUnavailable(BackendError):
