@@ -18,7 +18,7 @@ from cnnbench.cli import cli
 from cnnbench.commands import COMMANDS, common
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.errors import ExitCode, UsageError
-from cnnbench.results import RunResult
+from cnnbench.results import BackendResult, RunResult
 from cnnbench.runner import RunOptions
 
 COMMANDS_DIR = Path(cnnbench.commands.__file__).parent
@@ -114,17 +114,17 @@ def fake_result(train: TrainConfig, data: DataConfig) -> RunResult:
     return RunResult(run_id="test", created="2025-01-01T00:00:00", train=train, data=data)
 
 
-def test_reproduce_hands_execute_run_real_run_params(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reproduce_hands_execute_run_real_run_params(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[tuple[common.RunParams, TrainConfig, DataConfig, str | None]] = []
 
     def execute_run(params: common.RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None,
-                    title: str | None = None, show: bool = True) -> tuple[RunResult, None]:
+                    title: str | None = None, show: bool = True) -> tuple[RunResult, Path]:
         calls.append((params, train, data, preset))
-        return fake_result(train, data), None
+        return fake_result(train, data), tmp_path / f"{preset}.json"
 
     monkeypatch.setattr("cnnbench.commands.reproduce.execute_run", execute_run)
     result = invoke("reproduce", "-f", "torch", "--presets", "mnist-adam,mnist-sgd", "--quick", "--threads", "1",
-                    "--timeout", "5", "--offline")
+                    "--timeout", "5", "--offline", "--results-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert [preset for *_, preset in calls] == ["mnist-adam", "mnist-sgd"]
     params, train, data, _ = calls[1]
@@ -135,6 +135,22 @@ def test_reproduce_hands_execute_run_real_run_params(monkeypatch: pytest.MonkeyP
     assert train == dataclasses.replace(quick_train, threads=1)
     assert data == dataclasses.replace(quick_data, offline=True)
     assert "Reproducing the reference chapter" in result.output
+
+
+@pytest.mark.parametrize(("status", "saved", "code"), [("failed", True, 3), ("diverged", True, 3), ("ok", False, 4),
+                                                       ("failed", False, 4), ("unavailable", True, 0)])
+def test_reproduce_exits_like_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, status: str, saved: bool, code: int
+) -> None:
+    def execute_run(params: common.RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None,
+                    title: str | None = None, show: bool = True) -> tuple[RunResult, Path | None]:
+        row = BackendResult(backend="torch", framework="PyTorch", framework_version="2", plugin="x", status=status)
+        result = dataclasses.replace(fake_result(train, data), backends=(row,))
+        return result, (tmp_path / "r.json" if saved else None)
+
+    monkeypatch.setattr("cnnbench.commands.reproduce.execute_run", execute_run)
+    result = invoke("reproduce", "-f", "torch", "--presets", "mnist-sgd", "--quick", "--results-dir", str(tmp_path))
+    assert result.exit_code == code, result.output
 
 
 def test_reproduce_rejects_a_bad_timeout_before_running() -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import click
 from rich.text import Text
 
 from cnnbench import report
-from cnnbench.commands.common import RunParams, build_configs, console, execute_run
+from cnnbench.commands.common import NOT_FAILURES, RunParams, build_configs, console, execute_run, not_saved
+from cnnbench.errors import ExitCode
 from cnnbench.results import RunResult
 
 
@@ -27,7 +29,11 @@ def reproduce_command(
     frameworks: str, preset_names: str, quick: bool, data_dir: str | None, offline: bool, threads: int | None,
     timeout_s: float | None, results_dir: str | None, plot: str | None,
 ) -> None:
-    """Run the chapter's experiments in every framework; published vs measured accuracy side by side."""
+    """Run the chapter's experiments in every framework; published vs measured accuracy side by side.
+
+    Exit status: 0 ok, 2 bad input, 3 a backend failed in some preset, 4 a preset's result not saved where
+    asked, 128+N stopped by signal N.
+    """
     from cnnbench import presets
 
     chosen = presets.parse(preset_names)
@@ -35,11 +41,13 @@ def reproduce_command(
     params = RunParams(frameworks=frameworks, threads=threads, data_dir=data_dir, offline=offline, timeout_s=timeout_s,
                        results_dir=results_dir, evaluate_each_epoch=True)
     runs: list[tuple[presets.Preset, RunResult]] = []
+    unsaved = False
     started = time.perf_counter()
     for preset in chosen:
         train, data = build_configs(params, *preset.configs(quick))
         console.rule(f"{preset.name}{' (quick)' if quick else ''}")
-        result, _ = execute_run(params, train, data, preset=preset.name, show=False)
+        result, path = execute_run(params, train, data, preset=preset.name, show=False)
+        unsaved = unsaved or not_saved(params, path)
         runs.append((preset, result))
     console.print(report.reproduce_table(runs, quick, time.perf_counter() - started))
     if plot:
@@ -47,6 +55,10 @@ def reproduce_command(
 
         plotted = plot_runs([(p.name, r) for p, r in runs], plot)
         console.print(Text.assemble("plot written to ", report.literal(plotted)))
+    if unsaved:  # before a failed row, as in run: the files CI reads are not where it looks
+        sys.exit(ExitCode.NOT_SAVED)
+    if any(row.status not in NOT_FAILURES for _, result in runs for row in result.backends):
+        sys.exit(ExitCode.BACKEND_FAILED)
 
 
 command: click.Command = reproduce_command
