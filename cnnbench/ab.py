@@ -228,19 +228,35 @@ class SubprocessMeasure:
         out.mkdir(parents=True, exist_ok=True)
         log = out / "output.log"
         timeout = max(seconds_left, 60.0)
-        try:
-            with log.open("wb") as handle:
-                done = subprocess.run(
-                    self.command(side, out), cwd=out, env=side.environment(), stdout=handle, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, timeout=timeout,
-                )
-            code: int | str = done.returncode
-        except subprocess.TimeoutExpired:
-            code = f"killed after {timeout:.0f} s"
+        with log.open("wb") as handle:
+            child = subprocess.Popen(
+                self.command(side, out), cwd=out, env=side.environment(), stdout=handle, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            try:
+                code: int | str = child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _stop(child)
+                code = f"stopped after {timeout:.0f} s"
+            except BaseException:  # Ctrl-C, SIGTERM: the run stops its own workers, then ab cleans up
+                _stop(child)
+                raise
         files = sorted(out.glob("*.json"))
         if not files:
             raise SideFailed(f"{side.name} ({side.description}) wrote no result (exit {code}):\n{_tail(log)}")
         return results.load(files[-1])
+
+
+def _stop(child: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM first, so ``cnnbench run`` ends its workers and keeps what finished; SIGKILL if it does not stop."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 
 
 def _tail(path: Path) -> str:

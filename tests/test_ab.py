@@ -377,3 +377,31 @@ def test_compare_refuses_another_configuration_unless_allowed(tmp_path: Path) ->
     assert allowed.exit_code == ExitCode.REGRESSION and "train.batch_size differs" in allowed.output
     same_config = CliRunner().invoke(cli, ["compare", str(base), str(base)])
     assert same_config.exit_code == ExitCode.OK, same_config.output
+
+
+def test_sigterm_stops_ab_and_its_run_and_leaves_no_folder(delayed_plugins: None, tmp_path: Path) -> None:
+    """A cancelled CI job: exit 143, the side's run stopped too, the temporary folder gone."""
+    import signal
+    import time
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    command = [sys.executable, "-m", "cnnbench.cli", "ab", "--base", "current", "--", "-f", "delayed-numpy",
+               "-d", "synthetic", "-e", "30", "--limit-train", "400", "--limit-test", "100", "--threads", "1"]
+    child = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(scratch)}, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not list(scratch.glob("cnnbench-ab-*/round000-base/output.log")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the run is under way
+    log = next(scratch.glob("cnnbench-ab-*/round000-base/output.log"))
+    child.send_signal(signal.SIGTERM)
+    output = child.communicate(timeout=60)[0].decode()
+    assert child.returncode == 128 + signal.SIGTERM, output
+    assert "interrupted (SIGTERM)" in output
+    assert not list(scratch.iterdir())  # the ab folder and everything in it removed
+    assert not log.exists()
+    import psutil
+
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(scratch) in " ".join(p.info["cmdline"] or [])]
+    assert not left  # the side's `cnnbench run` (its --results-dir is in the folder) stopped too

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 import click
 from rich.table import Table
@@ -16,6 +19,7 @@ from cnnbench.commands.common import console, err_console
 from cnnbench.compare import metric_for
 from cnnbench.errors import ExitCode, UsageError
 from cnnbench.report import literal
+from cnnbench.runner import STOP_SIGNALS, Interrupted
 
 VERDICT_STYLE = {
     ab.REGRESSION: "bold red", ab.FAILED: "bold red", ab.INCONCLUSIVE: "yellow", ab.UNDECIDED: "yellow",
@@ -47,6 +51,29 @@ def outcome_table(outcome: ab.Outcome) -> Table:
         table.add_row(literal(e.backend), str(len(e.ratios)), e.describe(), f"{e.p_worse:.3g}",
                       Text(e.verdict, style=VERDICT_STYLE.get(e.verdict, "")))
     return table
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) stop ab as Ctrl-C does: worktrees and folders go."""
+    previous: dict[int, object] = {}
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # once: the cleanup must finish
+        raise Interrupted(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            current = signal.getsignal(sig)
+            if current in (signal.SIG_DFL, signal.default_int_handler):
+                previous[sig] = current
+                signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -116,15 +143,16 @@ def ab_command(
     args = ab.check_run_args(run_args)
     envs = ab.parse_env(base_env, "--base-env"), ab.parse_env(head_env, "--head-env")
     try:
-        with _workdir(keep) as work, \
+        with _stop_signals(), _workdir(keep) as work, \
                 ab.prepare_side(base_spec, ab.BASE, envs[0], repo, work) as base, \
                 ab.prepare_side(head_spec, ab.HEAD, envs[1], repo, work) as head:
             err_console.print(Text.assemble("base: ", literal(base.description)), highlight=False, soft_wrap=True)
             err_console.print(Text.assemble("head: ", literal(head.description)), highlight=False, soft_wrap=True)
             outcome = ab.run_ab(base, head, settings, ab.SubprocessMeasure(args, work), ConsoleObserver())
-    except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]")
-        click.get_current_context().exit(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt as stop:
+        err_console.print(Text.assemble(("interrupted", "yellow"), f" ({stop})" if str(stop) else ""))
+        click.get_current_context().exit(ExitCode.for_signal(stop.signum) if isinstance(stop, Interrupted)
+                                         else ExitCode.INTERRUPTED)
     console.print(outcome_table(outcome))
     for difference in outcome.differences:
         console.print(Text.assemble(("differs:", "yellow"), " ", literal(difference)), soft_wrap=True)

@@ -1,0 +1,152 @@
+"""The CI gate's power and false-alarm rate, measured: `cnnbench ab` against an injected, known slowdown.
+
+Each trial is one full `cnnbench ab` comparison (the command CI runs, as a subprocess) whose head
+side trains with `$CNNBENCH_INJECTED_DELAY` (tests/fixture_plugins/delayed_backends.py): 0 is an
+A/A pair (identical code on both sides), 0.1 makes every training call 10% longer. Trials of the
+different slowdowns are interleaved so that the machine's load drifts hit them alike. Prints, per
+slowdown, how often the gate said regression / no regression / inconclusive, the comparisons'
+time and rounds (median and range), the estimated throughput ratio against the injected one, and
+the load average (`uptime`) before and after. Targets (issue 17): a 10% slowdown caught in at
+least 90% of trials, A/A false alarms at most 5%, under 10 minutes a comparison.
+
+    python benchmarks/gate_power.py --trials 20                       # numpy backend, quick settings
+    python benchmarks/gate_power.py --trials 20 --framework delayed-torch --json power.json
+    python benchmarks/gate_power.py --trials 2 --slowdowns 0,0.2 --budget 3m    # a smoke run
+
+20 trials of 3 slowdowns at ~3 minutes each take about 3 hours: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+#: Quick settings: one comparison in a few minutes on 2 cores, long enough epochs for a stable rate.
+DEFAULT_RUN_ARGS = "-d synthetic -e 3 --limit-train 1500 --limit-test 200 --threads 1"
+
+
+def uptime() -> str:
+    """The load averages (1, 5, 15 min), as `uptime` prints them."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def plugin_env() -> dict[str, str]:
+    """The example NumPy backend and the injected-delay wrapper, visible to ab and every run it starts."""
+    paths = [str(REPO / "examples" / "cnnbench-numpy"), str(REPO / "tests" / "fixture_plugins")]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
+    modules = [m for m in env.get("CNNBENCH_PLUGIN_MODULES", "").split(",") if m]
+    env["CNNBENCH_PLUGIN_MODULES"] = ",".join(dict.fromkeys([*modules, "cnnbench_numpy", "delayed_backends"]))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def one_trial(slowdown: float, trial: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """One `cnnbench ab` comparison with the head slowed by ``slowdown``; its verdict, time and estimate."""
+    out = folder / f"trial{trial:03d}-delay{slowdown:g}.json"
+    command = [
+        sys.executable, "-m", "cnnbench.cli", "ab", "--base", "current", "--head", "current",
+        "--head-env", f"CNNBENCH_INJECTED_DELAY={slowdown:g}", "--threshold", args.threshold, "--budget", args.budget,
+        "--seed", str(trial), "--json", str(out), "--", "-f", args.framework, *shlex.split(args.run_args),
+    ]
+    start = time.monotonic()
+    done = subprocess.run(command, env=plugin_env(), capture_output=True, text=True, cwd=folder)
+    seconds = time.monotonic() - start
+    if not out.exists():
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        return {"slowdown": slowdown, "verdict": "error", "exit_code": done.returncode, "seconds": seconds,
+                "rounds": 0, "ratio": None, "output": tail}
+    data = json.loads(out.read_text())
+    estimate = data["estimates"][0] if data["estimates"] else {}
+    return {
+        "slowdown": slowdown, "verdict": data["verdict"], "exit_code": done.returncode, "seconds": seconds,
+        "rounds": len(data["rounds"]), "ratio": estimate.get("median_ratio"),
+        "interval": [estimate.get("low"), estimate.get("high")],
+    }
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    """``median (min-max)`` of the values."""
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def summarise(trials: list[dict[str, Any]], slowdowns: list[float]) -> list[str]:
+    """One paragraph per slowdown: the verdict rates, time per comparison, rounds and estimated ratios."""
+    lines = []
+    for slowdown in slowdowns:
+        mine = [t for t in trials if t["slowdown"] == slowdown]
+        n = len(mine)
+        counts = {v: sum(1 for t in mine if t["verdict"] == v) for v in sorted({t["verdict"] for t in mine})}
+        regress = counts.get("regression", 0)
+        what = "A/A: false alarms" if slowdown == 0 else f"{100 * slowdown:g}% longer steps: caught"
+        target = " (target <= 5%)" if slowdown == 0 else " (target >= 90%)" if abs(slowdown - 0.1) < 1e-9 else ""
+        ratios = [t["ratio"] for t in mine if t["ratio"] is not None]
+        lines += [
+            f"delay {slowdown:g}: {what} {regress}/{n} = {100 * regress / max(n, 1):.0f}%{target}",
+            "  verdicts: " + ", ".join(f"{v} {c}" for v, c in counts.items()),
+            f"  minutes per comparison: {spread([t['seconds'] / 60 for t in mine])}; "
+            f"rounds: {spread([float(t['rounds']) for t in mine], 0)}",
+            f"  estimated ratio head/base: {spread(ratios, 3)} (injected: {1 / (1 + slowdown):.3f})",
+        ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=20, help="comparisons per slowdown [20]")
+    parser.add_argument("--slowdowns", default="0,0.1,0.2", help="injected delays as fractions [0,0.1,0.2]")
+    parser.add_argument("--framework", default="delayed-numpy", help="delayed-numpy or delayed-torch")
+    parser.add_argument("--run-args", default=DEFAULT_RUN_ARGS, help=f"cnnbench run options [{DEFAULT_RUN_ARGS}]")
+    parser.add_argument("--threshold", default="5%", help="ab --threshold [5%%]")
+    parser.add_argument("--budget", default="10m", help="ab --budget per comparison [10m]")
+    parser.add_argument("--json", default=None, help="also write every trial as JSON to this file")
+    parser.add_argument("--keep", default=None, help="keep each comparison's ab JSON in this folder")
+    args = parser.parse_args()
+    slowdowns = [float(x) for x in args.slowdowns.split(",") if x.strip()]
+    if args.trials < 1 or not slowdowns or any(not 0 <= s < 10 for s in slowdowns):
+        parser.error("--trials must be >= 1 and --slowdowns fractions in [0, 10)")
+    before = uptime()
+    print(f"gate power: {args.framework}, run args '{args.run_args}', threshold {args.threshold}, "
+          f"budget {args.budget}, {args.trials} trials x {len(slowdowns)} slowdowns; {os.cpu_count()} CPUs")
+    print(f"load average before: {before}", flush=True)
+    trials: list[dict[str, Any]] = []
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="gate-power-") as scratch:
+        folder = Path(args.keep or scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        for trial in range(args.trials):
+            for slowdown in slowdowns:  # interleaved: a load change hits every slowdown alike
+                result = one_trial(slowdown, trial, args, folder)
+                trials.append(result)
+                ratio = "-" if result["ratio"] is None else f"{result['ratio']:.3f}"
+                print(f"trial {trial + 1}/{args.trials} delay {slowdown:g}: {result['verdict']} "
+                      f"(exit {result['exit_code']}, {result['rounds']} rounds, {result['seconds'] / 60:.1f} min, "
+                      f"ratio {ratio}); load {uptime()}", flush=True)
+                if result["verdict"] == "error":
+                    print(result["output"], file=sys.stderr)
+    after = uptime()
+    print()
+    print("\n".join(summarise(trials, slowdowns)))
+    print(f"load average before: {before}; after: {after}; wall time {(time.monotonic() - started) / 60:.1f} min")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"load_before": before, "load_after": after, "args": vars(args),
+                                               "trials": trials}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
