@@ -28,6 +28,7 @@ import numpy as np
 
 from cnnbench.config import BOOLEAN_FALSE, BOOLEAN_TRUE, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable  # noqa: F401  (re-exported for plugins)
+from cnnbench.modes import ExecutionMode
 from cnnbench.spec import ModelSpec
 
 #: What a ``BackendOption`` accepts: ``bool`` (true/false, 1/0, yes/no, on/off), ``int``, ``float`` (finite),
@@ -178,6 +179,8 @@ class Backend(ABC):
     deterministic: bool = False
     #: The ``--backend-option NAME.KEY=VALUE`` switches this backend reads; any other key is an error.
     options: tuple[BackendOption, ...] = ()
+    #: Execution modes (``-f name:mode``, ``--modes all``), each standing for some of ``options``; see cnnbench.modes.
+    modes: tuple[ExecutionMode, ...] = ()
 
     @abstractmethod
     def unavailable_reason(self) -> str | None:
