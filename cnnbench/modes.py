@@ -114,11 +114,14 @@ class BackendTarget:
         mode, given = dict(self.mode_options), train.backend_options
         return replace(train, backend_options={**given, **mode} if self.mode else {**mode, **given})
 
-    def manifest(self, train: TrainConfig, backend: object) -> dict[str, Any]:
-        """The manifest entries naming the mode this row ran (``custom`` when options override it)."""
+    def manifest(self, configured: TrainConfig, backend: object) -> dict[str, Any]:
+        """The manifest entries naming the mode this row ran (``custom`` when options override it).
+
+        ``configured`` is the run's config after ``configure``: what the worker gets.
+        """
         if self.mode_name is None:
             return {}
-        ran = mode_matching(backend, self.variant, self.configure(train).backend_options, self.name)
+        ran = mode_matching(backend, self.variant, configured.backend_options, self.name)
         name = ran.name if ran else CUSTOM
         default = default_mode(backend, self.variant)
         return {MODE_KEY: name, MODE_DEFAULT_KEY: default is not None and name == default.name}
@@ -170,12 +173,14 @@ def _selection(name: str, spec: str, backend: object) -> tuple[str | None, Execu
             variant = word
         elif word in modes and mode is None:
             mode = modes[word]
+        elif word in variants or word in modes:
+            what = "variants" if word in variants else "modes"
+            raise UsageError(f"{name}:{spec} names two {what}; give at most one variant and one mode")
         else:
-            valid_variants = ", ".join(variants) or "none"
-            valid_modes = ", ".join(modes) or "none"
+            form = f"{name}:VARIANT+MODE" if variants else f"{name}:MODE"
             raise UsageError(
-                f"unknown variant or mode {word!r} of framework {name!r}; variants: {valid_variants}; "
-                f"modes: {valid_modes} (combine as {name}:VARIANT+MODE)"
+                f"unknown variant or mode {word!r} of framework {name!r}; variants: {', '.join(variants) or 'none'}; "
+                f"modes: {', '.join(modes) or 'none'} (as {form})"
             )
     variant = variant or (variants[0] if variants else None)
     if mode is not None and not mode.applies_to(variant):
@@ -209,7 +214,9 @@ def parse_targets(text: str, registry: Registry, modes: str = "default") -> list
     for name, variant, mode in picked:
         backend = registry.backend(name).item
         if modes == "all":
-            candidates = modes_for(backend, variant) or [None]
+            default = default_mode(backend, variant)
+            ordered = sorted(modes_for(backend, variant), key=lambda each: default is None or each.name != default.name)
+            candidates: list[ExecutionMode | None] = list(ordered) or [None]
             targets.extend(_target(backend, name, variant, each) for each in candidates)
         else:
             targets.append(_target(backend, name, variant, mode or default_mode(backend, variant)))

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnbench import stats
-from cnnbench.results import OK, BackendResult, RunResult
+from cnnbench.results import OK, BackendResult, Measurement, RunResult
 
 if TYPE_CHECKING:
     from cnnbench.compare import Comparison, Metric
@@ -80,6 +80,7 @@ def fmt_percent(value: float | None) -> str:
 
 
 def results_table(result: RunResult, title: str | None = None) -> Table:
+    """One row per backend and mode, the modes of a framework together under it (default mode first)."""
     repeats = f", median of {result.repeat} repeats (± half IQR)" if result.repeat > 1 else ""
     train = result.train
     default_title = (
@@ -88,32 +89,73 @@ def results_table(result: RunResult, title: str | None = None) -> Table:
     )
     table = Table(title=literal(title or default_title), title_justify="left")
     columns: list[tuple[str, JustifyMethod]] = [
-        ("framework", "left"), ("version", "left"), ("device", "left"), ("params", "right"), ("test acc", "right"),
-        ("train samples/s", "right"), ("GFLOP/s (% peak)", "right"), ("eval samples/s", "right"),
-        ("first epoch s", "right"), ("total s", "right"), ("parity", "left"), ("status", "left"),
+        ("framework", "left"), ("mode", "left"), ("version", "left"), ("device", "left"), ("params", "right"),
+        ("test acc", "right"), ("train samples/s", "right"), ("GFLOP/s (% peak)", "right"), ("compile s", "right"),
+        ("first epoch s", "right"), ("eval samples/s", "right"), ("total s", "right"), ("parity", "left"),
+        ("status", "left"),
     ]
     for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
-    for row in result.backends:
+    previous_group = None
+    for group, mode, row in grouped_rows(result.backends):
         status = row.status if row.status == OK else f"{row.status}: {row.reason}"
         speed = Text(fmt_spread(_throughputs(row)))
         if parity_status(row) == "FAIL":
             speed.append(" !", style="red")
         table.add_row(
-            literal(row.backend),
+            literal(group if group != previous_group else ""),
+            literal(mode),
             literal(row.framework_version),
             literal(row.device or "-"),
             fmt_number(row.parameters),
             fmt_percent(row.median("test_accuracy")),
             speed,
             _efficiency_cell(result, row),
-            fmt_spread(row.values("eval_throughput")),
+            fmt_spread(compile_seconds(row), 1),
             fmt_spread(row.values("first_epoch_s"), 2),
+            fmt_spread(row.values("eval_throughput")),
             fmt_spread(row.values("total_s"), 1),
             fmt_parity(row),
             literal(status, STATUS_STYLE.get(row.status, "")),
         )
+        previous_group = group
     return table
+
+
+#: Marks a framework's default mode in the table (the one ``--frameworks all`` runs).
+DEFAULT_MODE_MARK = " *"
+
+
+def grouped_rows(rows: Sequence[BackendResult]) -> list[tuple[str, str, BackendResult]]:
+    """(framework group, mode label, row): groups in order of first appearance, each default mode first."""
+    from cnnbench.modes import MODE_DEFAULT_KEY, group_and_mode
+
+    groups: dict[str, list[tuple[bool, str, BackendResult]]] = {}
+    for row in rows:
+        group, mode = group_and_mode(row.backend, row.settings)
+        is_default = row.settings.get(MODE_DEFAULT_KEY) is True
+        groups.setdefault(group, []).append((is_default, mode + (DEFAULT_MODE_MARK if is_default else ""), row))
+    ordered = []
+    for group, members in groups.items():
+        members.sort(key=lambda member: not member[0])  # stable: the default first, the rest as they ran
+        ordered.extend((group, label, row) for _, label, row in members)
+    return ordered
+
+
+def warmup_seconds(measurement: Measurement) -> float | None:
+    """What the first epoch took beyond its steady-state time: compile, tracing, autotune, cache warm-up.
+
+    First-epoch seconds minus that epoch's samples at the steady-state rate; 0 when noise makes it negative.
+    """
+    first, rate = measurement.phases.first_epoch_s, measurement.train_throughput
+    if first is None or not rate or not measurement.epochs or not stats.finite(rate):
+        return None
+    return max(0.0, first - measurement.epochs[0].samples / rate)
+
+
+def compile_seconds(row: BackendResult) -> list[float]:
+    """``warmup_seconds`` of each successful repeat of a row."""
+    return [value for value in (warmup_seconds(m) for m in row.ok_repeats()) if value is not None]
 
 
 def parity_status(row: BackendResult) -> str:
@@ -170,6 +212,9 @@ def _throughputs(row: BackendResult) -> list[float]:
 def print_result(result: RunResult, console: Console | None = None, title: str | None = None) -> None:
     console = console or Console()
     console.print(results_table(result, title))
+    if any(label.endswith(DEFAULT_MODE_MARK) for _, label, _ in grouped_rows(result.backends)):
+        console.print(Text("* the framework's default mode (what --frameworks all runs); compile s: the first epoch's "
+                           "time beyond its steady-state rate", style="dim"))
     if any(parity_status(row) == "FAIL" for row in result.backends):
         console.print("[red]![/red] this backend failed the parity check: its speed is not for a model equal to the others' (see 'cnnbench check')")
     if _any_above_ceiling(result):

@@ -22,9 +22,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cnnbench import distributed, environment, messages, results
+from cnnbench import allocator, distributed, environment, messages, results
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.errors import ExitCode, UsageError
+from cnnbench.modes import BackendTarget, parse_targets
 from cnnbench.plugins import Registry
 from cnnbench.results import (
     FAILED,
@@ -40,53 +41,15 @@ from cnnbench.results import (
 from cnnbench.timing import clock
 from cnnbench.worker import WORKER_CWD_ENV
 
-#: Where Debian's libtcmalloc-minimal4 puts the allocator the notes measured (+40% for JAX).
-TCMALLOC_CANDIDATES = (
-    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib/libtcmalloc_minimal.so.4",
-)
-ALLOCATORS = ("auto", "system", "tcmalloc")
+#: What ``--allocator`` takes (see ``cnnbench.allocator``).
+ALLOCATORS = allocator.CHOICES
 #: Lines of a failed worker's log kept in the result.
 LOG_TAIL_LINES = 30
 
 
-@dataclass(frozen=True)
-class BackendTarget:
-    """One row of a run: a backend name and, where it has variants, which one."""
-
-    name: str
-    variant: str | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.name}:{self.variant}" if self.variant else self.name
-
-
-def parse_frameworks(text: str, registry: Registry) -> list[BackendTarget]:
-    """``all`` or a comma list of ``name`` / ``name:variant``; unknown names are a UsageError."""
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    if not items:
-        raise UsageError("no framework given; valid: " + ", ".join(sorted(registry.backends)) + ", all")
-    targets: list[BackendTarget] = []
-    for item in items:
-        if item == "all":
-            for name in sorted(registry.backends):
-                backend = registry.backends[name].item
-                targets.append(BackendTarget(name, backend.variants[0] if backend.variants else None))
-            continue
-        name, _, variant = item.partition(":")
-        backend = registry.backend(name).item
-        variants = tuple(backend.variants)
-        if variant and variant not in variants:
-            valid = ", ".join(variants) if variants else "none"
-            raise UsageError(f"unknown variant {variant!r} of framework {name!r}; valid: {valid}")
-        targets.append(BackendTarget(name, variant or (variants[0] if variants else None)))
-    unique: list[BackendTarget] = []
-    for target in targets:
-        if target not in unique:
-            unique.append(target)
-    return unique
+def parse_frameworks(text: str, registry: Registry, modes: str = "default") -> list[BackendTarget]:
+    """``all`` or a comma list of ``name[:variant][+mode]``; unknown names are a UsageError (``cnnbench.modes``)."""
+    return parse_targets(text, registry, modes)
 
 
 class RunObserver:
@@ -97,11 +60,6 @@ class RunObserver:
     def progress(self, target: BackendTarget, epoch: int, done: int, total: int) -> None: ...
     def backend_finished(self, result: BackendResult) -> None: ...
     def save_failed(self, problem: str, saved_to: Path | None) -> None: ...
-
-
-def find_tcmalloc() -> str | None:
-    """The tcmalloc library the harness preloads when present (faster allocation for every framework)."""
-    return next((path for path in TCMALLOC_CANDIDATES if os.path.exists(path)), None)
 
 
 @dataclass
@@ -122,7 +80,7 @@ class RunOptions:
     evaluate_each_epoch: bool = False
 
 
-def harness_environment(train: TrainConfig, allocator: str) -> tuple[dict[str, str], dict[str, Any]]:
+def harness_environment(train: TrainConfig, allocator_choice: str) -> tuple[dict[str, str], dict[str, Any]]:
     """Variables set equally for every backend, and the manifest entries that describe them."""
     env = {
         "PYTHONUNBUFFERED": "1",
@@ -130,20 +88,8 @@ def harness_environment(train: TrainConfig, allocator: str) -> tuple[dict[str, s
         "MKL_NUM_THREADS": str(train.threads),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    manifest: dict[str, Any] = {"threads_requested": train.threads}
-    if allocator not in ALLOCATORS:
-        raise UsageError(f"unknown allocator {allocator!r}; choose from: {', '.join(ALLOCATORS)}")
-    tcmalloc = find_tcmalloc()
-    if allocator == "tcmalloc" and not tcmalloc:
-        raise UsageError(
-            "tcmalloc requested but libtcmalloc_minimal.so.4 was not found (apt-get install libtcmalloc-minimal4)"
-        )
-    if allocator in ("auto", "tcmalloc") and tcmalloc:
-        env["LD_PRELOAD"] = tcmalloc
-        manifest["allocator"] = f"tcmalloc ({tcmalloc})"
-    else:
-        manifest["allocator"] = "system (glibc malloc)"
-    return env, manifest
+    allocator_env, manifest = allocator.environment(allocator.resolve(allocator_choice))
+    return {**env, **allocator_env}, {"threads_requested": train.threads, **manifest}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -452,6 +398,7 @@ def measure_backend(
     A stop signal leaves as ``Interrupted`` carrying the row with the repeats that finished.
     """
     backend = registry.backend(target.name).item
+    train = target.configure(train)  # the row's execution mode, as backend options
     row = base_row(target, registry)
     reason = backend.unavailable_reason()
     if reason:
@@ -460,6 +407,7 @@ def measure_backend(
     if reason:
         return replace(row, status=UNSUPPORTED, reason=reason), {}
     env_base, manifest = harness_environment(train, options.allocator)
+    manifest.update(target.manifest(train, backend))
     env = {**os.environ, **env_base, **backend.process_environment(target.variant, train), **options.extra_env}
     request = messages.MeasureRequest(
         target.name, target.variant, train, data, options.target_accuracy,

@@ -35,6 +35,7 @@ from cnnbench.config import (
 )
 from cnnbench.errors import ExitCode, UsageError
 from cnnbench.frameworks import available_cores
+from cnnbench.modes import MODES_CHOICES
 from cnnbench.plugins import Registry, load_registry
 from cnnbench.report import literal
 from cnnbench.results import OK, UNAVAILABLE, UNSUPPORTED, BackendResult, RunResult
@@ -62,7 +63,9 @@ def run_options(func: F) -> F:
     """Options shared by ``run`` and commands built on it; each is a field of ``RunParams``."""
     options = [
         click.option("--frameworks", "-f", default="all", show_default=True,
-                     help="Comma list of backends (name or name:variant), or 'all'."),
+                     help="Comma list of backends (name, name:variant, name:mode, name:variant+mode), or 'all'."),
+        click.option("--modes", type=click.Choice(MODES_CHOICES), default="default", show_default=True,
+                     help="default: each framework's default execution mode; all: every mode it declares, one row each."),
         click.option("--dataset", "-d", default=None, help="Registered dataset name (see 'cnnbench list') [mnist]."),
         click.option("--epochs", "-e", type=int, default=None, help="Training epochs [1]."),
         click.option("--batch-size", "-b", type=int, default=None, help="Training batch size [100]."),
@@ -101,7 +104,7 @@ def run_options(func: F) -> F:
         click.option("--target-accuracy", type=float, default=None,
                      help="Evaluate after each epoch and report training time until this accuracy (0..1)."),
         click.option("--allocator", type=click.Choice(ALLOCATORS), default="auto", show_default=True,
-                     help="Memory allocator for every backend (auto: tcmalloc when installed)."),
+                     help="Memory allocator for every backend (auto: the fastest installed; docs/performance.md)."),
         click.option("--results-dir", type=click.Path(file_okay=False), default=None,
                      help="Where result JSON files go [$CNNBENCH_RESULTS_DIR or ./results]."),
         click.option("--no-save", is_flag=True, default=False, help="Do not write a result file."),
@@ -128,6 +131,7 @@ class RunParams:
     """
 
     frameworks: str = "all"
+    modes: str = "default"
     dataset: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -278,7 +282,7 @@ def execute_run(
     A stop signal (Ctrl-C, SIGTERM, SIGHUP) prints and saves what finished, then exits 128 + the signal.
     """
     registry = load_registry()
-    targets = parse_frameworks(params.frameworks, registry)
+    targets = parse_frameworks(params.frameworks, registry, params.modes)
     if not params.no_save:  # before the dataset download and the first worker, not after the first backend
         unwritable = results.writable_folder_error(params.results_dir)
         if unwritable:
@@ -355,7 +359,7 @@ def run_title(train: TrainConfig, data: DataConfig, where: distributed.Cluster) 
 def targets_for_count(params: RunParams, train: TrainConfig, counts: list[int], count: int) -> list[str]:
     """Backend ids to run at ``count``: the one-device baseline only for backends that scale at another count."""
     registry = load_registry()
-    targets = parse_frameworks(params.frameworks, registry)
+    targets = parse_frameworks(params.frameworks, registry, params.modes)
     if count != 1 or not any(c > 1 for c in counts):
         return [t.id for t in targets]
     kept = []

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendOption, Session, missing_module_reason
+from cnnbench.backend import Backend, BackendOption, ExecutionMode, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, UsageError
 from cnnbench.frameworks import JAX
@@ -313,6 +313,10 @@ class JaxBackend(Backend):
         BackendOption(OPTION_SCAN, bool, False, "true: one jitted lax.scan per chunk of batches, not a Python loop"),
         BackendOption(OPTION_PRECISION, ("default", "high", "highest"), DEFAULT_PRECISION,
                       "lax.Precision of convolutions and matmuls (highest: true fp32 on GPUs, no TF32)"),
+    )
+    modes = (
+        ExecutionMode("jit", {OPTION_SCAN: "false"}, "a Python loop over one jax.jit step", default=True),
+        ExecutionMode("scan", {OPTION_SCAN: "true"}, "one jax.jit of lax.scan over each chunk of batches"),
     )
 
     def unavailable_reason(self) -> str | None:

@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendOption, Session, distribution_version, missing_module_reason
+from cnnbench.backend import (
+    Backend,
+    BackendOption,
+    ExecutionMode,
+    Session,
+    distribution_version,
+    missing_module_reason,
+)
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable, UsageError
 from cnnbench.frameworks import FRAMEWORKS, JAX, Framework
@@ -304,6 +311,15 @@ class KerasBackend(Backend):
         BackendOption("jit_compile", tuple(JIT_COMPILE_CHOICES), None,
                       "model.compile(jit_compile=...); default per engine: "
                       + ", ".join(f"{engine} {str(value).lower()}" for engine, value in DEFAULT_JIT_COMPILE.items())),
+    )
+    #: jit_compile on / off per engine, each engine's default as DEFAULT_JIT_COMPILE; "nojit" on JAX would run op
+    #: by op, which no Keras-on-JAX user runs, so it is not a mode there (the option still reaches it).
+    modes = (
+        ExecutionMode("jit", {"jit_compile": "true"}, "jit_compile=True: XLA on tensorflow and jax, torch.compile",
+                      default=tuple(e for e, on in DEFAULT_JIT_COMPILE.items() if on is True)),
+        ExecutionMode("nojit", {"jit_compile": "false"}, "jit_compile=False: tf.function graphs, torch eager",
+                      variants=("tensorflow", "torch"),
+                      default=tuple(e for e, on in DEFAULT_JIT_COMPILE.items() if on is False)),
     )
 
     def unavailable_reason(self) -> str | None:

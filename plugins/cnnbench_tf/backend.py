@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendOption, Session, missing_module_reason
+from cnnbench.backend import Backend, BackendOption, ExecutionMode, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable
 from cnnbench.frameworks import TENSORFLOW
@@ -346,6 +346,10 @@ class TFRawBackend(Backend):
     options = (
         BackendOption("xla", bool, False, "compile the training step with XLA (tf.function(jit_compile=True))"),
         BackendOption("onednn", bool, None, "TF_ENABLE_ONEDNN_OPTS for the worker; unset: TensorFlow's own default"),
+    )
+    modes = (
+        ExecutionMode("graph", {"xla": "false"}, "tf.function graphs (TF's own kernels, oneDNN)", default=True),
+        ExecutionMode("xla", {"xla": "true"}, "tf.function(jit_compile=True): XLA-compiled steps"),
     )
 
     def unavailable_reason(self) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, Session, missing_module_reason
+from cnnbench.backend import Backend, BackendOption, ExecutionMode, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendUnavailable
 from cnnbench.frameworks import TORCH
@@ -99,6 +99,9 @@ class TorchSession(Session):
         torch.manual_seed(config.seed)
         model, self.weighted = build_module(spec)
         self.model = model.to(self.dev, memory_format=self.memory_format)
+        #: ``torch.compile`` of the model (mode "compile"), or the model itself (eager): what every call runs.
+        self.compiled = config.flag("torch", "compile")
+        self.net = torch.compile(self.model) if self.compiled else self.model
         self._make_optimizer()
 
     def _make_optimizer(self) -> None:
@@ -126,7 +129,7 @@ class TorchSession(Session):
         indices = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64)).to(self.dev)
         losses = []
         for row in indices:
-            logits = self.model(self.x_train.index_select(0, row))
+            logits = self.net(self.x_train.index_select(0, row))
             loss = F.cross_entropy(logits, self.y_train.index_select(0, row))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -142,7 +145,7 @@ class TorchSession(Session):
         n = self.x_test.shape[0]
         with torch.inference_mode():
             for start in range(0, n, batch_size):
-                logits = self.model(self.x_test[start : start + batch_size])
+                logits = self.net(self.x_test[start : start + batch_size])
                 labels = self.y_test[start : start + batch_size]
                 total_loss += F.cross_entropy(logits, labels, reduction="sum").double()
                 correct += (logits.argmax(dim=1) == labels).sum()
@@ -151,14 +154,14 @@ class TorchSession(Session):
     def predict(self, x: np.ndarray) -> np.ndarray:
         self.model.eval()
         with self.torch.inference_mode():
-            return self.model(self._images(x)).float().cpu().numpy()
+            return self.net(self._images(x)).float().cpu().numpy()
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray):
         torch = self.torch
         self.model.eval()
         self.model.zero_grad(set_to_none=True)
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.dev)
-        loss = torch.nn.functional.cross_entropy(self.model(self._images(x)), labels)
+        loss = torch.nn.functional.cross_entropy(self.net(self._images(x)), labels)
         loss.backward()
         grads = {}
         for layer_name, module in self.weighted.items():
@@ -198,7 +201,7 @@ class TorchSession(Session):
         settings: dict[str, Any] = {
             **TORCH.thread_settings(),
             "precision": "float32",
-            "mode": TORCH.mode(compiled=False),
+            "mode": TORCH.mode(compiled=self.compiled),
             "layout": "NCHW, channels_last memory" if self.memory_format == torch.channels_last else "NCHW",
         }
         if self.dev.type == "cuda":
@@ -208,7 +211,7 @@ class TorchSession(Session):
         return settings
 
     def close(self) -> None:
-        del self.model, self.optimizer
+        del self.model, self.net, self.optimizer
         if self.dev.type == "cuda":
             self.torch.cuda.empty_cache()
 
@@ -217,6 +220,13 @@ class TorchBackend(Backend):
     name = "torch"
     framework = "PyTorch"
     deterministic = True
+    options = (
+        BackendOption("compile", bool, False, "torch.compile the model (inductor): the 'compile' mode"),
+    )
+    modes = (
+        ExecutionMode("eager", {"compile": "false"}, "eager PyTorch, channels_last", default=True),
+        ExecutionMode("compile", {"compile": "true"}, "torch.compile(model), inductor backend"),
+    )
     #: Subclasses (tests, variants) may swap the session implementation.
     session_class = TorchSession
 
