@@ -128,11 +128,11 @@ def available(
     return choices
 
 
-def resolve(choice: str, find: Callable[[], dict[str, Allocator]] = available) -> Allocator:
-    """The allocator ``--allocator choice`` means here; a UsageError for an unknown or missing one."""
+def resolve(choice: str, find: Callable[[], dict[str, Allocator]] | None = None) -> Allocator:
+    """The allocator ``--allocator choice`` means here (``find``: what is available, else looked up); UsageError."""
     if choice not in CHOICES:
         raise UsageError(f"unknown allocator {choice!r}; choose from: {', '.join(CHOICES)}")
-    found = find()
+    found = (find or available)()
     if choice == AUTO:
         return next((found[name] for name in AUTO_ORDER if name in found), found[SYSTEM])
     if choice not in found:

@@ -132,7 +132,7 @@ def mode_matching(
 ) -> ExecutionMode | None:
     """The first mode of ``variant`` whose options all hold in ``options`` (keys ``NAME.KEY``), else None."""
     for mode in modes_for(backend, variant):
-        if all(options.get(f"{name}.{key}") == value for key, value in mode.options.items()):
+        if all(options.get(key) == value for key, value in _canonical_options(backend, name, mode)):
             return mode
     return None
 
