@@ -12,13 +12,18 @@ least 90% of trials, A/A false alarms at most 5%, under 10 minutes a comparison.
     python benchmarks/gate_power.py --trials 20                       # numpy backend, quick settings
     python benchmarks/gate_power.py --trials 20 --framework delayed-torch --json power.json
     python benchmarks/gate_power.py --trials 2 --slowdowns 0,0.2 --budget 3m    # a smoke run
+    python benchmarks/gate_power.py --trials 40 --jobs 6    # 6 comparisons at once, 2 CPUs each (>= 12 CPUs)
 
-20 trials of 3 slowdowns at ~3 minutes each take about 3 hours: run it on a quiet machine.
+20 trials of 3 slowdowns at ~3 minutes each take about 3 hours on one stream: run it on a quiet
+machine. With --jobs N each stream is pinned to its own CPUs (--cpus-per-job, default 2), so the
+streams share only memory bandwidth and caches; keep N x CPUs per job within the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import itertools
 import json
 import os
 import shlex
@@ -54,16 +59,23 @@ def plugin_env() -> dict[str, str]:
     return env
 
 
-def one_trial(slowdown: float, trial: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+def one_trial(
+    slowdown: float, trial: int, args: argparse.Namespace, folder: Path, cpus: set[int] | None = None,
+) -> dict[str, Any]:
     """One `cnnbench ab` comparison with the head slowed by ``slowdown``; its verdict, time and estimate."""
     out = folder / f"trial{trial:03d}-delay{slowdown:g}.json"
     command = [
         sys.executable, "-m", "cnnbench.cli", "ab", "--base", "current", "--head", "current",
         "--head-env", f"CNNBENCH_INJECTED_DELAY={slowdown:g}", "--threshold", args.threshold, "--budget", args.budget,
-        "--seed", str(trial), "--json", str(out), "--", "-f", args.framework, *shlex.split(args.run_args),
+        "--seed", str(trial), "--json", str(out), *shlex.split(args.ab_args),
+        "--", "-f", args.framework, *shlex.split(args.run_args),
     ]
     start = time.monotonic()
-    done = subprocess.run(command, env=plugin_env(), capture_output=True, text=True, cwd=folder)
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # inherited by ab, its runs and their workers
+
+    done = subprocess.run(command, env=plugin_env(), capture_output=True, text=True, cwd=folder, preexec_fn=pin)
     seconds = time.monotonic() - start
     if not out.exists():
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
@@ -114,27 +126,48 @@ def main() -> None:
     parser.add_argument("--run-args", default=DEFAULT_RUN_ARGS, help=f"cnnbench run options [{DEFAULT_RUN_ARGS}]")
     parser.add_argument("--threshold", default="5%", help="ab --threshold [5%%]")
     parser.add_argument("--budget", default="10m", help="ab --budget per comparison [10m]")
+    parser.add_argument("--ab-args", default="", help="more cnnbench ab options, e.g. '--min-rounds 3'")
     parser.add_argument("--json", default=None, help="also write every trial as JSON to this file")
     parser.add_argument("--keep", default=None, help="keep each comparison's ab JSON in this folder")
+    parser.add_argument("--jobs", type=int, default=1, help="comparisons at once, each on its own CPUs [1]")
+    parser.add_argument("--cpus-per-job", type=int, default=2, help="CPUs pinned to each comparison with --jobs [2]")
     args = parser.parse_args()
     slowdowns = [float(x) for x in args.slowdowns.split(",") if x.strip()]
     if args.trials < 1 or not slowdowns or any(not 0 <= s < 10 for s in slowdowns):
         parser.error("--trials must be >= 1 and --slowdowns fractions in [0, 10)")
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if args.jobs < 1 or (args.jobs > 1 and args.jobs * args.cpus_per_job > len(available)):
+        needed = f"--jobs {args.jobs} x --cpus-per-job {args.cpus_per_job}"
+        parser.error(f"{needed} needs more than the {len(available)} CPUs here")
     before = uptime()
     print(f"gate power: {args.framework}, run args '{args.run_args}', threshold {args.threshold}, "
-          f"budget {args.budget}, {args.trials} trials x {len(slowdowns)} slowdowns; {os.cpu_count()} CPUs")
+          f"budget {args.budget}, {args.trials} trials x {len(slowdowns)} slowdowns, {args.jobs} at a time; "
+          f"{os.cpu_count()} CPUs")
     print(f"load average before: {before}", flush=True)
     trials: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gate-power-") as scratch:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        for trial in range(args.trials):
-            for slowdown in slowdowns:  # interleaved: a load change hits every slowdown alike
-                result = one_trial(slowdown, trial, args, folder)
+        # Interleaved (trial 1 at every slowdown, then trial 2 ...): a load change hits every slowdown alike.
+        plan = list(itertools.product(range(args.trials), slowdowns))
+        slots = [set(available[i * args.cpus_per_job:(i + 1) * args.cpus_per_job]) for i in range(args.jobs)]
+        free = list(range(args.jobs))
+
+        def run(trial: int, slowdown: float) -> dict[str, Any]:
+            slot = free.pop()
+            try:
+                return one_trial(slowdown, trial, args, folder, slots[slot] if args.jobs > 1 else None)
+            finally:
+                free.append(slot)
+
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(run, trial, slowdown): trial for trial, slowdown in plan}
+            for future in concurrent.futures.as_completed(futures):
+                result = future.result()
                 trials.append(result)
                 ratio = "-" if result["ratio"] is None else f"{result['ratio']:.3f}"
-                print(f"trial {trial + 1}/{args.trials} delay {slowdown:g}: {result['verdict']} "
+                print(f"trial {futures[future] + 1}/{args.trials} delay {result['slowdown']:g}: {result['verdict']} "
                       f"(exit {result['exit_code']}, {result['rounds']} rounds, {result['seconds'] / 60:.1f} min, "
                       f"ratio {ratio}); load {uptime()}", flush=True)
                 if result["verdict"] == "error":

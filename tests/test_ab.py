@@ -405,3 +405,28 @@ def test_sigterm_stops_ab_and_its_run_and_leaves_no_folder(delayed_plugins: None
 
     left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(scratch) in " ".join(p.info["cmdline"] or [])]
     assert not left  # the side's `cnnbench run` (its --results-dir is in the folder) stopped too
+
+
+def test_the_power_benchmark_counts_catches_and_false_alarms() -> None:
+    """benchmarks/gate_power.py's summary: the rates against the targets, time and rounds as median (range)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gate_power", REPO / "benchmarks" / "gate_power.py")
+    assert spec and spec.loader
+    gate_power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate_power)
+
+    def trial(slowdown: float, verdict: str, minutes: float, rounds: int, ratio: float) -> dict[str, object]:
+        return {"slowdown": slowdown, "verdict": verdict, "seconds": 60 * minutes, "rounds": rounds, "ratio": ratio}
+
+    trials = [
+        trial(0.0, "unchanged", 2.0, 5, 1.01), trial(0.0, "regression", 4.0, 9, 0.93),
+        trial(0.0, "inconclusive", 10.0, 30, 0.97), trial(0.0, "no regression", 3.0, 7, 1.04),
+        trial(0.1, "regression", 2.5, 6, 0.90), trial(0.1, "inconclusive", 10.0, 31, 0.95),
+    ]
+    text = "\n".join(gate_power.summarise(trials, [0.0, 0.1]))
+    assert "delay 0: A/A: false alarms 1/4 = 25% (target <= 5%)" in text
+    assert "verdicts: inconclusive 1, no regression 1, regression 1, unchanged 1" in text
+    assert "minutes per comparison: 3.5 (2.0-10.0); rounds: 8 (5-30)" in text
+    assert "delay 0.1: 10% longer steps: caught 1/2 = 50% (target >= 90%)" in text
+    assert "estimated ratio head/base: 0.925 (0.900-0.950) (injected: 0.909)" in text
