@@ -268,16 +268,22 @@ def _tail(path: Path) -> str:
 
 
 def side_values(result: RunResult, metric: Metric, side: str) -> dict[str, float]:
-    """Per framework, the metric's value in this one-repeat run; a framework that did not run ok fails the side."""
+    """Per framework, the metric's value in this one-repeat run; a framework that did not run ok fails the side.
+
+    One that cannot run on this machine (unavailable, unsupported) is left out; if the other side did run
+    it, the comparison fails as "measured on one side only".
+    """
     values: dict[str, float] = {}
     for row in result.backends:
+        if row.status in (results.UNAVAILABLE, results.UNSUPPORTED):
+            continue
         found = [v for v in row.values(metric.key) if stats.finite(v)]
         if row.status != results.OK or not found:
             reason = f"{row.status}: {row.reason}" if row.reason else row.status
             raise SideFailed(f"{side}: {row.backend} gave no {metric.key} ({reason})")
         values[row.backend] = found[0]
     if not values:
-        raise SideFailed(f"{side}: the run measured no framework")
+        raise SideFailed(f"{side}: the run measured no framework ({len(result.backends)} unavailable here)")
     return values
 
 

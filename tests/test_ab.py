@@ -193,6 +193,13 @@ def test_a_failing_side_stops_with_exit_3_and_says_why() -> None:
     assert "worker killed" in outcome.failure and len(outcome.rounds) == 2 and "round 3" in outcome.reason
 
 
+def test_frameworks_unavailable_on_both_sides_are_left_out() -> None:
+    run = resultgen.run([resultgen.backend("torch", [1000.0]), resultgen.backend("tf", [], status="unavailable")])
+    assert ab.side_values(run, THROUGHPUT, "base") == {"torch": 1000.0}
+    with pytest.raises(ab.SideFailed, match="measured no framework"):
+        ab.side_values(resultgen.run([resultgen.backend("tf", [], status="unavailable")]), THROUGHPUT, "base")
+
+
 def test_frameworks_on_one_side_only_fail() -> None:
     class Lopsided(FakeMachine):
         def run_for(self, side: ab.Side) -> RunResult:
