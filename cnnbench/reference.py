@@ -407,16 +407,36 @@ class SGD:
         return {name: np.asarray(w, np.float64) - self.learning_rate * grads[name] for name, w in weights.items()}
 
 
+#: Where Adam adds epsilon: to sqrt(v_hat) (Kingma & Ba, PyTorch, optax), or to sqrt(v) before the
+#: bias correction folded into the step size (Keras, TensorFlow's ApplyAdam: "epsilon hat").
+EPSILON_FORMS = {
+    "textbook": "epsilon added to sqrt(v_hat) (PyTorch, optax)",
+    "hat": "epsilon added to sqrt(v) before bias correction (Keras, TensorFlow's ApplyAdam)",
+}
+
+
 class Adam:
-    """Bias-corrected Adam: w <- w - lr * m_hat / (sqrt(v_hat) + epsilon), moments starting at 0."""
+    """Bias-corrected Adam: w <- w - lr * m_hat / (sqrt(v_hat) + epsilon_t), moments starting at 0.
+
+    ``epsilon_t`` is epsilon in the "textbook" form and epsilon / sqrt(1 - beta2^t) in the "hat" form.
+    """
 
     name = "adam"
 
-    def __init__(self, learning_rate: float, beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2, epsilon: float = ADAM_EPSILON):
+    def __init__(self, learning_rate: float, beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2,
+                 epsilon: float = ADAM_EPSILON, epsilon_form: str = "textbook"):
+        if epsilon_form not in EPSILON_FORMS:
+            raise ValueError(f"unknown epsilon form {epsilon_form!r}")
         self.learning_rate, self.beta1, self.beta2, self.epsilon = learning_rate, beta1, beta2, epsilon
+        self.epsilon_form = epsilon_form
         self.t = 0
         self.m: Weights = {}
         self.v: Weights = {}
+
+    def effective_epsilon(self, t: int | None = None) -> float:
+        """The epsilon added to sqrt(v_hat) at step ``t`` (default: the latest step)."""
+        t = self.t if t is None else t
+        return self.epsilon if self.epsilon_form == "textbook" else self.epsilon / math.sqrt(1 - self.beta2**t)
 
     def corrected_moments(self) -> tuple[Weights, Weights]:
         """(m_hat, v_hat) after the latest step."""
@@ -430,8 +450,9 @@ class Adam:
             self.m[name] = self.beta1 * self.m.get(name, 0.0) + (1 - self.beta1) * g
             self.v[name] = self.beta2 * self.v.get(name, 0.0) + (1 - self.beta2) * g * g
         m_hat, v_hat = self.corrected_moments()
+        epsilon = self.effective_epsilon()
         return {
-            name: np.asarray(w, np.float64) - self.learning_rate * m_hat[name] / (np.sqrt(v_hat[name]) + self.epsilon)
+            name: np.asarray(w, np.float64) - self.learning_rate * m_hat[name] / (np.sqrt(v_hat[name]) + epsilon)
             for name, w in weights.items()
         }
 
@@ -446,9 +467,10 @@ def adam_update_bound(t: int, beta1: float = ADAM_BETA1, beta2: float = ADAM_BET
     return math.sqrt(1 - beta2**t) / (1 - beta1**t) * math.sqrt(total)
 
 
-def make_optimizer(name: str, learning_rate: float) -> SGD | Adam:
+def make_optimizer(name: str, learning_rate: float, epsilon_form: str = "textbook") -> SGD | Adam:
+    """The reference optimizer ``name`` with cnnbench's hyper-parameters."""
     if name == "adam":
-        return Adam(learning_rate)
+        return Adam(learning_rate, epsilon_form=epsilon_form)
     if name == "sgd":
         return SGD(learning_rate)
     raise ValueError(f"unknown optimizer {name!r}")
