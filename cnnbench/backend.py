@@ -104,23 +104,65 @@ class BackendOption:
         return str(self.default)
 
 
+def check_data(x: np.ndarray, y: np.ndarray, which: str) -> None:
+    """Images [n, H, W, C] and labels [n]: what ``load_data`` refuses before any backend sees it."""
+    if np.ndim(x) != 4 or np.ndim(y) != 1 or len(x) != len(y):
+        raise BackendError(f"load_data: {which} images must be [n, H, W, C] and labels [n], "
+                           f"got shapes {np.shape(x)} and {np.shape(y)}")
+
+
+def checked_batch_indices(batch_indices: np.ndarray, n_train: int | None) -> np.ndarray:
+    """``batch_indices`` as a contiguous int64 [n_batches, batch_size] array of valid rows, else a BackendError."""
+    if n_train is None:
+        raise BackendError("train_batches called before load_data")
+    rows = np.asarray(batch_indices)
+    if rows.dtype.kind not in "iu":
+        raise BackendError(f"batch_indices must be integers, got dtype {rows.dtype}")
+    if rows.ndim != 2:
+        raise BackendError(f"batch_indices must be 2-D [n_batches, batch_size], got shape {rows.shape}")
+    if rows.size == 0:
+        raise BackendError(f"batch_indices is empty (shape {rows.shape}): at least one row of at least one index")
+    low, high = int(rows.min()), int(rows.max())
+    if low < 0 or high >= n_train:
+        raise BackendError(f"batch_indices out of range: {low if low < 0 else high} is not in [0, {n_train}), "
+                           "the training set given to load_data")
+    return np.ascontiguousarray(rows, dtype=np.int64)
+
+
 class Session(ABC):
-    """One model and its optimizer on one device, with the data already there."""
+    """One model and its optimizer on one device, with the data already there.
+
+    ``load_data`` and ``train_batches`` are templates: they check their input once, the same way
+    for every backend, then call the backend's ``_load_data`` and ``_train_batches``.
+    """
 
     #: Human-readable device the session runs on, e.g. "cpu" or "cuda:0 (NVIDIA H200)".
     device: str = "cpu"
+    #: Training images loaded (None before ``load_data``): the range ``train_batches`` accepts.
+    _n_train: int | None = None
+
+    def load_data(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+        """Check the shapes, hand the arrays to ``_load_data`` and remember the training-set size."""
+        check_data(x_train, y_train, "training")
+        check_data(x_test, y_test, "test")
+        self._load_data(x_train, y_train, x_test, y_test)
+        self._n_train = len(y_train)
 
     @abstractmethod
-    def load_data(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+    def _load_data(self, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
         """Move the whole dataset into framework tensors on the device, once, outside the clock.
 
         ``x_*`` are float32 NHWC, ``y_*`` int64 class indices. Keep them resident: feeding
         must not dominate the measurement.
         """
 
-    @abstractmethod
     def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
-        """Run one optimizer step per row of ``batch_indices`` (int64, [n_batches, batch_size]).
+        """Refuse bad indices (dtype, 2-D, empty, out of range) as every backend does, then ``_train_batches``."""
+        return self._train_batches(checked_batch_indices(batch_indices, self._n_train))
+
+    @abstractmethod
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        """Run one optimizer step per row of ``batch_indices`` (int64, [n_batches, batch_size], checked).
 
         Row ``i`` holds the indices into the training set of the i-th batch, in the order given.
         Dropout is active. Returns the mean training loss of each batch as a float array of
@@ -239,18 +281,23 @@ def distribution_version(*names: str) -> str | None:
     return None
 
 
-def missing_module_reason(*modules: str, extra: str) -> str | None:
-    """``"<module> is not installed ..."`` for the first module that cannot be found, else None.
+def missing_module_reason(*modules: str, extra: str | None = None, hint: str | None = None) -> str | None:
+    """``"<module> is not installed (<how to install>)"`` for the first module that cannot be found, else None.
 
-    ``extra`` names the cnnbench extra that installs it, for the hint.
+    The fix in parentheses: ``hint`` as given (a third-party plugin: ``"pip install paddlepaddle"``),
+    else ``pip install 'cnnbench[<extra>]'`` (only the built-in backends have cnnbench extras),
+    else ``pip install <module>``.
     """
     import importlib.util
 
+    if extra is not None and hint is not None:
+        raise TypeError("missing_module_reason takes extra= (a cnnbench extra) or hint=, not both")
     for module in modules:
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):
             found = False
         if not found:
-            return f"{module} is not installed (pip install 'cnnbench[{extra}]')"
+            fix = hint if hint is not None else (f"pip install 'cnnbench[{extra}]'" if extra else f"pip install {module}")
+            return f"{module} is not installed ({fix})"
     return None

@@ -196,24 +196,18 @@ class JaxSession(Session):
     def _put(self, array: np.ndarray):
         return self.jax.device_put(array, self.dev)
 
-    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+    def _load_data(self, x_train, y_train, x_test, y_test) -> None:
         self.x_train = self._put(np.ascontiguousarray(x_train, dtype=np.float32))
         self.y_train = self._put(np.asarray(y_train, dtype=np.int32))
         self.x_test = self._put(np.ascontiguousarray(x_test, dtype=np.float32))
         self.y_test = self._put(np.asarray(y_test, dtype=np.int32))
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
-        """One step per row in order, a Python loop over one jitted step (why: docs/decisions.md#jax-train-loop)."""
-        if self.x_train is None:
-            raise BackendError("train_batches called before load_data")
-        rows = np.asarray(batch_indices)
-        if rows.ndim != 2:
-            raise ValueError(f"batch indices must be 2-D [n_batches, batch_size], got shape {rows.shape}")
-        if rows.size and (rows.min() < 0 or rows.max() >= self.x_train.shape[0]):
-            raise ValueError(f"batch indices out of range [0, {self.x_train.shape[0]})")  # jax would clamp silently
-        rows = rows.astype(np.int32)
-        if len(rows) == 0:
-            return np.zeros(0)
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        """One step per row in order, a Python loop over one jitted step (why: docs/decisions.md#jax-train-loop).
+
+        The indices were checked by Session.train_batches (jax would clamp an out-of-range one silently).
+        """
+        rows = batch_indices.astype(np.int32)
         first_step = self._step_number
         self._step_number += len(rows)
         if self.use_scan:

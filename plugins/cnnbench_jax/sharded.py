@@ -20,7 +20,6 @@ import numpy as np
 
 from cnnbench.config import TrainConfig
 from cnnbench.distributed import Cluster
-from cnnbench.errors import BackendError
 from cnnbench.frameworks import JAX, mesh_label
 from cnnbench.spec import ModelSpec
 
@@ -104,17 +103,8 @@ class ShardedJaxSession(JaxSession):
         # replicated: the same result, without the speed-up.
         self._sharded_steps = {True: jitted(True), False: jitted(False)}
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
-        if self.x_train is None:
-            raise BackendError("train_batches called before load_data")
-        rows = np.asarray(batch_indices)
-        if rows.ndim != 2:
-            raise ValueError(f"batch indices must be 2-D [n_batches, batch_size], got shape {rows.shape}")
-        if rows.size and (rows.min() < 0 or rows.max() >= self.x_train.shape[0]):
-            raise ValueError(f"batch indices out of range [0, {self.x_train.shape[0]})")
-        if len(rows) == 0:
-            return np.zeros(0)
-        rows = rows.astype(np.int32)
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        rows = batch_indices.astype(np.int32)  # checked by Session.train_batches
         shard_batch = rows.shape[1] % len(self.mesh_device_list) == 0
         step = self._sharded_steps[shard_batch]
         row_sharding = self.batch_sharded if shard_batch else self.replicated

@@ -161,15 +161,12 @@ class KerasSession(Session):
     def _labels(self, y: np.ndarray):
         return self.ops.convert_to_tensor(np.asarray(y, dtype=np.int64))
 
-    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+    def _load_data(self, x_train, y_train, x_test, y_test) -> None:
         with self._placement():
             self.x_train, self.x_test = self._images(x_train), self._images(x_test)
             self.y_train, self.y_test = self._labels(y_train), self._labels(y_test)
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
-        batch_indices = np.asarray(batch_indices, dtype=np.int64)
-        if batch_indices.ndim != 2:
-            raise ValueError(f"batch indices must be [n_batches, batch_size], got shape {batch_indices.shape}")
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         ops, model = self.ops, self.model
         losses = np.empty(len(batch_indices), dtype=np.float64)
         with self._placement():

@@ -67,14 +67,14 @@ class KerasDataParallelSession(KerasSession):
         KerasDataParallelSession.distribution_users.opened()
         self.device = mesh_label(len(self.mesh_devices), self.device, self.mesh_devices[0].split(":")[0], where)
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         """Keras takes each process's share of the global batch and shards it over local devices."""
-        rows = np.asarray(batch_indices, dtype=np.int64)
-        if self.cluster.multi_host and rows.ndim == 2:
+        rows = batch_indices
+        if self.cluster.multi_host:
             start, stop = shard_bounds(rows.shape[1], self.cluster.num_hosts, self.cluster.index)
             rows = rows[:, start:stop]
         with self.distribution.scope():
-            return super().train_batches(rows)
+            return super()._train_batches(rows)
 
     def settings(self) -> dict[str, Any]:
         settings = super().settings()

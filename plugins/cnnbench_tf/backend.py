@@ -244,17 +244,13 @@ class TFRawSession(Session):
         with self.tf.device(self.device_name):
             return self.tf.convert_to_tensor(np.asarray(y, dtype=np.int64))
 
-    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+    def _load_data(self, x_train, y_train, x_test, y_test) -> None:
         self.x_train, self.y_train = self._images(x_train), self._labels(y_train)
         self.x_test, self.y_test = self._images(x_test), self._labels(y_test)
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
-        if self.x_train is None:
-            raise BackendError("train_batches called before load_data")
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         tf = self.tf
         rows = self._labels(batch_indices)
-        if rows.shape.rank != 2:
-            raise BackendError(f"batch indices must be [n_batches, batch_size], got shape {tuple(rows.shape)}")
         with tf.device(self.device_name):
             losses = [self._train_step(self.x_train, self.y_train, row) for row in tf.unstack(rows)]
             return tf.stack(losses).numpy().astype(np.float64) if losses else np.zeros(0)

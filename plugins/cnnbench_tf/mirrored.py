@@ -153,19 +153,13 @@ class TFMirroredSession(TFRawSession):
 
         return self.strategy.experimental_distribute_values_from_function(copy_to_replica_device)
 
-    def load_data(self, x_train, y_train, x_test, y_test) -> None:
-        super().load_data(x_train, y_train, x_test, y_test)
+    def _load_data(self, x_train, y_train, x_test, y_test) -> None:
+        super()._load_data(x_train, y_train, x_test, y_test)
         self.replicated_train = (self._on_every_replica(self.x_train), self._on_every_replica(self.y_train))
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
-        if self.replicated_train is None:
-            raise BackendError("train_batches called before load_data")
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         tf = self.tf
-        rows = np.asarray(batch_indices, dtype=np.int64)
-        if rows.ndim != 2:
-            raise BackendError(f"batch indices must be [n_batches, batch_size], got shape {rows.shape}")
-        if len(rows) == 0:
-            return np.zeros(0)
+        rows = batch_indices
         x_all, y_all = self.replicated_train
         with tf.device("/CPU:0"):
             row_tensors = tf.unstack(tf.convert_to_tensor(rows))

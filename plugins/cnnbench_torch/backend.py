@@ -118,15 +118,15 @@ class TorchSession(Session):
         tensor = self.torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.dev)
         return tensor.permute(0, 3, 1, 2).contiguous(memory_format=self.memory_format)
 
-    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+    def _load_data(self, x_train, y_train, x_test, y_test) -> None:
         self.x_train, self.x_test = self._images(x_train), self._images(x_test)
         self.y_train = self.torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.dev)
         self.y_test = self.torch.from_numpy(np.asarray(y_test, dtype=np.int64)).to(self.dev)
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         torch, F = self.torch, self.torch.nn.functional
         self.model.train()
-        indices = torch.from_numpy(np.asarray(batch_indices, dtype=np.int64)).to(self.dev)
+        indices = torch.from_numpy(batch_indices).to(self.dev)
         losses = []
         for row in indices:
             logits = self.net(self.x_train.index_select(0, row))

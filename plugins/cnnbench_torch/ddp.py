@@ -78,13 +78,9 @@ class DDPTorchSession(TorchSession):
             self.device = f"cpu ({self.local_world} process{'es' if self.local_world != 1 else ''}{in_all})"
         DDPTorchSession.process_group_users.opened()
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         torch, F = self.torch, self.torch.nn.functional
-        rows = np.asarray(batch_indices, dtype=np.int64)
-        if rows.ndim != 2:
-            raise ValueError(f"batch indices must be [n_batches, batch_size], got shape {rows.shape}")
-        if len(rows) == 0:
-            return np.zeros(0)
+        rows = batch_indices
         global_batch = rows.shape[1]
         start, stop = shard_bounds(global_batch, self.world, self.rank)
         local = torch.from_numpy(np.ascontiguousarray(rows[:, start:stop])).to(self.dev)

@@ -279,16 +279,17 @@ class NumpySession(Session):
 
     # --- the Session interface ---
 
-    def load_data(self, x_train, y_train, x_test, y_test) -> None:
+    def _load_data(self, x_train, y_train, x_test, y_test) -> None:
         # "Device memory" is host memory here: keep contiguous float32 / int64 copies.
         self.x_train = np.ascontiguousarray(x_train, dtype=np.float32)
         self.y_train = np.ascontiguousarray(y_train, dtype=np.int64)
         self.x_test = np.ascontiguousarray(x_test, dtype=np.float32)
         self.y_test = np.ascontiguousarray(y_test, dtype=np.int64)
 
-    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+    def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        """One step per row, in the given order (the rows were checked by Session.train_batches)."""
         losses = np.empty(len(batch_indices), dtype=np.float64)
-        for i, rows in enumerate(np.asarray(batch_indices, dtype=np.int64)):  # in the given order
+        for i, rows in enumerate(batch_indices):
             logits, caches = self._forward(self.x_train[rows], train=True)
             losses[i], d_logits = softmax_cross_entropy(logits, self.y_train[rows])
             self.optimizer.apply(self.params, self._backward(caches, d_logits))
