@@ -174,8 +174,8 @@ def prepare_side(
             raise UsageError(f"--{name} {spec!r}: no commit {rev!r} in {top}") from None
         parent = Path(workdir or tempfile.gettempdir())
         tree = Path(tempfile.mkdtemp(prefix=f"cnnbench-ab-{name}-", dir=parent))
-        _git(top, "worktree", "add", "--detach", "--force", str(tree), commit)
         try:
+            _git(top, "worktree", "add", "--detach", "--force", str(tree), commit)
             paths = tuple(str(p) for p in (tree, tree / "plugins") if p.is_dir())
             yield Side(name, sys.executable, f"git {rev} ({commit[:12]}) in a worktree, this interpreter", paths, extra)
         finally:
@@ -277,7 +277,7 @@ def side_values(result: RunResult, metric: Metric, side: str) -> dict[str, float
     for row in result.backends:
         if row.status in (results.UNAVAILABLE, results.UNSUPPORTED):
             continue
-        found = [v for v in row.values(metric.key) if stats.finite(v)]
+        found = [v for v in row.values(metric.key) if stats.finite(v) and v > 0]  # ratios need positive values
         if row.status != results.OK or not found:
             reason = f"{row.status}: {row.reason}" if row.reason else row.status
             raise SideFailed(f"{side}: {row.backend} gave no {metric.key} ({reason})")

@@ -1,11 +1,13 @@
 """Backends slowed by a known fraction: the injected regression that tests and measures ``cnnbench ab``.
 
 ``delayed-numpy`` wraps the example NumPy backend (examples/cnnbench-numpy on the path),
-``delayed-torch`` the built-in PyTorch one. After each ``train_batches`` call the session sleeps
-``$CNNBENCH_INJECTED_DELAY`` (a fraction, e.g. 0.1) times that call's own duration, so training
-takes that fraction longer whatever the machine's speed or load: a 0.1 delay is a 10% longer step,
-i.e. throughput divided by 1.1. Unset or 0, the backend is the wrapped one plus a clock read, so an
-A/A pair runs identical code on both sides. Load with ``CNNBENCH_PLUGIN_MODULES=delayed_backends``
+``delayed-torch`` the built-in PyTorch one. After each ``train_batches`` call the session spins
+on the clock for ``$CNNBENCH_INJECTED_DELAY`` (a fraction, e.g. 0.1) times that call's own
+duration, so training takes that fraction longer whatever the machine's speed or load: a 0.1 delay
+is a 10% longer step, i.e. throughput divided by 1.1. It spins rather than sleeps: a sleeping
+process waits for a CPU when it wakes, so on a loaded machine a sleep costs more than its length.
+Unset or 0, the backend is the wrapped one plus a clock read, so an A/A pair runs identical code on
+both sides. Load with ``CNNBENCH_PLUGIN_MODULES=delayed_backends``
 and this folder on PYTHONPATH (the ``fixture_plugins`` fixture does both).
 """
 
@@ -57,7 +59,9 @@ def delayed(backend_class: type, label: str) -> type:
                 losses = inner(batch_indices)
                 session.sync()  # the delay is a share of the finished work, also on asynchronous devices
                 if fraction:
-                    time.sleep(fraction * (time.perf_counter() - start))
+                    until = time.perf_counter() + fraction * (time.perf_counter() - start)
+                    while time.perf_counter() < until:  # busy, like the extra work of a real regression
+                        pass
                 return losses
 
             session.train_batches = train_batches
