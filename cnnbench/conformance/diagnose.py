@@ -51,6 +51,13 @@ def shape_hint(spec: ModelSpec, shapes: dict[str, tuple[int, ...]]) -> str:
 def _kernel_variants(spec: ModelSpec, weights: Weights) -> list[tuple[str, Weights]]:
     """Weights with one kernel in a wrong but shape-preserving layout: what a bad conversion produces."""
     variants: list[tuple[str, Weights]] = []
+    convs = [layer for layer in spec.layers if isinstance(layer, Conv2D)]
+    if len(convs) > 1:
+        kernels = [f"{layer.name}/kernel" for layer in convs]
+        variants.append(("every conv kernel is used with height and width swapped (HWIO read as WHIO)",
+                         {**weights, **{name: np.swapaxes(weights[name], 0, 1) for name in kernels}}))
+        variants.append(("every conv kernel is flipped (a true convolution; the spec is a cross-correlation)",
+                         {**weights, **{name: weights[name][::-1, ::-1] for name in kernels}}))
     for layer in spec.layers:
         if isinstance(layer, Conv2D):
             kernel = weights[f"{layer.name}/kernel"]

@@ -212,9 +212,11 @@ def read_dropout(losses: Array, classes: int) -> DropoutReading:
     if np.all((excess <= 1e-3 * top) | (excess >= top * (1 - 1e-3))):
         return DropoutReading(None, None, "each batch kept the probed unit in all of its images or in none: one "
                                           "dropout mask is shared by the whole batch (draw one per image)")
+    # The largest step that makes every loss a whole number of steps; the slack is a fraction of the
+    # smallest possible step (top / width), so a coarse candidate cannot pass by rounding.
     for kept_max in range(1, DROPOUT_WIDTH + 1):
         counts = excess * kept_max / top
-        if np.all(np.abs(counts - np.round(counts)) <= DROPOUT_COUNT_SLACK):
+        if np.all(np.abs(counts - np.round(counts)) <= DROPOUT_COUNT_SLACK * kept_max / DROPOUT_WIDTH):
             step = top / kept_max  # the loss added by one more kept image
             kept_loss = step * DROPOUT_WIDTH + dropped
             logit = math.log(max(math.exp(min(kept_loss, 700.0)) - (classes - 1), 1e-300))
