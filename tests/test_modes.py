@@ -79,7 +79,7 @@ def test_variant_and_mode_combine_in_either_order():
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("plain:turbo", r"unknown variant or mode 'turbo' of framework 'plain'; variants: none; modes: slow, fast"),
+    ("plain:turbo", r"unknown variant 'turbo' of framework 'plain', nor a mode; variants: none; modes: slow, fast"),
     ("engines:b+nojit", r"mode 'nojit' of engines does not apply to variant 'b'; its modes: jit"),
     ("engines:a+b", r"names two variants"),
     ("plain:fast+slow", r"names two modes"),

@@ -113,10 +113,10 @@ def test_a_malformed_declaration_fails_when_the_plugin_is_imported(build: Any) -
 def test_the_builtin_backends_declare_their_options(registry: Registry) -> None:
     declared = {name: {o.key: o for o in declared_options(r.item)} for name, r in registry.backends.items()}
     assert set(declared["tf"]) == {"xla", "onednn"} and declared["tf"]["xla"].values is bool
-    assert set(declared["jax"]) == {"scan", "matmul_precision"}
+    assert set(declared["jax"]) == {"scan", "matmul_precision", "pool"}
     assert declared["jax"]["matmul_precision"].values == ("default", "high", "highest")
     assert declared["keras"]["jit_compile"].values == ("auto", "true", "false")
-    assert declared["torch"] == {}
+    assert set(declared["torch"]) == {"compile"} and declared["torch"]["compile"].values is bool
 
 
 def _option_reads(module_name: str) -> set[tuple[str, str]]:
@@ -158,7 +158,7 @@ def test_options_are_validated_and_canonicalised_against_the_registry(registry: 
     ("option", "texts"),
     [
         ("tf.xla=maybe", ("tf.xla=maybe", "expected true or false")),
-        ("torch.foo=bar", ("torch.foo", "torch has no option 'foo'", "it takes no option")),
+        ("torch.foo=bar", ("torch.foo", "torch has no option 'foo'", "valid: torch.compile")),
         ("tf.xlaa=true", ("tf has no option 'xlaa'", "valid: tf.onednn, tf.xla")),
         ("jax.matmul_precision=fp8", ("jax.matmul_precision=fp8", "one of default, high, highest")),
         ("nosuch.key=1", ("nosuch.key=1", "unknown framework 'nosuch'")),

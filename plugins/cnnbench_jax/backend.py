@@ -20,6 +20,10 @@ from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 #: ``--backend-option jax.<key>=<value>`` switches.
 OPTION_SCAN = "scan"  # true: one jitted lax.scan per chunk; false (default): a Python loop over a jitted step
 OPTION_PRECISION = "matmul_precision"  # lax.Precision of convolutions and matmuls
+OPTION_POOL = "pool"  # how max pooling is written (its gradient dominates the step on XLA CPU otherwise)
+#: "reshape": non-overlapping windows as a reshape and a max (elementwise gradient); "reduce_window": lax.reduce_window,
+#: whose gradient is XLA's select-and-scatter (docs/performance.md#jax).
+POOL_CHOICES = ("reshape", "reduce_window")
 #: True fp32 on GPUs (no TF32), as the PyTorch backend sets; see docs/decisions.md#jax-matmul-precision.
 DEFAULT_PRECISION = "highest"
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -38,7 +42,18 @@ def _activation(jax, name: str | None):
     raise BackendError(f"activation {name!r} is not supported by the JAX backend")
 
 
-def build_forward(spec: ModelSpec, precision):
+def _max_pool(lax, jnp, x, layer: MaxPool2D, how: str):
+    """NHWC max pooling; a reshape and a max where the windows tile the input (VALID, stride = size)."""
+    size, stride = layer.pool_size, layer.stride
+    if how == "reshape" and size == stride and layer.padding == "VALID":
+        n, h, w, c = x.shape
+        rows, cols = h // size, w // size
+        tiles = x[:, : rows * size, : cols * size, :].reshape(n, rows, size, cols, size, c)
+        return jnp.max(tiles, axis=(2, 4))
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, size, size, 1), (1, stride, stride, 1), layer.padding)
+
+
+def build_forward(spec: ModelSpec, precision, pool_how: str = POOL_CHOICES[0]):
     """``forward(params, x, dropout_key=None) -> logits`` walking ``spec.layers``; dropout only with a key."""
     import jax
     import jax.numpy as jnp
@@ -60,9 +75,7 @@ def build_forward(spec: ModelSpec, precision):
         elif isinstance(layer, MaxPool2D):
 
             def pool(params, x, key, layer=layer):
-                window = (1, layer.pool_size, layer.pool_size, 1)
-                strides = (1, layer.stride, layer.stride, 1)
-                return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, layer.padding)
+                return _max_pool(lax, jnp, x, layer, pool_how)
 
             steps.append(pool)
         elif isinstance(layer, Flatten):
@@ -140,7 +153,8 @@ class JaxSession(Session):
             raise UsageError(f"jax.{OPTION_PRECISION} must be one of {choices}; got {self.precision_name!r}") from None
         self.use_scan = config.flag("jax", OPTION_SCAN, default=False)
         self.param_shapes = spec.param_shapes()
-        self.forward = build_forward(spec, precision)
+        self.pool = config.option("jax", OPTION_POOL) or POOL_CHOICES[0]
+        self.forward = build_forward(spec, precision, self.pool)
         if config.optimizer == "adam":
             self.optimizer = optax.adam(config.learning_rate, b1=ADAM_BETA1, b2=ADAM_BETA2, eps=ADAM_EPSILON)
         else:
@@ -286,6 +300,7 @@ class JaxSession(Session):
             "mode": "jit + scan" if self.use_scan else "jit",
             "donated_buffers": "params, optimizer state",
             "layout": "NHWC, HWIO kernels",
+            "max_pool": "reshape + max" if self.pool == "reshape" else "lax.reduce_window",
             "dropout_rng": f"{self.jax.config.jax_default_prng_impl} key from (seed, step)",
             "platform": self.dev.platform,
             **JAX.recorded_environment(),
@@ -307,6 +322,8 @@ class JaxBackend(Backend):
         BackendOption(OPTION_SCAN, bool, False, "true: one jitted lax.scan per chunk of batches, not a Python loop"),
         BackendOption(OPTION_PRECISION, ("default", "high", "highest"), DEFAULT_PRECISION,
                       "lax.Precision of convolutions and matmuls (highest: true fp32 on GPUs, no TF32)"),
+        BackendOption(OPTION_POOL, POOL_CHOICES, POOL_CHOICES[0],
+                      "max pooling as a reshape + max (fast gradient on CPU) or lax.reduce_window (select-and-scatter)"),
     )
     modes = (
         ExecutionMode("jit", {OPTION_SCAN: "false"}, "a Python loop over one jax.jit step", default=True),
