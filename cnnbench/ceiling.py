@@ -94,7 +94,10 @@ def measure(threads: int) -> dict[str, Any]:
     load_before = load_average()
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, str(GEMM_SIZE), str(REPEATS)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     lines = proc.stdout.strip().splitlines()
     per_library = json.loads(lines[-1]) if lines else {}

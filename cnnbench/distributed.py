@@ -17,8 +17,8 @@ import os
 import re
 import signal
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from cnnbench.config import TrainConfig
 from cnnbench.errors import UsageError

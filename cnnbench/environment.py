@@ -31,18 +31,26 @@ def memory_gib() -> float | None:
         import psutil
 
         return round(psutil.virtual_memory().total / 2**30, 1)
-    except Exception:
+    # No psutil, a platform it does not support (NotImplementedError), or no readable /proc: unknown, not fatal.
+    except (ImportError, RuntimeError, OSError):
         return None
 
 
-def git_commit(path: str | os.PathLike | None = None) -> str | None:
+def git_commit(path: str | os.PathLike[str] | None = None) -> str | None:
     """The commit of the checkout cnnbench runs from (with ``-dirty``), or None outside git."""
     where = Path(path) if path else Path(__file__).resolve().parent.parent
     if not (where / ".git").exists() or not shutil.which("git"):
         return None
     try:
-        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("-dirty" if dirty else "")) or None
@@ -55,7 +63,9 @@ def gpus() -> list[dict[str, str]]:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

@@ -79,6 +79,8 @@ def pytest_benchmark_stats(data: Sequence[float], iterations: int = 1) -> dict[s
     iqr = q3 - q1
     low, high = q1 - 1.5 * iqr, q3 + 1.5 * iqr
     total = sum(values)
+    iqr_outliers = sum(1 for v in values if v < low or v > high)
+    stddev_outliers = sum(1 for v in values if v < mean - stddev or v > mean + stddev)
     return {
         "min": values[0],
         "max": values[-1],
@@ -89,9 +91,9 @@ def pytest_benchmark_stats(data: Sequence[float], iterations: int = 1) -> dict[s
         "iqr": iqr,
         "q1": q1,
         "q3": q3,
-        "iqr_outliers": sum(1 for v in values if v < low or v > high),
-        "stddev_outliers": sum(1 for v in values if v < mean - stddev or v > mean + stddev),
-        "outliers": f"{sum(1 for v in values if v < mean - stddev or v > mean + stddev)};{sum(1 for v in values if v < low or v > high)}",
+        "iqr_outliers": iqr_outliers,
+        "stddev_outliers": stddev_outliers,
+        "outliers": f"{stddev_outliers};{iqr_outliers}",
         "ld15iqr": values[0] if rounds == 1 else values[bisect_left(values, low)],
         "hd15iqr": values[0] if rounds == 1 else values[bisect_right(values, high) - 1],
         "ops": rounds / total if total else 0,
@@ -114,7 +116,9 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(values[: n // 2]), statistics.median(values[n // 2 :])
 
 
-def _benchmark(result: RunResult, row: BackendResult, kind: str, data: list[float], iterations: int, extra: dict[str, Any]) -> dict[str, Any]:
+def _benchmark(
+    result: RunResult, row: BackendResult, kind: str, data: list[float], iterations: int, extra: dict[str, Any]
+) -> dict[str, Any]:
     dataset = result.data.dataset
     name = f"{kind}[{row.backend}]"
     return {
@@ -131,13 +135,27 @@ def _benchmark(result: RunResult, row: BackendResult, kind: str, data: list[floa
             "repeats": len(row.ok_repeats()),
             **extra,
         },
-        "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": len(data), "max_time": 0, "min_time": 0, "warmup": kind != "first_epoch"},
+        "options": {
+            "disable_gc": False,
+            "timer": "perf_counter",
+            "min_rounds": len(data),
+            "max_time": 0,
+            "min_time": 0,
+            "warmup": kind != "first_epoch",
+        },
         "stats": pytest_benchmark_stats(data, iterations),
     }
 
 
 def _steady_epoch_rates(measurement: Measurement) -> list[float]:
-    return [r for r in (measurement.train_throughput_samples or ((measurement.train_throughput,) if measurement.train_throughput else ())) if r and r > 0]
+    return [
+        r
+        for r in (
+            measurement.train_throughput_samples
+            or ((measurement.train_throughput,) if measurement.train_throughput else ())
+        )
+        if r and r > 0
+    ]
 
 
 def to_pytest_benchmark(result: RunResult) -> dict[str, Any]:
@@ -159,11 +177,15 @@ def to_pytest_benchmark(result: RunResult) -> dict[str, Any]:
         step_seconds = [batch / rate for m in repeats for rate in _steady_epoch_rates(m)]
         if step_seconds:
             steps = n_train // batch if n_train else 1
-            benchmarks.append(_benchmark(result, row, "train_step", step_seconds, steps, {**extra, "batch_size": batch}))
+            benchmarks.append(
+                _benchmark(result, row, "train_step", step_seconds, steps, {**extra, "batch_size": batch})
+            )
         eval_seconds = [min(eval_batch, n_test or eval_batch) / m.eval_throughput for m in repeats if m.eval_throughput]
         if eval_seconds:
             batches = math.ceil(n_test / eval_batch) if n_test else 1
-            benchmarks.append(_benchmark(result, row, "eval_batch", eval_seconds, batches, {**extra, "eval_batch_size": eval_batch}))
+            benchmarks.append(
+                _benchmark(result, row, "eval_batch", eval_seconds, batches, {**extra, "eval_batch_size": eval_batch})
+            )
         first = [m.phases.first_epoch_s for m in repeats if m.phases.first_epoch_s]
         if first:
             benchmarks.append(_benchmark(result, row, "first_epoch", first, 1, extra))
@@ -180,11 +202,22 @@ def to_pytest_benchmark(result: RunResult) -> dict[str, Any]:
             "release": (env.get("os") or " ").partition(" ")[2],
             "cpu": {"brand_raw": env.get("cpu", ""), "count": env.get("cores")},
         },
-        "commit_info": {"id": commit.removesuffix("-dirty") or None, "dirty": commit.endswith("-dirty"), "project": "cnnbench", "branch": None, "time": None},
+        "commit_info": {
+            "id": commit.removesuffix("-dirty") or None,
+            "dirty": commit.endswith("-dirty"),
+            "project": "cnnbench",
+            "branch": None,
+            "time": None,
+        },
         "benchmarks": benchmarks,
         "datetime": result.created,
         "version": PYTEST_BENCHMARK_FORMAT,
-        "cnnbench": {"run_id": result.run_id, "dataset": result.data.dataset, "epochs": result.train.epochs, "repeat": result.repeat},
+        "cnnbench": {
+            "run_id": result.run_id,
+            "dataset": result.data.dataset,
+            "epochs": result.train.epochs,
+            "repeat": result.repeat,
+        },
     }
 
 
@@ -204,13 +237,18 @@ def to_github_action_benchmark(result: RunResult, direction: str = "bigger") -> 
                 continue
             scale = 100.0 if metric.fraction else 1.0
             half_iqr = (stats.iqr(values) or 0.0) / 2 * scale
-            entries.append({
-                "name": f"{row.backend} {metric.key}",
-                "unit": metric.unit,
-                "value": round(statistics.median(values) * scale, 6),
-                "range": f"± {half_iqr:.6g}",
-                "extra": f"median of {len(values)} repeat(s), ± half IQR; {row.framework} {row.framework_version}; run {result.run_id}",
-            })
+            entries.append(
+                {
+                    "name": f"{row.backend} {metric.key}",
+                    "unit": metric.unit,
+                    "value": round(statistics.median(values) * scale, 6),
+                    "range": f"± {half_iqr:.6g}",
+                    "extra": (
+                        f"median of {len(values)} repeat(s), ± half IQR;"
+                        f" {row.framework} {row.framework_version}; run {result.run_id}"
+                    ),
+                }
+            )
     return entries
 
 
@@ -248,7 +286,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: range | 
 
 def describe_run(result: RunResult) -> str:
     t, d = result.train, result.data
-    limits = "".join(f", {name} {value}" for name, value in (("limit-train", d.limit_train), ("limit-test", d.limit_test)) if value)
+    limits = "".join(
+        f", {name} {value}" for name, value in (("limit-train", d.limit_train), ("limit-test", d.limit_test)) if value
+    )
     return (
         f"{md(d.dataset)}{limits}, {t.epochs} epoch{'s' if t.epochs != 1 else ''}, batch {t.batch_size}, "
         f"{md(t.optimizer)} lr {t.learning_rate:g}, {t.threads} threads, "
@@ -288,19 +328,27 @@ def comparison_markdown(comparison: Comparison) -> str:
     outcome = (
         f"**{len(regressions)} regression{'s' if len(regressions) != 1 else ''}**: "
         + ", ".join(f"{md(r.backend)} {r.metric.label}" for r in regressions)
-        if regressions else "**No regression.**"
+        if regressions
+        else "**No regression.**"
     )
     rows = []
     for r in comparison.rows:
         verdict = VERDICT_MARK.get(r.verdict, r.verdict)
         if r.regression and r.verdict == MISSING:
             verdict = "❌ missing"
-        rows.append([
-            md(r.backend), r.metric.label, r.format_side(r.baseline), r.format_side(r.current),
-            r.metric.format_change(r.change), r.format_relative(),
-            r.threshold.describe(r.metric) if r.threshold else "off", f"**{verdict}**" if r.regression else verdict,
-            md(r.evidence),
-        ])
+        rows.append(
+            [
+                md(r.backend),
+                r.metric.label,
+                r.format_side(r.baseline),
+                r.format_side(r.current),
+                r.metric.format_change(r.change),
+                r.format_relative(),
+                r.threshold.describe(r.metric) if r.threshold else "off",
+                f"**{verdict}**" if r.regression else verdict,
+                md(r.evidence),
+            ]
+        )
     header = ["framework", "metric", "baseline", "current", "change", "change %", "fails at", "verdict", "evidence"]
     lines = [
         f"### cnnbench compare: {md_code(comparison.baseline_name)} → {md_code(comparison.current_name)}",
@@ -309,9 +357,10 @@ def comparison_markdown(comparison: Comparison) -> str:
         "",
         _table(header, rows, right=range(2, 7)),
         "",
-        f"Medians over repeats ± half IQR. A row is a regression when its change passes the threshold in the bad direction "
-        f"and the repeats put it beyond the threshold, not within noise (one-sided Mann-Whitney U against the baseline "
-        f"moved by the threshold, alpha {comparison.alpha:g}; with too few repeats for the test: no overlap).",
+        "Medians over repeats ± half IQR. A row is a regression when its change passes the threshold"
+        " in the bad direction and the repeats put it beyond the threshold, not within noise"
+        f" (one-sided Mann-Whitney U against the baseline moved by the threshold, alpha {comparison.alpha:g};"
+        " with too few repeats for the test: no overlap).",
     ]
     if comparison.warnings:
         lines += ["", "> [!WARNING]", "> These runs differ in more than the code:"]
@@ -322,8 +371,14 @@ def comparison_markdown(comparison: Comparison) -> str:
 # --- csv ------------------------------------------------------------------------------------------
 
 CSV_METRICS = (
-    "train_throughput", "eval_throughput", "test_accuracy", "test_loss", "peak_rss_mb", "peak_device_memory_mb",
-    "time_to_accuracy_s", *Phases.__dataclass_fields__,
+    "train_throughput",
+    "eval_throughput",
+    "test_accuracy",
+    "test_loss",
+    "peak_rss_mb",
+    "peak_device_memory_mb",
+    "time_to_accuracy_s",
+    *Phases.__dataclass_fields__,
 )
 
 
@@ -331,7 +386,21 @@ def to_csv(result: RunResult) -> str:
     """One row per framework and repeat (a framework that never ran gets one row with its status)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["run_id", "created", "dataset", "backend", "framework", "framework_version", "device", "repeat", "status", "reason", *CSV_METRICS])
+    writer.writerow(
+        [
+            "run_id",
+            "created",
+            "dataset",
+            "backend",
+            "framework",
+            "framework_version",
+            "device",
+            "repeat",
+            "status",
+            "reason",
+            *CSV_METRICS,
+        ]
+    )
     for row in result.backends:
         texts = (result.run_id, result.created, result.data.dataset, row.backend, row.framework, row.framework_version)
         base = [strip_controls(text) for text in (*texts, row.device)]
@@ -346,4 +415,3 @@ def to_csv(result: RunResult) -> str:
 def _csv_value(measurement: Measurement, name: str) -> str:
     value = metric_value(measurement, name)
     return "" if value is None else repr(float(value))
-

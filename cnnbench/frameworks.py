@@ -7,6 +7,7 @@ method imports its framework when called, so listing backends never pays for one
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -17,7 +18,12 @@ from cnnbench.errors import BackendUnavailable
 
 #: Distributions that provide the ``tensorflow`` module, in the order their version is looked up.
 TF_DISTRIBUTIONS = (
-    "tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-macos", "tf-nightly", "tf-nightly-cpu",
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-gpu",
+    "tensorflow-macos",
+    "tf-nightly",
+    "tf-nightly-cpu",
 )
 #: Sizes XLA's CPU thread pool: PJRT reads it (then ``NPROC``) when its CPU client starts.
 PJRT_THREADS_ENV = "PJRT_NPROC"
@@ -152,10 +158,8 @@ class Torch(Framework):
         import torch
 
         torch.set_num_threads(threads)
-        try:
+        with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
             torch.set_num_interop_threads(threads)
-        except RuntimeError:  # only settable before the first parallel work
-            pass
         return {}
 
     def thread_settings(self) -> dict[str, Any]:

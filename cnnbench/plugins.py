@@ -194,8 +194,10 @@ def _name_problem(what: str, name: Any) -> str | None:
 def _plugin_name_problem(name: Any) -> str | None:
     if isinstance(name, str) and PLUGIN_NAME.fullmatch(name):
         return None
-    return (f"{_quote(name)} is not a valid plugin name: use letters, digits, '_', '.' and '-' "
-            f"(it must fit in the comma-separated {ALLOW_ENV} and {BLOCK_ENV})")
+    return (
+        f"{_quote(name)} is not a valid plugin name: use letters, digits, '_', '.' and '-' "
+        f"(it must fit in the comma-separated {ALLOW_ENV} and {BLOCK_ENV})"
+    )
 
 
 class _ReadFailed(Exception):
@@ -442,8 +444,14 @@ def _origin(record: PluginRecord) -> str:
 class _Registrar:
     """The ``register`` callable one hook receives: validates and stages; refuses calls after the hook returned."""
 
-    def __init__(self, plugin: str, hook_name: str, registered: dict[str, Registered], staged: dict[str, Any],
-                 problems: list[str]) -> None:
+    def __init__(
+        self,
+        plugin: str,
+        hook_name: str,
+        registered: dict[str, Registered],
+        staged: dict[str, Any],
+        problems: list[str],
+    ) -> None:
         self.plugin, self.hook_name, self.kind = plugin, hook_name, HOOK_KINDS[hook_name]
         self.registered, self.staged, self.problems = registered, staged, problems
         self.open = True

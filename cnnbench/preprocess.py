@@ -49,7 +49,7 @@ def stratified_subset(labels: np.ndarray, n: int, rng: np.random.Generator) -> n
     take = np.floor(quota).astype(int)
     for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
         take[i] += 1
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
     return np.sort(np.concatenate(chosen))
 
 
@@ -122,7 +122,9 @@ def prepare(arrays: DatasetArrays, config: DataConfig) -> PreparedData:
     }
     if config.validation:
         if config.validation >= n_train_total:
-            raise DatasetError(f"validation hold-out {config.validation} leaves no training data ({n_train_total} images)")
+            raise DatasetError(
+                f"validation hold-out {config.validation} leaves no training data ({n_train_total} images)"
+            )
         order = rng.permutation(n_train_total)
         val_idx, train_idx = np.sort(order[: config.validation]), np.sort(order[config.validation :])
         record["validation_held_out"] = config.validation
@@ -148,9 +150,9 @@ def prepare(arrays: DatasetArrays, config: DataConfig) -> PreparedData:
                 x /= divisor
         record["standardize"] = {"mean": mean.tolist(), "std": std.tolist()}
     record.update(
-        n_train=int(len(train_idx)),
-        n_test=int(len(test_idx)),
-        n_validation=int(len(val_idx)),
+        n_train=len(train_idx),
+        n_test=len(test_idx),
+        n_validation=len(val_idx),
         limit_train=config.limit_train,
         limit_test=config.limit_test,
         data_seed=DATA_SEED,

@@ -43,14 +43,16 @@ PRESETS: dict[str, Preset] = {
             "mnist-adam",
             "The chapter's TF run: Adam 0.001, 10 epochs, batch 100, weights N(0, 0.1), biases N(0, 1), "
             "trained on 55,000 images (5,000 held out), tested on the 10,000 test images",
-            0.9884, "TensorFlow (raw ops)",
+            0.9884,
+            "TensorFlow (raw ops)",
             TrainConfig(optimizer="adam", learning_rate=0.001, batch_size=100, epochs=10, init="normal"),
             DataConfig(dataset="mnist", validation=5_000),
         ),
         Preset(
             "mnist-sgd",
             "The chapter's Keras run: SGD 0.01, 10 epochs, batch 100, Keras default init (glorot-uniform, zero biases)",
-            0.9785, "Keras",
+            0.9785,
+            "Keras",
             TrainConfig(optimizer="sgd", learning_rate=0.01, batch_size=100, epochs=10, init="glorot-uniform"),
             DataConfig(dataset="mnist"),
         ),
@@ -58,15 +60,19 @@ PRESETS: dict[str, Preset] = {
             "cifar10-adam",
             "The chapter's TF CIFAR-10 run: dropout with keep probability 0.8 in training, Adam 0.001, 20 epochs, "
             "batch 100, weights N(0, 0.1), biases N(0, 1) as in its MNIST code",
-            0.6361, "TensorFlow (raw ops)",
+            0.6361,
+            "TensorFlow (raw ops)",
             TrainConfig(optimizer="adam", learning_rate=0.001, batch_size=100, epochs=20, init="normal", dropout=0.2),
             DataConfig(dataset="cifar10"),
         ),
         Preset(
             "cifar10-keras",
             "The chapter's Keras CIFAR-10 run: dropout 0.2, 10 epochs, batch 100, Keras default init; Adam 0.001",
-            0.7414, "Keras",
-            TrainConfig(optimizer="adam", learning_rate=0.001, batch_size=100, epochs=10, init="glorot-uniform", dropout=0.2),
+            0.7414,
+            "Keras",
+            TrainConfig(
+                optimizer="adam", learning_rate=0.001, batch_size=100, epochs=10, init="glorot-uniform", dropout=0.2
+            ),
             DataConfig(dataset="cifar10"),
             notes=(
                 "The chapter's text does not pin the optimizer. Adam 0.001 (Keras' own default learning rate) is the "

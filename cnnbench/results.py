@@ -29,7 +29,14 @@ SCHEMA_VERSION = 1
 RESULTS_DIR_ENV = "CNNBENCH_RESULTS_DIR"
 
 #: Status values of a measurement / backend row.
-OK, FAILED, TIMEOUT, DIVERGED, INTERRUPTED, UNAVAILABLE = "ok", "failed", "timeout", "diverged", "interrupted", "unavailable"
+OK, FAILED, TIMEOUT, DIVERGED, INTERRUPTED, UNAVAILABLE = (
+    "ok",
+    "failed",
+    "timeout",
+    "diverged",
+    "interrupted",
+    "unavailable",
+)
 #: The backend cannot run what was asked (e.g. data-parallel on an engine without it); the reason says why.
 UNSUPPORTED = "unsupported"
 
@@ -384,7 +391,8 @@ def _check_object(cls: Any, value: Any, path: str) -> None:
     hints = typing.get_type_hints(cls, include_extras=True)
     if dataclasses.is_dataclass(cls):
         required = {
-            f.name for f in dataclasses.fields(cls)
+            f.name
+            for f in dataclasses.fields(cls)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         }
     else:

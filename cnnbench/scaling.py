@@ -89,9 +89,16 @@ def scaling_table(results: list[RunResult], title: str | None = None) -> Table:
     )
     table = Table(title=literal(title or default_title), title_justify="left")
     columns: list[tuple[str, JustifyMethod]] = [
-        ("framework", "left"), ("devices", "right"), ("global batch", "right"), ("train samples/s", "right"),
-        ("speed-up", "right"), ("efficiency", "right"), ("test acc", "right"), ("Δ acc", "right"),
-        ("engine", "left"), ("status", "left"),
+        ("framework", "left"),
+        ("devices", "right"),
+        ("global batch", "right"),
+        ("train samples/s", "right"),
+        ("speed-up", "right"),
+        ("efficiency", "right"),
+        ("test acc", "right"),
+        ("Δ acc", "right"),
+        ("engine", "left"),
+        ("status", "left"),
     ]
     for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")

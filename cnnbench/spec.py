@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class Dropout:
     rate: float
 
 
-Layer = Union[Conv2D, MaxPool2D, Flatten, Dense, Dropout]
+Layer = Conv2D | MaxPool2D | Flatten | Dense | Dropout
 
 
 def _same_or_valid(size: int, window: int, stride: int, padding: str) -> int:
@@ -180,7 +179,8 @@ def lenet(input_shape: tuple[int, int, int], num_classes: int = 10, dropout: flo
         layers.append(Dropout("dropout3", dropout))
     layers.append(Dense("dense2", units=num_classes, activation=None))
     variant = "lenet" + ("-dropout" if dropout else "")
-    return ModelSpec(variant, tuple(input_shape), num_classes, tuple(layers))
+    height, width, channels = input_shape  # a list (from JSON) becomes the tuple a frozen spec compares by
+    return ModelSpec(variant, (height, width, channels), num_classes, tuple(layers))
 
 
 #: The MNIST variant (3,255,914 parameters).
@@ -199,4 +199,4 @@ def spec_for(input_shape: tuple[int, int, int], num_classes: int, dropout: float
     """
     if dropout is None:
         dropout = DEFAULT_COLOUR_DROPOUT if input_shape[-1] == 3 else 0.0
-    return lenet(tuple(input_shape), num_classes, dropout or None)
+    return lenet(input_shape, num_classes, dropout or None)

@@ -142,7 +142,7 @@ def measure(
         batches = epoch_batch_indices(config.seed, epoch, n_train, batch)
         done = 0
 
-        def on_chunk(n: int, _epoch: int = epoch, _total: int = len(batches)) -> None:  # noqa: B008
+        def on_chunk(n: int, _epoch: int = epoch, _total: int = len(batches)) -> None:
             nonlocal done
             done += n
             if progress:

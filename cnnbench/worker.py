@@ -108,8 +108,14 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
         own_weights = weights if weights is not None else session.get_weights()
         t = timing.clock()
         parity = check_session(
-            session, spec, request.train.optimizer, request.train.learning_rate, request.train.seed,
-            backend=backend, config=request.train, variant=request.variant,
+            session,
+            spec,
+            request.train.optimizer,
+            request.train.learning_rate,
+            request.train.seed,
+            backend=backend,
+            config=request.train,
+            variant=request.variant,
         )
         parity["seconds"] = timing.clock() - t
         session.set_weights(own_weights)  # the check left other weights and optimizer state
@@ -194,8 +200,15 @@ def check(request: CheckRequest, events: EventStream) -> int:
     backend.import_framework(request.variant)
     events.emit(messages.Phase("parity check"))
     report = parity.check_backend(
-        backend, spec, request.train, request.variant, request.learning_rates, request.seed, request.steps,
-        request.init, request.batch,
+        backend,
+        spec,
+        request.train,
+        request.variant,
+        request.learning_rates,
+        request.seed,
+        request.steps,
+        request.init,
+        request.batch,
     )
     report.update(spec=spec.name, input_shape=list(spec.input_shape), elapsed_s=timing.clock() - started)
     events.emit(messages.CheckResult(report))

@@ -16,7 +16,15 @@ HOSTILE = (
     "[link=http://x]evil[/link] [/] \x1b[31mred\x1b[0m \x1b]8;;http://x\x1b\\osc\x1b]8;;\x1b\\ "
     "\u202eabc [md](http://x) $\\frac$ :thumbs_up:"
 )
-ENVIRONMENT = {"cpu": "Test CPU", "cores": 2, "hostname": "testhost", "python": "3.11.9", "os": "Linux 6.1", "machine": "x86_64", "git_commit": "abc123def456"}
+ENVIRONMENT = {
+    "cpu": "Test CPU",
+    "cores": 2,
+    "hostname": "testhost",
+    "python": "3.11.9",
+    "os": "Linux 6.1",
+    "machine": "x86_64",
+    "git_commit": "abc123def456",
+}
 
 
 def measurement(
@@ -38,7 +46,15 @@ def measurement(
     return Measurement(
         status=OK,
         epochs=tuple(records),
-        phases=Phases(import_s=1.0, build_s=0.1, load_data_s=0.01, first_epoch_s=first_epoch_s, train_s=sum(e.seconds for e in records), eval_s=1000 / eval_throughput, total_s=10.0),
+        phases=Phases(
+            import_s=1.0,
+            build_s=0.1,
+            load_data_s=0.01,
+            first_epoch_s=first_epoch_s,
+            train_s=sum(e.seconds for e in records),
+            eval_s=1000 / eval_throughput,
+            total_s=10.0,
+        ),
         train_throughput=stats.median(steady),
         train_throughput_samples=steady,
         eval_throughput=eval_throughput,
@@ -54,8 +70,16 @@ def backend(name: str, throughputs: Sequence[float], status: str = OK, reason: s
     if status != OK:
         repeats = (*repeats, Measurement(status=status, reason=reason))
     return BackendResult(
-        backend=name, framework=name.capitalize(), framework_version="1.0", plugin=name, device="cpu", parameters=3_274_634,
-        status=status, reason=reason, settings={"threads": 2}, repeats=repeats,
+        backend=name,
+        framework=name.capitalize(),
+        framework_version="1.0",
+        plugin=name,
+        device="cpu",
+        parameters=3_274_634,
+        status=status,
+        reason=reason,
+        settings={"threads": 2},
+        repeats=repeats,
     )
 
 
@@ -68,10 +92,14 @@ def run(
 ) -> RunResult:
     repeat = max((len(b.repeats) for b in backends), default=1)
     return RunResult(
-        run_id=run_id, created=created,
-        train=TrainConfig(epochs=3, threads=2), data=DataConfig(dataset=dataset, limit_train=3000, limit_test=1000),
-        backends=tuple(backends), environment=dict(environment or ENVIRONMENT),
-        preprocessing={"n_train": 3000, "n_test": 1000}, repeat=repeat,
+        run_id=run_id,
+        created=created,
+        train=TrainConfig(epochs=3, threads=2),
+        data=DataConfig(dataset=dataset, limit_train=3000, limit_test=1000),
+        backends=tuple(backends),
+        environment=dict(environment or ENVIRONMENT),
+        preprocessing={"n_train": 3000, "n_test": 1000},
+        repeat=repeat,
     )
 
 
@@ -88,7 +116,11 @@ def full_run(name: str = "torch") -> RunResult:
         repeats=(replace(good.repeats[0], epochs=epochs, time_to_accuracy_s=3.0), *good.repeats[1:]),
         parity={"status": "FAIL", "message": "max diff 0.3"},
         settings={
-            "threads": 2, "devices_per_host": 1, "hosts": 1, "global_batch": 100, "data_parallel": "single device",
+            "threads": 2,
+            "devices_per_host": 1,
+            "hosts": 1,
+            "global_batch": 100,
+            "data_parallel": "single device",
         },
     )
     failed = backend("jax", [900.0], status="failed", reason="worker killed")

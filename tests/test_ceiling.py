@@ -25,8 +25,16 @@ def probe(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def fake(threads: int) -> dict[str, Any]:
         calls.append(threads)
-        return {"gflops": 200.0, "library": "numpy", "per_library": {"numpy": 200.0}, "threads": threads,
-                "size": ceiling.GEMM_SIZE, "measured_at": time.time(), "load_1m": 0.1, "cores": 2}
+        return {
+            "gflops": 200.0,
+            "library": "numpy",
+            "per_library": {"numpy": 200.0},
+            "threads": threads,
+            "size": ceiling.GEMM_SIZE,
+            "measured_at": time.time(),
+            "load_1m": 0.1,
+            "cores": 2,
+        }
 
     monkeypatch.setattr(ceiling, "measure", fake)
     return calls
@@ -102,11 +110,19 @@ def _run_with(ceiling_gflops: float, throughputs: dict[str, float]) -> Any:
     from cnnbench.config import DataConfig, TrainConfig
     from cnnbench.results import BackendResult, Measurement, RunResult
 
-    rows = tuple(BackendResult(backend=name, status="ok", repeats=(Measurement(train_throughput=speed),))
-                 for name, speed in throughputs.items())
-    return RunResult(run_id="r", created="2026-01-01T00:00:00+00:00", train=TrainConfig(), data=DataConfig(),
-                     environment={"matmul_ceiling": {"gflops": ceiling_gflops, "threads": 2}},
-                     model={"flops_train_per_sample": 1e9}, backends=rows)
+    rows = tuple(
+        BackendResult(backend=name, status="ok", repeats=(Measurement(train_throughput=speed),))
+        for name, speed in throughputs.items()
+    )
+    return RunResult(
+        run_id="r",
+        created="2026-01-01T00:00:00+00:00",
+        train=TrainConfig(),
+        data=DataConfig(),
+        environment={"matmul_ceiling": {"gflops": ceiling_gflops, "threads": 2}},
+        model={"flops_train_per_sample": 1e9},
+        backends=rows,
+    )
 
 
 def test_a_beaten_ceiling_is_measured_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,8 +139,12 @@ def test_a_beaten_ceiling_is_measured_again_once(monkeypatch: pytest.MonkeyPatch
     assert check_ceiling(quiet, 2) is quiet and calls == []  # nothing beats it: not measured again
     checked = check_ceiling(_run_with(100.0, {"a": 300.0, "b": 600.0, "c": 50.0}), 2)
     assert calls == [(2, True)]
-    assert checked.environment["matmul_ceiling"] == {"gflops": 500.0, "threads": 2, "remeasured": True,
-                                                      "above_ceiling": ["b"]}
+    assert checked.environment["matmul_ceiling"] == {
+        "gflops": 500.0,
+        "threads": 2,
+        "remeasured": True,
+        "above_ceiling": ["b"],
+    }
     monkeypatch.setattr(ceiling, "ceiling", lambda threads, refresh=False: {"gflops": 1000.0})
     fixed = check_ceiling(_run_with(100.0, {"a": 300.0}), 2)
     assert fixed.environment["matmul_ceiling"] == {"gflops": 1000.0, "remeasured": True}
@@ -152,7 +172,8 @@ def test_a_row_above_the_ceiling_is_flagged_in_the_table_with_a_footnote() -> No
 
 
 def test_the_runner_checks_the_ceiling_after_the_last_backend_and_saves_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from cnnbench import results, runner
     from cnnbench.config import DataConfig, TrainConfig
@@ -167,8 +188,16 @@ def test_the_runner_checks_the_ceiling_after_the_last_backend_and_saves_it(
     monkeypatch.setattr(runner, "measure_backend", measure)
     monkeypatch.setattr(ceiling, "ceiling", lambda threads, refresh=False: dict(entries[refresh]))
     options = runner.RunOptions(results_dir=str(tmp_path), measure_ceiling=True)
-    _, path = runner.run_benchmark([runner.BackendTarget("torch")], load_registry(), TrainConfig(threads=1),
-                                        DataConfig(dataset="synthetic"), options)
+    _, path = runner.run_benchmark(
+        [runner.BackendTarget("torch")],
+        load_registry(),
+        TrainConfig(threads=1),
+        DataConfig(dataset="synthetic"),
+        options,
+    )
     assert path is not None
-    assert results.load(path).environment["matmul_ceiling"] == {"gflops": 200.0, "remeasured": True,
-                                                                 "above_ceiling": ["torch"]}
+    assert results.load(path).environment["matmul_ceiling"] == {
+        "gflops": 200.0,
+        "remeasured": True,
+        "above_ceiling": ["torch"],
+    }

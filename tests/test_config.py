@@ -10,7 +10,7 @@ from cnnbench.spec import MNIST_LENET
 
 
 @pytest.mark.parametrize(
-    "changes, message",
+    ("changes", "message"),
     [
         ({"epochs": 0}, "epochs must be at least 1"),
         ({"batch_size": 0}, "batch size must be at least 1"),
@@ -50,7 +50,10 @@ def test_glorot_uniform_weights_have_the_expected_statistics():
     assert kernel.dtype == np.float32 and np.abs(kernel).max() <= limit
     assert kernel.std() == pytest.approx(limit / math.sqrt(3), rel=0.01)
     assert not weights["conv1/bias"].any()
-    assert initial_weights(MNIST_LENET, "glorot-uniform", seed=0)["conv2/kernel"].tobytes() == weights["conv2/kernel"].tobytes()
+    assert (
+        initial_weights(MNIST_LENET, "glorot-uniform", seed=0)["conv2/kernel"].tobytes()
+        == weights["conv2/kernel"].tobytes()
+    )
 
 
 def test_normal_scheme_is_the_chapters_and_framework_leaves_it_to_backends():

@@ -86,8 +86,15 @@ def test_corrupted_body_is_a_checksum_error_and_nothing_is_cached(env, served):
     with pytest.raises(ChecksumError) as exc:
         dataset.load(DataConfig(dataset=dataset.name), progress=False)
     message = str(exc.value)
-    assert message.startswith(f"{dataset.name}: could not download {TRAIN_IMAGES}.gz; tried {base}/corrupt/{TRAIN_IMAGES}.gz")
-    assert "corrupt or truncated gzip data" in message and ".part" not in message and "\n" not in message and exc.value.exit_code == 2
+    assert message.startswith(
+        f"{dataset.name}: could not download {TRAIN_IMAGES}.gz; tried {base}/corrupt/{TRAIN_IMAGES}.gz"
+    )
+    assert (
+        "corrupt or truncated gzip data" in message
+        and ".part" not in message
+        and "\n" not in message
+        and exc.value.exit_code == 2
+    )
     assert download_folder_files(dataset.name) == []
     assert not (env / "cache" / "arrays").exists()
 
@@ -105,7 +112,10 @@ def test_well_formed_but_wrong_content_names_both_hashes(env):
     message = str(exc.value)
     expected = dataset.files[0].sha256
     actual = hashlib.sha256(tampered[TRAIN_IMAGES]).hexdigest()
-    assert f"sha256 mismatch for {TRAIN_IMAGES} (from {base}/ok/{TRAIN_IMAGES}.gz): expected {expected}, got {actual}" in message
+    assert (
+        f"sha256 mismatch for {TRAIN_IMAGES} (from {base}/ok/{TRAIN_IMAGES}.gz): expected {expected}, got {actual}"
+        in message
+    )
     assert download_folder_files(dataset.name) == [] and not (env / "cache" / "arrays").exists()
 
 
@@ -160,7 +170,10 @@ def test_archive_download_verified_by_members(env):
     archive = tar_bytes([(f"cifar-10-batches-bin/{n}", d) for n, d in content.items()])
     bad_content = dict(content, **{"test_batch.bin": content["test_batch.bin"][::-1]})
     bad_archive = tar_bytes([(f"cifar-10-batches-bin/{n}", d) for n, d in bad_content.items()])
-    with serve_files({"cifar-10-binary.tar.gz": archive}) as (good_base, _), serve_files({"cifar-10-binary.tar.gz": bad_archive}) as (bad_base, _):
+    with (
+        serve_files({"cifar-10-binary.tar.gz": archive}) as (good_base, _),
+        serve_files({"cifar-10-binary.tar.gz": bad_archive}) as (bad_base, _),
+    ):
         dataset = tiny_cifar_dataset(content, base_urls=(f"{bad_base}/ok/",))
         with pytest.raises(ChecksumError, match=r"sha256 mismatch for test_batch\.bin"):
             dataset.load(DataConfig(dataset=dataset.name), progress=False)

@@ -54,7 +54,9 @@ def test_load_verifies_parses_and_caches(env, tiny):
     assert arrays.verified and arrays.source == str(env / "data" / "tiny-mnist")
     assert arrays.x_train.shape == (60, 28, 28, 1) and arrays.y_test.shape == (20,)
     assert arrays.y_train.dtype == np.int64 and arrays.y_train[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
-    assert isinstance(arrays.x_train, np.memmap) and Path(arrays.cache).parent == env / "cache" / "arrays" / "tiny-mnist"
+    assert (
+        isinstance(arrays.x_train, np.memmap) and Path(arrays.cache).parent == env / "cache" / "arrays" / "tiny-mnist"
+    )
     status = dataset.status(config)
     assert status["available"] and status["verified"] is True and status["cached"] and status["origin"] == "--data-dir"
     assert status["size_bytes"] == sum(p.stat().st_size for p in (env / "data" / "tiny-mnist").iterdir())
@@ -152,7 +154,9 @@ def test_unwritable_cache_folder(env, tiny, monkeypatch):
     blocker = env / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv(locate.CACHE_DIR_ENV, str(blocker / "cache"))
-    with pytest.raises(DatasetError, match=r"cannot write the dataset array cache at .*; set \$CNNBENCH_CACHE_DIR to a writable folder") as exc:
+    with pytest.raises(
+        DatasetError, match=r"cannot write the dataset array cache at .*; set \$CNNBENCH_CACHE_DIR to a writable folder"
+    ) as exc:
         dataset.load(DataConfig(dataset=dataset.name, data_dir=str(env / "data")))
     assert "\n" not in str(exc.value)
 
@@ -221,7 +225,10 @@ def test_offline_and_missing_says_where_to_put_which_files(env, monkeypatch, how
     message = str(exc.value)
     assert "\n" not in message and message.startswith("tiny-mnist: files not found and downloads are off")
     assert ("--offline" if how == "flag" else "$CNNBENCH_OFFLINE") in message
-    assert "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz" in message
+    assert (
+        "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"
+        in message
+    )
     assert str(locate.download_folder(dataset.name)) in message and str(env / "system" / "tiny-mnist") in message
     status = dataset.status(config)
     assert status["available"] is False and status["location"] == "missing" and "offline" in status["reason"]
@@ -259,7 +266,9 @@ def test_cifar_from_archive_and_from_extracted_folder(env):
     dataset = tiny_cifar_dataset(content)
     archive_dir = env / "a" / dataset.name
     archive_dir.mkdir(parents=True)
-    (archive_dir / "cifar-10-binary.tar.gz").write_bytes(tar_bytes([(f"cifar-10-batches-bin/{n}", d) for n, d in content.items()]))
+    (archive_dir / "cifar-10-binary.tar.gz").write_bytes(
+        tar_bytes([(f"cifar-10-batches-bin/{n}", d) for n, d in content.items()])
+    )
     from_archive = dataset.load(DataConfig(dataset=dataset.name, data_dir=str(env / "a")))
     assert from_archive.verified and from_archive.source.endswith("cifar-10-binary.tar.gz")
     write_files(env / "b" / "cifar-10-batches-bin", content, compress=False)

@@ -173,7 +173,9 @@ def write_archive(tmp_path, members, name="cifar-10-binary.tar.gz"):
 
 
 def test_archive_reads_wanted_members(tmp_path):
-    path = write_archive(tmp_path, [("cifar-10-batches-bin/a.bin", b"AAA"), ("cifar-10-batches-bin/readme.html", b"x"), ("b.bin", b"BB")])
+    path = write_archive(
+        tmp_path, [("cifar-10-batches-bin/a.bin", b"AAA"), ("cifar-10-batches-bin/readme.html", b"x"), ("b.bin", b"BB")]
+    )
     found = read_members(path, {"a.bin", "b.bin", "c.bin"}, ("cifar-10-batches-bin/", ""))
     assert found == {"a.bin": b"AAA", "b.bin": b"BB"}
 
@@ -235,11 +237,15 @@ def test_cifar_dataset_rejects_unsafe_archive_end_to_end(tmp_path, monkeypatch):
 
     content = tiny_cifar_content(5)
     dataset = tiny_cifar_dataset(content)
-    members = [(f"cifar-10-batches-bin/{name}", data) for name, data in content.items()] + [("../../.bashrc", b"echo owned")]
+    members = [(f"cifar-10-batches-bin/{name}", data) for name, data in content.items()] + [
+        ("../../.bashrc", b"echo owned")
+    ]
     folder = tmp_path / "data" / dataset.name
     folder.mkdir(parents=True)
     write_archive(folder, members)
-    with pytest.raises(DatasetError, match=r"^tiny-cifar10: cifar-10-binary.tar.gz: unsafe member '\.\./\.\./\.bashrc'") as exc:
+    with pytest.raises(
+        DatasetError, match=r"^tiny-cifar10: cifar-10-binary.tar.gz: unsafe member '\.\./\.\./\.bashrc'"
+    ) as exc:
         dataset.load(DataConfig(dataset=dataset.name, data_dir=str(tmp_path / "data"), offline=True))
     one_line(exc)
     assert not (tmp_path / ".bashrc").exists()

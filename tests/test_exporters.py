@@ -1,4 +1,4 @@
-"""Exports: pytest-benchmark JSON (checked with pytest-benchmark's own compare), github-action-benchmark, markdown, csv."""
+"""Exports: pytest-benchmark JSON (checked by pytest-benchmark's compare), github-action-benchmark, markdown, csv."""
 
 from __future__ import annotations
 
@@ -22,9 +22,15 @@ from cnnbench.results import FAILED, UNAVAILABLE, BackendResult
 def sample_run(scale: float = 1.0, run_id: str = "20250101T000000Z"):
     return resultgen.run(
         [
-            resultgen.backend("torch", [2000 * scale, 2050 * scale, 1980 * scale], eval_throughput=8000 * scale, accuracy=0.97),
-            resultgen.backend("jax", [1100 * scale, 1150 * scale, 1120 * scale], eval_throughput=6000 * scale, accuracy=0.96),
-            BackendResult(backend="tf", framework="TensorFlow", status=UNAVAILABLE, reason="tensorflow is not installed"),
+            resultgen.backend(
+                "torch", [2000 * scale, 2050 * scale, 1980 * scale], eval_throughput=8000 * scale, accuracy=0.97
+            ),
+            resultgen.backend(
+                "jax", [1100 * scale, 1150 * scale, 1120 * scale], eval_throughput=6000 * scale, accuracy=0.96
+            ),
+            BackendResult(
+                backend="tf", framework="TensorFlow", status=UNAVAILABLE, reason="tensorflow is not installed"
+            ),
         ],
         run_id=run_id,
     )
@@ -33,7 +39,9 @@ def sample_run(scale: float = 1.0, run_id: str = "20250101T000000Z"):
 def test_pytest_benchmark_mapping():
     doc = exporters.to_pytest_benchmark(sample_run())
     names = sorted(b["name"] for b in doc["benchmarks"])
-    assert names == sorted(f"{kind}[{fw}]" for kind in ("train_step", "eval_batch", "first_epoch") for fw in ("torch", "jax"))
+    assert names == sorted(
+        f"{kind}[{fw}]" for kind in ("train_step", "eval_batch", "first_epoch") for fw in ("torch", "jax")
+    )
     train = next(b for b in doc["benchmarks"] if b["name"] == "train_step[torch]")
     # One round per steady-state epoch (2 per repeat), in seconds per step of 100 samples.
     assert train["stats"]["rounds"] == 6 and train["stats"]["iterations"] == 30
@@ -49,7 +57,13 @@ def test_pytest_benchmark_stats_are_computed_like_pytest_benchmark():
     pytest_benchmark = pytest.importorskip("pytest_benchmark")
     pb_stats = pytest.importorskip("pytest_benchmark.stats")
     version = tuple(int(part) for part in pytest_benchmark.__version__.split(".")[:3] if part.isdigit())
-    for data in ([0.3], [0.5, 0.1], [0.2, 0.4, 0.9, 0.1, 0.25], [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0], [1, 2, 3, 4, 5, 6, 7, 8, 9]):
+    for data in (
+        [0.3],
+        [0.5, 0.1],
+        [0.2, 0.4, 0.9, 0.1, 0.25],
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
+    ):
         reference = pb_stats.Stats()
         for value in data:
             reference.update(value)
@@ -74,8 +88,20 @@ def test_pytest_benchmark_compare_accepts_the_export(tmp_path):
         result = runner.invoke(cli, ["export", str(stored), "--format", "pytest-benchmark", "-o", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest_benchmark", "compare", "0001_base.json", "0002_head.json", "--columns=median,iqr,ops,rounds", "--group-by=name"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest_benchmark",
+            "compare",
+            "0001_base.json",
+            "0002_head.json",
+            "--columns=median,iqr,ops,rounds",
+            "--group-by=name",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
@@ -99,8 +125,12 @@ def test_github_action_benchmark_pytest_tool_fields():
 def test_github_action_benchmark_custom_formats():
     bigger = exporters.to_github_action_benchmark(sample_run(), "bigger")
     smaller = exporters.to_github_action_benchmark(sample_run(), "smaller")
-    assert {e["name"] for e in bigger} == {f"{fw} {m}" for fw in ("torch", "jax") for m in ("train_throughput", "eval_throughput", "test_accuracy")}
-    assert {e["name"] for e in smaller} == {f"{fw} {m}" for fw in ("torch", "jax") for m in ("first_epoch_s", "peak_rss_mb")}
+    assert {e["name"] for e in bigger} == {
+        f"{fw} {m}" for fw in ("torch", "jax") for m in ("train_throughput", "eval_throughput", "test_accuracy")
+    }
+    assert {e["name"] for e in smaller} == {
+        f"{fw} {m}" for fw in ("torch", "jax") for m in ("first_epoch_s", "peak_rss_mb")
+    }
     for entry in bigger + smaller:
         assert set(entry) == {"name", "unit", "value", "range", "extra"}
         assert isinstance(entry["value"], float) and entry["unit"]
@@ -128,7 +158,9 @@ def test_comparison_markdown_leads_with_the_outcome():
     lines = text.splitlines()
     assert lines[0] == "### cnnbench compare: `base.json` → `cur.json`"
     assert lines[2].startswith("**4 regressions**: torch train throughput, torch eval throughput")
-    assert "| torch | train throughput | 2,000 ± 18 | 1,600 ± 14 | -400 samples/s | -20.0% | -10% | **❌ worse** |" in text
+    assert (
+        "| torch | train throughput | 2,000 ± 18 | 1,600 ± 14 | -400 samples/s | -20.0% | -10% | **❌ worse** |" in text
+    )
     clean = exporters.comparison_markdown(compare_runs(sample_run(), sample_run()))
     assert "**No regression.**" in clean and "WARNING" not in clean
 
@@ -166,11 +198,20 @@ def hostile_run():
     """The sample run with a backend, a reason and machine strings an attacker chose."""
     run = sample_run()
     evil = replace(
-        run.backends[0], backend=resultgen.HOSTILE, framework=resultgen.HOSTILE, framework_version="1.0\x1b[2J",
-        device="cpu\u202e", status=FAILED, reason=resultgen.HOSTILE,
+        run.backends[0],
+        backend=resultgen.HOSTILE,
+        framework=resultgen.HOSTILE,
+        framework_version="1.0\x1b[2J",
+        device="cpu\u202e",
+        status=FAILED,
+        reason=resultgen.HOSTILE,
     )
-    return replace(run, backends=(evil, *run.backends[1:]), data=replace(run.data, dataset="mnist\x1b]0;title\x07"),
-                   environment={**run.environment, "cpu": "\x9b31mCPU", "git_commit": "abc`def\x1b[0m"})
+    return replace(
+        run,
+        backends=(evil, *run.backends[1:]),
+        data=replace(run.data, dataset="mnist\x1b]0;title\x07"),
+        environment={**run.environment, "cpu": "\x9b31mCPU", "git_commit": "abc`def\x1b[0m"},
+    )
 
 
 def no_control_characters(text: str) -> bool:

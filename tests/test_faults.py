@@ -32,11 +32,27 @@ from cnnbench.runner import BackendTarget, RunInterrupted, RunOptions, run_bench
 SMALL_DATA = DataConfig(dataset="synthetic", options={"n_train": 200, "n_test": 100})
 SMALL_TRAIN = TrainConfig(epochs=1, batch_size=50, threads=1, warmup_steps=1)
 #: ``cnnbench run`` options for a run of a few seconds on the NumPy backend.
-SMALL_RUN = ["-d", "synthetic", "--dataset-option", "n_train=200", "--dataset-option", "n_test=100",
-             "--epochs", "1", "--batch-size", "50", "--threads", "1", "--skip-parity"]
+SMALL_RUN = [
+    "-d",
+    "synthetic",
+    "--dataset-option",
+    "n_train=200",
+    "--dataset-option",
+    "n_test=100",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "50",
+    "--threads",
+    "1",
+    "--skip-parity",
+]
 #: The CLI in a fresh interpreter: stop signals at their defaults (a test runner in the background may ignore
 #: SIGINT or SIGHUP, and children inherit that), and the current directory off sys.path (it may shadow cnnbench).
-CLI = [sys.executable, "-c", textwrap.dedent("""
+CLI = [
+    sys.executable,
+    "-c",
+    textwrap.dedent("""
     import signal, sys
     sys.path[:] = [p for p in sys.path if p]
     for name in ("SIGTERM", "SIGHUP"):
@@ -44,7 +60,8 @@ CLI = [sys.executable, "-c", textwrap.dedent("""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from cnnbench.cli import main
     main()
-""")]
+"""),
+]
 
 
 @pytest.fixture
@@ -52,8 +69,15 @@ def quiet_ceiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private cache holding a fresh, quiet, high ceiling: runs (in workers too) never start the GEMM probe."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("CNNBENCH_CACHE_DIR", str(cache))
-    entry = {"gflops": 1e9, "library": "numpy", "threads": 1, "size": ceiling.GEMM_SIZE,
-             "measured_at": time.time(), "load_1m": 0.0, "cores": os.cpu_count()}
+    entry = {
+        "gflops": 1e9,
+        "library": "numpy",
+        "threads": 1,
+        "size": ceiling.GEMM_SIZE,
+        "measured_at": time.time(),
+        "load_1m": 0.0,
+        "cores": os.cpu_count(),
+    }
     ceiling.cache_file().parent.mkdir(parents=True)
     ceiling.cache_file().write_text(json.dumps({ceiling._key(1): entry}))
     return cache
@@ -74,8 +98,14 @@ def leftovers(folder: Path) -> list[str]:
 
 
 def fake_row(target: BackendTarget, status: str = OK, reason: str = "") -> BackendResult:
-    return BackendResult(backend=target.id, framework="NumPy", framework_version="9.9", status=status, reason=reason,
-                         repeats=(Measurement(status=status, reason=reason, train_throughput=100.0),))
+    return BackendResult(
+        backend=target.id,
+        framework="NumPy",
+        framework_version="9.9",
+        status=status,
+        reason=reason,
+        repeats=(Measurement(status=status, reason=reason, train_throughput=100.0),),
+    )
 
 
 def no_measuring(monkeypatch: pytest.MonkeyPatch, status: str = OK) -> list[str]:
@@ -101,14 +131,16 @@ def test_an_unusable_results_folder_is_refused_before_anything_is_measured(tmp_p
     monkeypatch.setattr(runner, "run_worker", never)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    out = CliRunner().invoke(cli, ["run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(blocker / "x")],
-                             catch_exceptions=False)
+    out = CliRunner().invoke(
+        cli, ["run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(blocker / "x")], catch_exceptions=False
+    )
     assert out.exit_code == ExitCode.USAGE, out.output
     assert out.output.strip().splitlines() == [f"error: cannot write results to {blocker / 'x'}: Not a directory"]
 
 
-def test_a_full_disk_mid_run_saves_the_whole_run_to_a_named_fallback(tmp_path, numpy_backend, fixture_plugins,
-                                                                     monkeypatch, quiet_ceiling):
+def test_a_full_disk_mid_run_saves_the_whole_run_to_a_named_fallback(
+    tmp_path, numpy_backend, fixture_plugins, monkeypatch, quiet_ceiling
+):
     fixture_plugins("endless_backends")
     measured = no_measuring(monkeypatch)
     write = results._write_file
@@ -123,22 +155,26 @@ def test_a_full_disk_mid_run_saves_the_whole_run_to_a_named_fallback(tmp_path, n
 
     monkeypatch.setattr(results, "_write_file", full_at_the_second_save)
     store = tmp_path / "results"
-    out = CliRunner().invoke(cli, ["run", "-f", f"{numpy_backend},endless", *SMALL_RUN, "--results-dir", str(store)],
-                             catch_exceptions=False)
+    out = CliRunner().invoke(
+        cli, ["run", "-f", f"{numpy_backend},endless", *SMALL_RUN, "--results-dir", str(store)], catch_exceptions=False
+    )
     assert measured == [numpy_backend, "endless"]
     assert out.exit_code == ExitCode.NOT_SAVED, out.output
     fallback = quiet_ceiling / "unsaved-results"
     saved = list(fallback.glob("*.json"))
     assert len(saved) == 1 and [row.backend for row in results.load(saved[0]).backends] == measured
     warning = next(line for line in out.output.splitlines() if line.startswith("warning:"))
-    assert warning == (f"warning: cannot write results to {store}: No space left on device; "
-                       f"the whole run was saved to {saved[0]} instead")
+    assert warning == (
+        f"warning: cannot write results to {store}: No space left on device; "
+        f"the whole run was saved to {saved[0]} instead"
+    )
     assert "endless" in out.output and "9.9" in out.output  # the table is printed
     assert list(store.iterdir()) == []  # neither a temporary file nor the copy that lacked the last backend
 
 
-def test_when_no_folder_takes_the_result_the_table_still_shows_it(tmp_path, numpy_backend, monkeypatch, quiet_ceiling,
-                                                                   private_tmp):
+def test_when_no_folder_takes_the_result_the_table_still_shows_it(
+    tmp_path, numpy_backend, monkeypatch, quiet_ceiling, private_tmp
+):
     no_measuring(monkeypatch)
 
     def full(fd: int, text: str) -> None:
@@ -147,12 +183,15 @@ def test_when_no_folder_takes_the_result_the_table_still_shows_it(tmp_path, nump
 
     monkeypatch.setattr(results, "_write_file", full)
     store = tmp_path / "results"
-    out = CliRunner().invoke(cli, ["run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(store)],
-                             catch_exceptions=False)
+    out = CliRunner().invoke(
+        cli, ["run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(store)], catch_exceptions=False
+    )
     assert out.exit_code == ExitCode.NOT_SAVED, out.output
     assert "9.9" in out.output
-    assert (f"warning: cannot write results to {store}: No space left on device; no fallback folder was writable "
-            "either: the result is only in the table above") in out.output
+    assert (
+        f"warning: cannot write results to {store}: No space left on device; no fallback folder was writable "
+        "either: the result is only in the table above"
+    ) in out.output
     assert not [p for p in private_tmp.rglob("*") if p.is_file()] and list(store.iterdir()) == []
 
 
@@ -163,16 +202,18 @@ def test_an_atomic_save_leaves_no_temporary_file_on_any_failure(tmp_path, monkey
         raise fault
 
     monkeypatch.setattr(results, "_write_file", failing)
-    run = RunResult(run_id="20260101T000000Z-0000", created="2026-01-01T00:00:00+00:00", train=TrainConfig(),
-                    data=DataConfig())
+    run = RunResult(
+        run_id="20260101T000000Z-0000", created="2026-01-01T00:00:00+00:00", train=TrainConfig(), data=DataConfig()
+    )
     with pytest.raises(UsageError if isinstance(fault, OSError) else KeyboardInterrupt):
         results.save(run, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
-    run = RunResult(run_id="20260101T000000Z-0000", created="2026-01-01T00:00:00+00:00", train=TrainConfig(),
-                    data=DataConfig())
+    run = RunResult(
+        run_id="20260101T000000Z-0000", created="2026-01-01T00:00:00+00:00", train=TrainConfig(), data=DataConfig()
+    )
     (tmp_path / "taken.json").mkdir()  # os.replace cannot put a file over a folder
     with pytest.raises(UsageError, match="cannot write results"):
         results.save(run, tmp_path, filename="taken.json")
@@ -181,8 +222,9 @@ def test_a_failed_rename_leaves_no_temporary_file(tmp_path):
 
 def test_a_failed_backend_makes_run_exit_3(tmp_path, numpy_backend, monkeypatch):
     no_measuring(monkeypatch, status=FAILED)
-    out = CliRunner().invoke(cli, ["run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(tmp_path)],
-                             catch_exceptions=False)
+    out = CliRunner().invoke(
+        cli, ["run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(tmp_path)], catch_exceptions=False
+    )
     assert out.exit_code == ExitCode.BACKEND_FAILED, out.output
 
 
@@ -206,15 +248,26 @@ def gone(pid: int) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: signal.Signals(s).name)
 def test_a_stop_signal_saves_and_prints_what_finished_and_leaves_nothing_behind(
-    sig, tmp_path, numpy_backend, fixture_plugins, quiet_ceiling, private_tmp,
+    sig,
+    tmp_path,
+    numpy_backend,
+    fixture_plugins,
+    quiet_ceiling,
+    private_tmp,
 ):
     fixture_plugins("endless_backends")
     pid_file = tmp_path / "pids"
     store = tmp_path / "results"
     env = {**os.environ, "CNNBENCH_TEST_PID_FILE": str(pid_file), "COLUMNS": "300"}
-    proc = subprocess.Popen([*CLI, "run", "-f", f"{numpy_backend},endless", *SMALL_RUN, "--results-dir", str(store)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*CLI, "run", "-f", f"{numpy_backend},endless", *SMALL_RUN, "--results-dir", str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     pids: list[int] = []
     try:
         wait_for(pid_file.exists, 240, "the endless backend to start training")
@@ -266,8 +319,9 @@ def test_a_stop_signal_waits_for_a_held_section_and_an_ignored_one_stays_ignored
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_an_interrupted_row_keeps_its_framework_version_and_finished_repeats(tmp_path, numpy_backend, monkeypatch,
-                                                                           quiet_ceiling, private_tmp):
+def test_an_interrupted_row_keeps_its_framework_version_and_finished_repeats(
+    tmp_path, numpy_backend, monkeypatch, quiet_ceiling, private_tmp
+):
     calls: list[int] = []
 
     def second_repeat_interrupted(request: messages.Request, *args: Any) -> tuple[str, messages.Final]:
@@ -280,8 +334,13 @@ def test_an_interrupted_row_keeps_its_framework_version_and_finished_repeats(tmp
     registry = load_registry()
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(RunInterrupted) as stop:
-        run_benchmark([BackendTarget(numpy_backend)], registry, SMALL_TRAIN, SMALL_DATA,
-                      RunOptions(repeat=2, results_dir=str(tmp_path / "results")))
+        run_benchmark(
+            [BackendTarget(numpy_backend)],
+            registry,
+            SMALL_TRAIN,
+            SMALL_DATA,
+            RunOptions(repeat=2, results_dir=str(tmp_path / "results")),
+        )
     assert signal.getsignal(signal.SIGTERM) == previous  # handlers restored
     assert stop.value.exit_code == 143 and stop.value.path is not None
     row = results.load(stop.value.path).backends[0]
@@ -304,11 +363,19 @@ def shadowing_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_a_cnnbench_folder_in_the_current_directory_does_not_shadow_the_workers(
-    shadowing_cwd, tmp_path, numpy_backend, quiet_ceiling,
+    shadowing_cwd,
+    tmp_path,
+    numpy_backend,
+    quiet_ceiling,
 ):
     store = tmp_path / "results"
-    done = subprocess.run([*CLI, "run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(store)],
-                          capture_output=True, text=True, cwd=shadowing_cwd, timeout=300)
+    done = subprocess.run(
+        [*CLI, "run", "-f", numpy_backend, *SMALL_RUN, "--results-dir", str(store)],
+        capture_output=True,
+        text=True,
+        cwd=shadowing_cwd,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert results.load(next(store.glob("*.json"))).backends[0].status == OK
 
@@ -341,16 +408,24 @@ def test_the_ceiling_probe_is_not_shadowed(tmp_path, monkeypatch):
 # --- 11. log folders, symlink loops ------------------------------------------------------------------------------
 
 
-def test_logs_of_failed_rows_are_kept_and_the_temporary_log_folder_removed(tmp_path, numpy_backend, monkeypatch,
-                                                                         quiet_ceiling, private_tmp):
-    def failing_worker(request: messages.Request, env: dict[str, str], timeout: float | None, on_event: Any,
-                       log_path: Path, launcher: Any = None) -> tuple[str, messages.Final]:
+def test_logs_of_failed_rows_are_kept_and_the_temporary_log_folder_removed(
+    tmp_path, numpy_backend, monkeypatch, quiet_ceiling, private_tmp
+):
+    def failing_worker(
+        request: messages.Request,
+        env: dict[str, str],
+        timeout: float | None,
+        on_event: Any,
+        log_path: Path,
+        launcher: Any = None,
+    ) -> tuple[str, messages.Final]:
         log_path.write_text("Traceback: the reason of the failure\n")
         return FAILED, messages.Error("worker exited with code 1")
 
     monkeypatch.setattr(runner, "run_worker", failing_worker)
-    result, _ = run_benchmark([BackendTarget(numpy_backend)], load_registry(), SMALL_TRAIN, SMALL_DATA,
-                              RunOptions(save=False))
+    result, _ = run_benchmark(
+        [BackendTarget(numpy_backend)], load_registry(), SMALL_TRAIN, SMALL_DATA, RunOptions(save=False)
+    )
     reason = result.backends[0].reason
     kept = Path(reason.partition("(log: ")[2].rstrip(")"))
     assert kept.parent == quiet_ceiling / "logs" / result.run_id
@@ -379,8 +454,13 @@ def test_the_scaling_table_renders_names_and_reasons_literally() -> None:
     from cnnbench.scaling import scaling_table
 
     rows = (BackendResult(backend="[link=https://x.example]evil[/link]", status=FAILED, reason="[/] \x1b]8;;x\x07"),)
-    run = RunResult(run_id="r", created="2026-01-01T00:00:00+00:00", train=TrainConfig(threads=1),
-                    data=DataConfig(dataset="[bold]d"), backends=rows)
+    run = RunResult(
+        run_id="r",
+        created="2026-01-01T00:00:00+00:00",
+        train=TrainConfig(threads=1),
+        data=DataConfig(dataset="[bold]d"),
+        backends=rows,
+    )
     console = Console(width=300, record=True)
     console.print(scaling_table([run]))
     text = console.export_text()

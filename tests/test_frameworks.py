@@ -51,11 +51,14 @@ def test_every_tensorflow_distribution_identifies_tensorflow_for_both_backends(m
     assert JaxBackend().framework_version() == "0.99.0"
 
 
-@pytest.mark.parametrize("environ, threads, source", [
-    ({PJRT_THREADS_ENV: "3", "NPROC": "5"}, 3, f"{PJRT_THREADS_ENV}=3"),
-    ({"NPROC": "5"}, 5, "NPROC=5"),
-    ({PJRT_THREADS_ENV: "many"}, None, "schedulable CPUs (XLA default)"),
-])
+@pytest.mark.parametrize(
+    ("environ", "threads", "source"),
+    [
+        ({PJRT_THREADS_ENV: "3", "NPROC": "5"}, 3, f"{PJRT_THREADS_ENV}=3"),
+        ({"NPROC": "5"}, 5, "NPROC=5"),
+        ({PJRT_THREADS_ENV: "many"}, None, "schedulable CPUs (XLA default)"),
+    ],
+)
 def test_jax_threads_come_from_pjrt_nproc_then_nproc_then_the_cores(
     monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], threads: int | None, source: str
 ) -> None:
@@ -74,12 +77,16 @@ def test_jax_threads_cannot_change_after_start_and_say_so(monkeypatch: pytest.Mo
     assert "PJRT_NPROC" in JAX.apply_threads(1)["threads_not_applied"]
 
 
-@pytest.mark.parametrize("config", [
-    TrainConfig(),
-    TrainConfig(device="cpu", threads=2),
-    TrainConfig(device="cuda", devices=2),
-    TrainConfig(threads=1, devices=4),
-], ids=["default", "cpu-threads", "cuda-devices", "auto-threads-devices"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(),
+        TrainConfig(device="cpu", threads=2),
+        TrainConfig(device="cuda", devices=2),
+        TrainConfig(threads=1, devices=4),
+    ],
+    ids=["default", "cpu-threads", "cuda-devices", "auto-threads-devices"],
+)
 def test_keras_on_jax_starts_jax_as_the_jax_backend_does(config: TrainConfig) -> None:
     jax_env = JaxBackend().process_environment(None, config)
     keras_env = KerasBackend().process_environment("jax", config)

@@ -144,7 +144,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                return [*stack[stack.index(nxt):], nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -192,9 +192,12 @@ def test_the_parser_sees_every_kind_of_import() -> None:
     }
     found = {(i.importer, i.imported, i.where) for i in package_imports(sources)}
     assert found == {
-        ("cnnbench.a", "cnnbench.b", MODULE), ("cnnbench.a", "cnnbench.c.d", MODULE),
-        ("cnnbench.b", "cnnbench.a", FUNCTION), ("cnnbench.c", "cnnbench.b", MODULE),
-        ("cnnbench.c.d", "cnnbench.a", TYPE_CHECKING), ("cnnbench.c.d", "cnnbench.b", MODULE),
+        ("cnnbench.a", "cnnbench.b", MODULE),
+        ("cnnbench.a", "cnnbench.c.d", MODULE),
+        ("cnnbench.b", "cnnbench.a", FUNCTION),
+        ("cnnbench.c", "cnnbench.b", MODULE),
+        ("cnnbench.c.d", "cnnbench.a", TYPE_CHECKING),
+        ("cnnbench.c.d", "cnnbench.b", MODULE),
     }
     graph = module_level_graph(package_imports(sources))
     assert graph["cnnbench.a"] == {"cnnbench.b", "cnnbench.c.d", "cnnbench.c"}  # a.py also runs c/__init__.py
@@ -221,8 +224,11 @@ def test_the_rules_catch_the_old_cycle_through_cli() -> None:
     assert any("cnnbench.commands.history line 1 (module) imports the command module" in p for p in problems)
     assert any("cnnbench.report" in p and "the core must not" in p for p in problems)
     sources["cnnbench/commands/scale.py"] = "from cnnbench.cli import console\n"
-    assert find_cycle(module_level_graph(package_imports(sources))) == ["cnnbench.cli", "cnnbench.commands.scale",
-                                                                        "cnnbench.cli"]
+    assert find_cycle(module_level_graph(package_imports(sources))) == [
+        "cnnbench.cli",
+        "cnnbench.commands.scale",
+        "cnnbench.cli",
+    ]
 
 
 def test_nothing_imports_the_cli_and_commands_share_only_common() -> None:

@@ -46,8 +46,12 @@ EVENTS = [
     Phase("train", device="cpu (1 thread)"),
     Progress(epoch=1, done=50, total=120),
     Result(
-        MEASUREMENT, "cpu", 3_255_914, settings={"intra_op_threads": 1, "global_batch": 100},
-        parity={"status": "PASS", "checks": {}}, model={"name": "lenet", "input_shape": [28, 28, 1]},
+        MEASUREMENT,
+        "cpu",
+        3_255_914,
+        settings={"intra_op_threads": 1, "global_batch": 100},
+        parity={"status": "PASS", "checks": {}},
+        model={"name": "lenet", "input_shape": [28, 28, 1]},
         preprocessing={"scale": "0..1"},
     ),
     CheckResult(
@@ -59,12 +63,29 @@ EVENTS = [
 ]
 
 REQUESTS = [
-    MeasureRequest("torch", None, TrainConfig(epochs=2, threads=1, backend_options={"torch.compile": "true"}),
-                   DataConfig(dataset="synthetic", limit_train=600, options={"n_train": 600}), target_accuracy=0.5,
-                   parity=True, evaluate_each_epoch=True),
+    MeasureRequest(
+        "torch",
+        None,
+        TrainConfig(epochs=2, threads=1, backend_options={"torch.compile": "true"}),
+        DataConfig(dataset="synthetic", limit_train=600, options={"n_train": 600}),
+        target_accuracy=0.5,
+        parity=True,
+        evaluate_each_epoch=True,
+    ),
     MeasureRequest("keras", "jax", TrainConfig(), DataConfig()),
-    CheckRequest("tf", None, TrainConfig(threads=2, dropout=0.0), (32, 32, 3), 10, 0.2, {"adam": 1e-3, "sgd": 0.01},
-                 seed=1, steps=3, init="normal", batch=16),
+    CheckRequest(
+        "tf",
+        None,
+        TrainConfig(threads=2, dropout=0.0),
+        (32, 32, 3),
+        10,
+        0.2,
+        {"adam": 1e-3, "sgd": 0.01},
+        seed=1,
+        steps=3,
+        init="normal",
+        batch=16,
+    ),
 ]
 
 
@@ -124,7 +145,7 @@ def test_garbage_is_not_a_message(line: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "payload, fragment",
+    ("payload", "fragment"),
     [
         ({"event": "progress", "epoch": 1}, "malformed 'progress' message"),
         ({"event": "result", "measurement": "fast", "device": "cpu", "parameters": 1}, "malformed 'result' message"),
@@ -137,7 +158,7 @@ def test_missing_or_malformed_fields_are_a_protocol_error(payload: dict[str, obj
 
 
 @pytest.mark.parametrize(
-    "text, fragment",
+    ("text", "fragment"),
     [
         ("not json", "not valid JSON"),
         ("[]", "not a JSON object"),

@@ -84,6 +84,7 @@ def run_cli(*args: str) -> Any:
 
 # --- the built-ins -------------------------------------------------------------------------------------------------
 
+
 def test_builtin_backends_and_datasets_come_through_entry_points() -> None:
     registry = load_registry()
     assert "torch" in registry.backends
@@ -100,6 +101,7 @@ def test_unknown_names_list_the_valid_choices() -> None:
 
 
 # --- loading survives whatever a plugin raises (SystemExit included, KeyboardInterrupt excepted) --------------------
+
 
 def test_a_plugin_that_raises_on_import_is_recorded_as_broken(fixture_plugins: Callable[..., None]) -> None:
     fixture_plugins("broken_on_import")
@@ -140,6 +142,7 @@ def test_cnnbench_list_survives_a_plugin_that_exits(fixture_plugins: Callable[..
 
 
 # --- first registration wins, built-ins first; the newcomer is broken and registers nothing -------------------------
+
 
 def test_duplicate_names_are_reported_against_the_second_plugin() -> None:
     class Again:
@@ -204,21 +207,44 @@ def test_a_plugin_with_an_unusable_name_is_broken_and_never_imported(monkeypatch
 
 # --- what a plugin registers is validated -------------------------------------------------------------------------
 
+
 def malformed(fixture_plugins: Callable[..., None], kind: str, case: str) -> tuple[Any, str]:
     return getattr(fixture_module(fixture_plugins, "malformed_items"), kind)[case]
 
 
 BACKEND_CASES = [
-    "the class, not an instance", "no name", "a name that is not a string", "rich markup in the name",
-    "an escape sequence in the name", "a colon in the name", "a dot in the name", "the reserved name all",
-    "a name too long", "no framework", "an OSC hyperlink in the framework", "variants as None", "variants as a string",
-    "a variant with a colon", "a repeated variant", "deterministic as a string", "no methods",
-    "create_session without config", "a name that raises",
+    "the class, not an instance",
+    "no name",
+    "a name that is not a string",
+    "rich markup in the name",
+    "an escape sequence in the name",
+    "a colon in the name",
+    "a dot in the name",
+    "the reserved name all",
+    "a name too long",
+    "no framework",
+    "an OSC hyperlink in the framework",
+    "variants as None",
+    "variants as a string",
+    "a variant with a colon",
+    "a repeated variant",
+    "deterministic as a string",
+    "no methods",
+    "create_session without config",
+    "a name that raises",
 ]
 DATASET_CASES = [
-    "the class, not an instance", "rich markup in the name", "a description that is not a string",
-    "control characters in the description", "a two-dimensional input shape", "a zero in the input shape",
-    "a string in the input shape", "class names not a tuple", "one class", "a negative n_train", "load without config",
+    "the class, not an instance",
+    "rich markup in the name",
+    "a description that is not a string",
+    "control characters in the description",
+    "a two-dimensional input shape",
+    "a zero in the input shape",
+    "a string in the input shape",
+    "class names not a tuple",
+    "one class",
+    "a negative n_train",
+    "load without config",
     "status without config",
 ]
 
@@ -257,7 +283,7 @@ def test_well_formed_stubs_are_accepted(fixture_plugins: Callable[..., None]) ->
 
 
 def test_a_hook_that_returns_its_backends_instead_of_registering_them_is_broken(
-    fixture_plugins: Callable[..., None]
+    fixture_plugins: Callable[..., None],
 ) -> None:
     stubs = fixture_module(fixture_plugins, "stub_items")
 
@@ -286,6 +312,7 @@ def test_register_kept_for_later_is_refused(fixture_plugins: Callable[..., None]
 
 
 # --- the filter variables: never the built-in datasets by accident; errors name the variable ----------------------
+
 
 def test_allow_and_block_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CNNBENCH_DISABLE_PLUGINS", "torch")
@@ -336,7 +363,9 @@ def test_an_unknown_name_mentions_the_disabled_plugins(monkeypatch: pytest.Monke
 
 def test_a_framework_whose_plugin_failed_to_load_says_so(fixture_plugins: Callable[..., None]) -> None:
     fixture_plugins("broken_on_import")
-    with pytest.raises(UsageError, match=r"^framework 'broken_on_import' is unavailable: its plugin failed to load "
-                                         r"\(RuntimeError: this plugin is broken on purpose"):
+    with pytest.raises(
+        UsageError,
+        match=r"^framework 'broken_on_import' is unavailable: its plugin failed to load "
+        r"\(RuntimeError: this plugin is broken on purpose",
+    ):
         load_registry().backend("broken_on_import")
-

@@ -56,6 +56,7 @@ def test_validation_hold_out_is_disjoint_from_training():
     ids = np.arange(1000)
     arrays.x_train[:, 0, 0, 0], arrays.x_train[:, 0, 0, 1] = ids // 256, ids % 256
     prepared = prepare(arrays, DataConfig(validation=250))
+
     def ids_of(x):
         return set((np.rint(x[:, 0, 0, 0] * 255) * 256 + np.rint(x[:, 0, 0, 1] * 255)).astype(int).tolist())
 
@@ -78,7 +79,9 @@ def test_standardisation_uses_training_statistics_per_channel():
     np.testing.assert_allclose(flat.std(axis=0), 1, atol=1e-5)
     mean, std = np.array(prepared.record["standardize"]["mean"]), np.array(prepared.record["standardize"]["std"])
     assert mean[2] < mean[0] / 2
-    np.testing.assert_allclose(prepared.x_test[0, 0, 0], (arrays.x_test[0, 0, 0] / 255 - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        prepared.x_test[0, 0, 0], (arrays.x_test[0, 0, 0] / 255 - mean) / std, rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(prepared.x_val.reshape(-1, 3).mean(axis=0), 0, atol=0.1)
 
 
@@ -111,7 +114,9 @@ def test_outputs_are_fresh_writable_arrays_even_from_read_only_inputs():
 
 def test_float_inputs_are_kept_as_given():
     arrays = make_arrays()
-    as_float = DatasetArrays(arrays.x_train / np.float32(255), arrays.y_train, arrays.x_test / np.float32(255), arrays.y_test)
+    as_float = DatasetArrays(
+        arrays.x_train / np.float32(255), arrays.y_train, arrays.x_test / np.float32(255), arrays.y_test
+    )
     prepared = prepare(as_float, DataConfig(limit_train=100))
     assert prepared.record["scale"] == "float32 as given" and prepared.x_train.dtype == np.float32
     assert len(prepared.y_train) == 100

@@ -29,11 +29,31 @@ def sample_result() -> RunResult:
     measurement = Measurement(
         epochs=(EpochRecord(1, 0.3, 12.5, 60000, 4800.0, 0.97), EpochRecord(2, 0.1, 10.0, 60000, 6000.0)),
         phases=Phases(import_s=1.2, build_s=0.3, first_epoch_s=12.5, train_s=22.5, eval_s=1.0, total_s=26.0),
-        train_throughput=6000.0, train_throughput_samples=(6000.0,), eval_throughput=10000.0,
-        test_accuracy=0.985, test_loss=0.05, peak_rss_mb=900.0,
+        train_throughput=6000.0,
+        train_throughput_samples=(6000.0,),
+        eval_throughput=10000.0,
+        test_accuracy=0.985,
+        test_loss=0.05,
+        peak_rss_mb=900.0,
     )
-    row = BackendResult("torch", "PyTorch", "2.13.0", "cnnbench", "cpu", 3_255_914, settings={"threads": 2}, repeats=(measurement, measurement))
-    return RunResult("20261128T000000Z", "2026-11-28T00:00:00+00:00", TrainConfig(epochs=2, threads=2), DataConfig(dataset="mnist", options={"a": 1}), (row,), {"cpu": "x"})
+    row = BackendResult(
+        "torch",
+        "PyTorch",
+        "2.13.0",
+        "cnnbench",
+        "cpu",
+        3_255_914,
+        settings={"threads": 2},
+        repeats=(measurement, measurement),
+    )
+    return RunResult(
+        "20261128T000000Z",
+        "2026-11-28T00:00:00+00:00",
+        TrainConfig(epochs=2, threads=2),
+        DataConfig(dataset="mnist", options={"a": 1}),
+        (row,),
+        {"cpu": "x"},
+    )
 
 
 def test_round_trip_gives_equal_objects(tmp_path):
@@ -74,6 +94,7 @@ def test_save_is_atomic_and_resolve_finds_latest(tmp_path):
 
 # --- validation on load (issue 15, item 10) ------------------------------------------------------
 
+
 def valid_document() -> dict:
     return json.loads(results.dumps(resultgen.full_run()))
 
@@ -87,30 +108,48 @@ def load_mutated(mutate, source: str = "results/x.json") -> RunResult:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d["backends"][0]["repeats"].__setitem__(1, None),
-         "backends[0].repeats[1]: expected an object, got null"),
+        (
+            lambda d: d["backends"][0]["repeats"].__setitem__(1, None),
+            "backends[0].repeats[1]: expected an object, got null",
+        ),
         (lambda d: d.__setitem__("train", None), "train: expected an object, got null"),
-        (lambda d: d["backends"][0]["repeats"][0].__setitem__("train_throughput", "2000"),
-         "backends[0].repeats[0].train_throughput: expected a number or null, got a string"),
+        (
+            lambda d: d["backends"][0]["repeats"][0].__setitem__("train_throughput", "2000"),
+            "backends[0].repeats[0].train_throughput: expected a number or null, got a string",
+        ),
         (lambda d: d["train"].__setitem__("epochs", 2.5), "train.epochs: expected an integer, got 2.5"),
         (lambda d: d["backends"][0].__setitem__("status", None), "backends[0].status: expected a string, got null"),
         (lambda d: d["backends"][0].pop("backend"), "backends[0].backend: required field is missing"),
         (lambda d: d.pop("run_id"), "run_id: required field is missing"),
-        (lambda d: d["backends"][0]["repeats"][0]["epochs"][0].__setitem__("seconds", True),
-         "backends[0].repeats[0].epochs[0].seconds: expected a number, got a boolean"),
-        (lambda d: d["backends"][0]["repeats"][2].__setitem__("eval_throughput", float("inf")),
-         "backends[0].repeats[2].eval_throughput: expected a finite number, got Infinity"),
+        (
+            lambda d: d["backends"][0]["repeats"][0]["epochs"][0].__setitem__("seconds", True),
+            "backends[0].repeats[0].epochs[0].seconds: expected a number, got a boolean",
+        ),
+        (
+            lambda d: d["backends"][0]["repeats"][2].__setitem__("eval_throughput", float("inf")),
+            "backends[0].repeats[2].eval_throughput: expected a finite number, got Infinity",
+        ),
         (lambda d: d["train"].__setitem__("batch_size", 0), "train.batch_size: must be at least 1, got 0"),
-        (lambda d: d["backends"][0].__setitem__("parameters", 10**30),
-         "backends[0].parameters: integer out of range (beyond +-2**53), got an integer of 31 digits"),
-        (lambda d: d["environment"].__setitem__("git_commit", ["abc"]),
-         "environment.git_commit: expected a string or null, got a list"),
-        (lambda d: d["environment"]["matmul_ceiling"].__setitem__("gflops", "fast"),
-         "environment.matmul_ceiling.gflops: expected a number or null, got a string"),
-        (lambda d: d["backends"][0]["settings"].__setitem__("hosts", "2"),
-         "backends[0].settings.hosts: expected an integer, got a string"),
-        (lambda d: d["train"]["backend_options"].__setitem__("tf.xla", 1),
-         'train.backend_options["tf.xla"]: expected a string, got 1'),
+        (
+            lambda d: d["backends"][0].__setitem__("parameters", 10**30),
+            "backends[0].parameters: integer out of range (beyond +-2**53), got an integer of 31 digits",
+        ),
+        (
+            lambda d: d["environment"].__setitem__("git_commit", ["abc"]),
+            "environment.git_commit: expected a string or null, got a list",
+        ),
+        (
+            lambda d: d["environment"]["matmul_ceiling"].__setitem__("gflops", "fast"),
+            "environment.matmul_ceiling.gflops: expected a number or null, got a string",
+        ),
+        (
+            lambda d: d["backends"][0]["settings"].__setitem__("hosts", "2"),
+            "backends[0].settings.hosts: expected an integer, got a string",
+        ),
+        (
+            lambda d: d["train"]["backend_options"].__setitem__("tf.xla", 1),
+            'train.backend_options["tf.xla"]: expected a string, got 1',
+        ),
         (lambda d: d.__setitem__("schema_version", True), "schema_version: expected an integer, got a boolean"),
     ],
 )
@@ -188,10 +227,32 @@ def test_every_annotation_in_the_schema_is_one_the_loader_checks():
 
 
 # Values that have broken readers before: markup, escapes, formulas, odd numbers, unpaired surrogates.
-TRICKY = st.sampled_from([
-    resultgen.HOSTILE, "[/]", "", "latest", "ok", "failed", "FAIL", "\ud800", "$\\frac$",
-    0, -1, 1, 2**53 + 1, 10**400, 0.0, -0.0, 1e308, -1e308, 1e-320, float("nan"), float("inf"), float("-inf"),
-])
+TRICKY = st.sampled_from(
+    [
+        resultgen.HOSTILE,
+        "[/]",
+        "",
+        "latest",
+        "ok",
+        "failed",
+        "FAIL",
+        "\ud800",
+        "$\\frac$",
+        0,
+        -1,
+        1,
+        2**53 + 1,
+        10**400,
+        0.0,
+        -0.0,
+        1e308,
+        -1e308,
+        1e-320,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+    ]
+)
 KEYS = st.text(max_size=8) | TRICKY.filter(lambda value: isinstance(value, str))
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | TRICKY,

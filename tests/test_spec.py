@@ -13,7 +13,18 @@ def test_mnist_variant_parameter_count_and_shapes():
 def test_cifar_variant_has_dropout_after_each_pool_and_dense1024():
     assert CIFAR_LENET.num_params == 4_239_978
     kinds = [type(layer).__name__ for layer in CIFAR_LENET.layers]
-    assert kinds == ["Conv2D", "MaxPool2D", "Dropout", "Conv2D", "MaxPool2D", "Dropout", "Flatten", "Dense", "Dropout", "Dense"]
+    assert kinds == [
+        "Conv2D",
+        "MaxPool2D",
+        "Dropout",
+        "Conv2D",
+        "MaxPool2D",
+        "Dropout",
+        "Flatten",
+        "Dense",
+        "Dropout",
+        "Dense",
+    ]
     assert CIFAR_LENET.layer_infos()[6].output_shape == (4096,)
     assert all(layer.rate == 0.2 for layer in CIFAR_LENET.layers if isinstance(layer, Dropout))
 
@@ -46,7 +57,7 @@ def test_same_and_valid_padding_arithmetic():
     spec = lenet((31, 29, 1))
     assert spec.layer_infos()[0].output_shape == (31, 29, 32)  # SAME keeps size at stride 1
     assert spec.layer_infos()[1].output_shape == (15, 14, 32)  # VALID 2/2 floors
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown padding 'FULL'"):
         type(spec)("x", (8, 8, 1), 10, (Conv2D("c", 4, 3, padding="FULL"),)).layer_infos()
 
 

@@ -1,8 +1,8 @@
 """Reading dataset files as published (raw, gzip-compressed, or in a tar archive) without trusting them.
 
 Reads are bounded by the dataset's declared sizes, so a hostile mirror cannot exhaust memory
-with a decompression bomb. Archives are never extracted to disk: the wanted members are read into memory, which is all the
-parser needs. Every member is still checked first, and an archive holding any absolute path,
+with a decompression bomb. Archives are never extracted to disk: the wanted members are read into
+memory, which is all the parser needs. Every member is still checked first, and an archive holding any absolute path,
 ``..`` component, link pointing outside the archive's root, or device/fifo is rejected as a whole:
 such an archive is not an official file, and extracting it elsewhere would be unsafe.
 """
@@ -68,14 +68,23 @@ def check_member(member: tarfile.TarInfo, archive: str) -> str:
         # A symlink resolves from its own folder, a hard link from the archive's root.
         resolved = posixpath.join(posixpath.dirname(name), target) if member.issym() else target
         if target.startswith("/") or _escapes_root(resolved):
-            raise DatasetError(f"{archive}: unsafe member {member.name!r} (link to {member.linkname!r} outside the archive); archive rejected")
+            raise DatasetError(
+                f"{archive}: unsafe member {member.name!r} (link to {member.linkname!r} outside the archive);"
+                " archive rejected"
+            )
     elif not (member.isfile() or member.isdir()):
-        raise DatasetError(f"{archive}: unsupported member {member.name!r} (device, fifo or other special file); archive rejected")
+        raise DatasetError(
+            f"{archive}: unsupported member {member.name!r} (device, fifo or other special file); archive rejected"
+        )
     return posixpath.normpath(name)
 
 
 def read_members(
-    path: Path, wanted: set[str], prefixes: tuple[str, ...] = ("",), label: str | None = None, max_sizes: dict[str, int] | None = None
+    path: Path,
+    wanted: set[str],
+    prefixes: tuple[str, ...] = ("",),
+    label: str | None = None,
+    max_sizes: dict[str, int] | None = None,
 ) -> dict[str, bytes]:
     """The content of each wanted file found as ``<prefix><name>`` in the archive at ``path``.
 
@@ -97,11 +106,16 @@ def read_members(
                 if name in found:
                     raise DatasetError(f"{label}: {name} appears twice in the archive; archive rejected")
                 if max_sizes and name in max_sizes and member.size > max_sizes[name]:
-                    raise DatasetError(f"{label}: member {member_path} has {member.size} bytes, more than the expected {max_sizes[name]}")
+                    raise DatasetError(
+                        f"{label}: member {member_path} has {member.size} bytes,"
+                        f" more than the expected {max_sizes[name]}"
+                    )
                 handle = tar.extractfile(member)
                 data = handle.read() if handle else b""
                 if len(data) != member.size:
-                    raise DatasetError(f"{label}: member {member_path} is truncated ({len(data)} of {member.size} bytes)")
+                    raise DatasetError(
+                        f"{label}: member {member_path} is truncated ({len(data)} of {member.size} bytes)"
+                    )
                 found[name] = data
     except DatasetError:
         raise

@@ -65,11 +65,16 @@ class Dataset(ABC):
         return {"location": "", "available": True}
 
 
-def check_arrays(dataset: Dataset, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+def check_arrays(
+    dataset: Dataset, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> None:
     """Reject arrays that break the contract every backend relies on, with a one-line reason."""
     for split, x, y in (("training", x_train, y_train), ("test", x_test, y_test)):
         if x.ndim != 4 or tuple(x.shape[1:]) != tuple(dataset.input_shape):
-            raise DatasetError(f"{dataset.name}: {split} images have shape {tuple(x.shape)}, expected (N, {', '.join(map(str, dataset.input_shape))})")
+            raise DatasetError(
+                f"{dataset.name}: {split} images have shape {tuple(x.shape)},"
+                f" expected (N, {', '.join(map(str, dataset.input_shape))})"
+            )
         if x.dtype not in (np.uint8, np.float32):
             raise DatasetError(f"{dataset.name}: {split} images are {x.dtype}, expected uint8 or float32")
         if y.ndim != 1 or len(y) != len(x):
@@ -78,4 +83,6 @@ def check_arrays(dataset: Dataset, x_train: np.ndarray, y_train: np.ndarray, x_t
             raise DatasetError(f"{dataset.name}: no {split} images")
         low, high = int(y.min()), int(y.max())
         if low < 0 or high >= dataset.num_classes:
-            raise DatasetError(f"{dataset.name}: {split} labels range over {low}..{high}, expected 0..{dataset.num_classes - 1}")
+            raise DatasetError(
+                f"{dataset.name}: {split} labels range over {low}..{high}, expected 0..{dataset.num_classes - 1}"
+            )

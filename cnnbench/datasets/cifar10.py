@@ -25,11 +25,16 @@ BATCH_BYTES = 10_000 * RECORD_BYTES
 def parse_batch(data: bytes, name: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) uint8 and labels (N,) int64 from one binary batch file's bytes."""
     if len(data) == 0 or len(data) % RECORD_BYTES:
-        raise DatasetError(f"{name}: {len(data)} bytes is not a whole number of {RECORD_BYTES}-byte CIFAR records (truncated or not a CIFAR-10 binary batch)")
+        raise DatasetError(
+            f"{name}: {len(data)} bytes is not a whole number of {RECORD_BYTES}-byte CIFAR records"
+            " (truncated or not a CIFAR-10 binary batch)"
+        )
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, RECORD_BYTES)
     labels = records[:, 0].astype(np.int64)
     if int(labels.max()) >= num_classes:
-        raise DatasetError(f"{name}: label byte {int(labels.max())} out of range 0..{num_classes - 1} (not a CIFAR-10 binary batch)")
+        raise DatasetError(
+            f"{name}: label byte {int(labels.max())} out of range 0..{num_classes - 1} (not a CIFAR-10 binary batch)"
+        )
     images = records[:, 1:].reshape(-1, CHANNELS, HEIGHT, WIDTH).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 
@@ -52,11 +57,21 @@ class CIFAR10(FileDataset):
     content_folders = ("cifar-10-batches-bin",)
     homepage = "https://www.cs.toronto.edu/~kriz/cifar.html"
     files = (
-        CanonicalFile("data_batch_1.bin", "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5", BATCH_BYTES),
-        CanonicalFile("data_batch_2.bin", "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed", BATCH_BYTES),
-        CanonicalFile("data_batch_3.bin", "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67", BATCH_BYTES),
-        CanonicalFile("data_batch_4.bin", "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48", BATCH_BYTES),
-        CanonicalFile("data_batch_5.bin", "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add", BATCH_BYTES),
+        CanonicalFile(
+            "data_batch_1.bin", "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5", BATCH_BYTES
+        ),
+        CanonicalFile(
+            "data_batch_2.bin", "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed", BATCH_BYTES
+        ),
+        CanonicalFile(
+            "data_batch_3.bin", "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67", BATCH_BYTES
+        ),
+        CanonicalFile(
+            "data_batch_4.bin", "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48", BATCH_BYTES
+        ),
+        CanonicalFile(
+            "data_batch_5.bin", "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add", BATCH_BYTES
+        ),
         CanonicalFile(TEST_BATCH, "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b", BATCH_BYTES),
         CanonicalFile(META_FILE, "558e74b5e208382e186da55784b4bac2cd52e558448e1b5800990fdb28ed8033", 61),
     )

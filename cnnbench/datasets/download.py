@@ -105,7 +105,9 @@ def _fetch(url: str, out: BinaryIO, label: str, progress: bool, timeout: float) 
         raise TransferError(f"{type(exc).__name__}: {exc}") from None
 
 
-def download(urls: Sequence[str], dest: Path, check: Callable[[Path, str], None], *, progress: bool = True, timeout: float = 60.0) -> str:
+def download(
+    urls: Sequence[str], dest: Path, check: Callable[[Path, str], None], *, progress: bool = True, timeout: float = 60.0
+) -> str:
     """Fetch the first URL that yields a file ``check`` accepts, into ``dest``; return that URL.
 
     ``check(path, url)`` raises ``DatasetError`` (e.g. ``ChecksumError``) to reject a file. On failure the
@@ -143,4 +145,8 @@ def download(urls: Sequence[str], dest: Path, check: Callable[[Path, str], None]
         finally:
             temp.unlink(missing_ok=True)
     error = ChecksumError if checksum_failed else DatasetError
-    raise error(f"could not download {dest.name}; tried " + "; ".join(failures) if failures else f"no URL to download {dest.name} from")
+    raise error(
+        f"could not download {dest.name}; tried " + "; ".join(failures)
+        if failures
+        else f"no URL to download {dest.name} from"
+    )

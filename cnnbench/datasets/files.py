@@ -137,7 +137,10 @@ class FileDataset(Dataset):
                 members = read_members(path, wanted, prefixes, max_sizes=self._max_sizes())
                 missing = sorted(wanted - set(members))
                 if missing:
-                    raise DatasetError(f"{path} lacks {', '.join(missing)} (expected under {' or '.join(p or 'the top' for p in prefixes)})")
+                    raise DatasetError(
+                        f"{path} lacks {', '.join(missing)}"
+                        f" (expected under {' or '.join(p or 'the top' for p in prefixes)})"
+                    )
                 content.update(members)
                 origins.update(dict.fromkeys(members, f"{path}"))
             else:
@@ -147,7 +150,10 @@ class FileDataset(Dataset):
 
     def verify(self, content: dict[str, bytes], origins: dict[str, str]) -> bool:
         """True when every file has a declared sha256 and all match; ``ChecksumError`` on a mismatch."""
-        results = [verify_content(declared, content[name], origins.get(name, name)) for name, declared in self._declared().items()]
+        results = [
+            verify_content(declared, content[name], origins.get(name, name))
+            for name, declared in self._declared().items()
+        ]
         return bool(results) and all(results)
 
     def _failing_paths(self, paths: tuple[Path, ...]) -> list[Path]:
@@ -224,7 +230,8 @@ class FileDataset(Dataset):
         why = f"downloads are off ({offline})" if offline else "it cannot be downloaded"
         folder_name = self.folder_names[0] if self.folder_names else self.name
         return (
-            f"{self.name}: files not found and {why}; put {self.expected_files_hint()} into {download_folder(self.name)}"
+            f"{self.name}: files not found and {why};"
+            f" put {self.expected_files_hint()} into {download_folder(self.name)}"
             f" (or a {folder_name}/ folder under --data-dir or ${DATA_DIR_ENV}); searched: {searched}"
         )
 
@@ -321,14 +328,36 @@ class FileDataset(Dataset):
             if source is None:
                 offline = offline_reason(config)
                 if offline or not self.downloads:
-                    reason = f"offline ({offline}): put {self.expected_files_hint()} into {download_folder(self.name)}" if offline else "no download URL"
+                    reason = (
+                        f"offline ({offline}): put {self.expected_files_hint()} into {download_folder(self.name)}"
+                        if offline
+                        else "no download URL"
+                    )
                 else:
-                    reason = f"will be downloaded from {self.urls(self.downloads[0])[0]} into {download_folder(self.name)}"
-                return {**base, "available": False, "location": "missing", "reason": reason, "verified": None, "cached": False, "size_bytes": 0}
+                    reason = (
+                        f"will be downloaded from {self.urls(self.downloads[0])[0]} into {download_folder(self.name)}"
+                    )
+                return {
+                    **base,
+                    "available": False,
+                    "location": "missing",
+                    "reason": reason,
+                    "verified": None,
+                    "cached": False,
+                    "size_bytes": 0,
+                }
             meta = cache.read_meta(self.name, self._cache_key(source))
             size = sum(path.stat().st_size for path in source.paths)
         except (DatasetError, OSError) as exc:
-            return {**base, "available": False, "location": "error", "reason": str(exc), "verified": None, "cached": False, "size_bytes": 0}
+            return {
+                **base,
+                "available": False,
+                "location": "error",
+                "reason": str(exc),
+                "verified": None,
+                "cached": False,
+                "size_bytes": 0,
+            }
         return {
             **base,
             "available": True,

@@ -49,7 +49,9 @@ def parse_idx(data: bytes, name: str = "IDX data", expected_ndim: int | None = N
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def parse_idx_pair(images: bytes, labels: bytes, names: tuple[str, str], image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def parse_idx_pair(
+    images: bytes, labels: bytes, names: tuple[str, str], image_shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, H, W, C) uint8 and labels (N,) int64 from the bytes of an IDX image file and label file."""
     images_name, labels_name = names
     x = parse_idx(images, images_name, expected_ndim=3)
@@ -57,12 +59,18 @@ def parse_idx_pair(images: bytes, labels: bytes, names: tuple[str, str], image_s
     if x.dtype != np.uint8 or y.dtype != np.uint8:
         raise DatasetError(f"{images_name}/{labels_name}: expected unsigned-byte IDX data, got {x.dtype} and {y.dtype}")
     if x.shape[1:] != image_shape[:2]:
-        raise DatasetError(f"{images_name}: images are {x.shape[1]}x{x.shape[2]}, expected {image_shape[0]}x{image_shape[1]}")
+        raise DatasetError(
+            f"{images_name}: images are {x.shape[1]}x{x.shape[2]}, expected {image_shape[0]}x{image_shape[1]}"
+        )
     if x.shape[0] != y.shape[0]:
         raise DatasetError(f"{images_name} has {x.shape[0]} images but {labels_name} has {y.shape[0]} labels")
     return x.reshape((-1, *image_shape)), y.astype(np.int64)
 
 
-def load_idx_pair(images_path: Path, labels_path: Path, image_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def load_idx_pair(
+    images_path: Path, labels_path: Path, image_shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """``parse_idx_pair`` on two files (raw or .gz)."""
-    return parse_idx_pair(read_bytes(images_path), read_bytes(labels_path), (images_path.name, labels_path.name), image_shape)
+    return parse_idx_pair(
+        read_bytes(images_path), read_bytes(labels_path), (images_path.name, labels_path.name), image_shape
+    )

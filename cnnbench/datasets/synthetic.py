@@ -15,7 +15,9 @@ from cnnbench.datasets.base import Dataset, DatasetArrays
 from cnnbench.errors import DatasetError
 
 
-def make_synthetic(n: int, shape: tuple[int, int, int], num_classes: int, seed: int, noise: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def make_synthetic(
+    n: int, shape: tuple[int, int, int], num_classes: int, seed: int, noise: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` uint8 images of ``shape`` and their labels; the class templates depend only on ``shape``."""
     templates = np.random.default_rng(1234).random((num_classes, *shape))
     rng = np.random.default_rng(seed)
@@ -42,7 +44,9 @@ class Synthetic(Dataset):
         except (TypeError, ValueError) as exc:
             raise DatasetError(f"{self.name}: bad option value ({exc})") from None
         if options:
-            raise DatasetError(f"{self.name}: unknown option(s) {', '.join(options)}; valid: n_train, n_test, seed, noise")
+            raise DatasetError(
+                f"{self.name}: unknown option(s) {', '.join(options)}; valid: n_train, n_test, seed, noise"
+            )
         if n_train < 1 or n_test < 1 or not 0 <= noise <= 1:
             raise DatasetError(f"{self.name}: n_train and n_test must be >= 1 and noise in [0, 1]")
         return n_train, n_test, seed, noise
@@ -61,7 +65,16 @@ class Synthetic(Dataset):
             n_train, n_test, _, _ = self._options(config)
         except DatasetError as exc:
             return {"location": "generated", "available": False, "reason": str(exc)}
-        return {"location": "generated", "origin": "generated", "available": True, "n_train": n_train, "n_test": n_test, "size_bytes": 0, "verified": None, "cached": False}
+        return {
+            "location": "generated",
+            "origin": "generated",
+            "available": True,
+            "n_train": n_train,
+            "n_test": n_test,
+            "size_bytes": 0,
+            "verified": None,
+            "cached": False,
+        }
 
 
 class SyntheticCifar(Synthetic):

@@ -33,7 +33,9 @@ def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
     return header + np.ascontiguousarray(array).astype(array.dtype.newbyteorder(">")).tobytes()
 
 
-def tiny_idx_content(n_train: int = 60, n_test: int = 20, seed: int = 0, shape: tuple[int, int] = (28, 28)) -> dict[str, bytes]:
+def tiny_idx_content(
+    n_train: int = 60, n_test: int = 20, seed: int = 0, shape: tuple[int, int] = (28, 28)
+) -> dict[str, bytes]:
     """The four canonical MNIST-layout files for a small random dataset, every class present."""
     rng = np.random.default_rng(seed)
     content = {}
@@ -54,15 +56,21 @@ def write_files(folder: Path, content: dict[str, bytes], compress: bool = True) 
     return paths
 
 
-def tiny_idx_dataset(content: dict[str, bytes], name: str = "tiny-mnist", base_urls: tuple[str, ...] = (), checksums: bool = True) -> IdxDataset:
+def tiny_idx_dataset(
+    content: dict[str, bytes], name: str = "tiny-mnist", base_urls: tuple[str, ...] = (), checksums: bool = True
+) -> IdxDataset:
     """An MNIST-layout dataset declaring ``content``'s sha256 (or none) and downloads from ``base_urls``."""
     attributes = {
         "name": name,
         "description": f"test dataset {name}",
         "class_names": tuple(str(i) for i in range(10)),
         "folder_names": (name,),
-        "files": tuple(CanonicalFile(n, sha256_hex(content[n]) if checksums else None, len(content[n])) for n in IDX_NAMES),
-        "downloads": tuple(Download(f"{n}.gz", tuple(f"{base}{n}.gz" for base in base_urls)) for n in IDX_NAMES) if base_urls else (),
+        "files": tuple(
+            CanonicalFile(n, sha256_hex(content[n]) if checksums else None, len(content[n])) for n in IDX_NAMES
+        ),
+        "downloads": tuple(Download(f"{n}.gz", tuple(f"{base}{n}.gz" for base in base_urls)) for n in IDX_NAMES)
+        if base_urls
+        else (),
         "n_train": None,
         "n_test": None,
     }
@@ -86,7 +94,9 @@ def tiny_cifar_content(n_per_batch: int = 20) -> dict[str, bytes]:
     return content
 
 
-def tiny_cifar_dataset(content: dict[str, bytes], name: str = "tiny-cifar10", base_urls: tuple[str, ...] = ()) -> CIFAR10:
+def tiny_cifar_dataset(
+    content: dict[str, bytes], name: str = "tiny-cifar10", base_urls: tuple[str, ...] = ()
+) -> CIFAR10:
     """A CIFAR-10-layout dataset declaring ``content``'s sha256, downloading the archive from ``base_urls``."""
     archive = CIFAR10.downloads[0].filename
     attributes = {

@@ -61,7 +61,8 @@ BACKENDS: dict[str, tuple[Any, str]] = {
     "a name too long": (StubBackend("x" * 65), "is not valid"),
     "no framework": (StubBackend("nofw", framework=None), "framework must be a non-empty string, got NoneType"),
     "an OSC hyperlink in the framework": (
-        StubBackend("osc", framework=f"Py\x1b]8;;{LINK}\x07Torch"), "framework contains control characters"
+        StubBackend("osc", framework=f"Py\x1b]8;;{LINK}\x07Torch"),
+        "framework contains control characters",
     ),
     "variants as None": (StubBackend("vnone", variants=None), "variants must be a tuple of names, got NoneType"),
     "variants as a string": (StubBackend("vstr", variants="jax"), "variants must be a tuple of names, got str"),
@@ -70,7 +71,8 @@ BACKENDS: dict[str, tuple[Any, str]] = {
     "deterministic as a string": (StubBackend("det", deterministic="yes"), "deterministic must be True or False"),
     "no methods": (Bare(), "unavailable_reason, framework_version, process_environment, import_framework"),
     "create_session without config": (
-        NarrowSession("narrow"), "create_session cannot be called as create_session(spec, config, variant)"
+        NarrowSession("narrow"),
+        "create_session cannot be called as create_session(spec, config, variant)",
     ),
     "a name that raises": (ExplodingName(), "reading name raised RuntimeError: name lookup exploded"),
 }
@@ -80,7 +82,8 @@ DATASETS: dict[str, tuple[Any, str]] = {
     "rich markup in the name": (StubDataset("[bold]x"), "name '[bold]x' is not valid"),
     "a description that is not a string": (StubDataset("d1", description=7), "description must be a string, got int"),
     "control characters in the description": (
-        StubDataset("d2", description="a\x1b[31mred"), "description contains control characters"
+        StubDataset("d2", description="a\x1b[31mred"),
+        "description contains control characters",
     ),
     "a two-dimensional input shape": (StubDataset("d3", input_shape=(28, 28)), SHAPE),
     "a zero in the input shape": (StubDataset("d4", input_shape=(0, 28, 1)), SHAPE),
