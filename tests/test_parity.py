@@ -1,4 +1,8 @@
-"""The parity check: real backends pass, deliberately buggy ones fail naming the fault, layouts convert both ways."""
+"""``cnnbench check`` and the run's parity column: the engine passes correct backends and names each bug.
+
+Developed on the NumPy example backend and its buggy variants (tests/kit_bad_backends.py); the
+built-in backends are checked at the end (PyTorch in-process, the others each in their own process).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,14 +20,17 @@ from click.testing import CliRunner
 from cnnbench import parity
 from cnnbench.cli import cli
 from cnnbench.config import TrainConfig
+from cnnbench.conformance import check_backend, check_session, make_check_data, step_checks
 from cnnbench.initializers import initial_weights
 from cnnbench.spec import lenet
 
-torch = pytest.importorskip("torch")
-from cnnbench_torch.backend import TorchBackend, from_native, to_native  # noqa: E402
+HERE = Path(__file__).resolve().parent
+for _folder in (HERE.parent / "examples" / "cnnbench-numpy", HERE):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixture_plugins"))
-from buggy_backends import BuggyBackend  # noqa: E402
+import kit_bad_backends as bad  # noqa: E402
+from cnnbench_numpy.backend import NumpyBackend  # noqa: E402
 
 MNIST = lenet((28, 28, 1))
 CIFAR = lenet((32, 32, 3), dropout=0.2)
@@ -31,158 +39,135 @@ CONFIG = TrainConfig(threads=1)
 GRADIENTS = [f"gradient {name}" for name in MNIST.param_shapes()]
 
 
-def _strict_json(result: dict) -> dict:
-    return json.loads(json.dumps(result, allow_nan=False))
+def _strict_json(result: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(result, allow_nan=False))  # type: ignore[no-any-return]
+
+
+def test_parity_is_the_conformance_engine():
+    assert parity.check_backend is check_backend and parity.check_session is check_session
+    assert parity.LOGITS_REL == 1e-5 and parity.GRAD_REL == 1e-4
 
 
 @pytest.mark.parametrize("spec", [MNIST, CIFAR], ids=["mnist", "cifar10"])
-def test_torch_passes_every_check(spec):
-    result = parity.check_backend(TorchBackend(), spec, CONFIG)
+def test_numpy_passes_every_check(spec):
+    result = _strict_json(check_backend(NumpyBackend(), spec, CONFIG))
     assert result["status"] == "PASS", result["message"]
     names = set(result["checks"])
     expected = {"weight shapes", "export: native -> canonical", "weights round trip", "predict repeatable", "logits", "loss",
-                "evaluate loss", "evaluate accuracy", "adam: loss of each step", "sgd: loss of each step",
-                "adam: 3 batches in one call, losses", "sgd: 3 batches in one call, weights"}
+                "evaluate loss (whole)", "evaluate loss (partial last batch)", "evaluate accuracy (whole)",
+                "adam: update rule", "adam: loss of each step", "sgd: loss of each step", "adam: 3 batches in one call, losses",
+                "sgd: 3 batches in one call, weights", "optimizer reset by set_weights", "adam hyper-parameters: update rule"}
     expected |= set(GRADIENTS) | {f"{opt}: {name} after each step" for opt in ("adam", "sgd") for name in spec.param_shapes()}
-    assert expected <= names
-    assert _strict_json(result)["checks"]["logits"]["max_rel"] <= parity.LOGITS_REL
+    if spec.has_dropout:
+        expected |= {"dropout rate", "dropout scaling", "dropout masks"}
+    assert expected <= names, expected - names
+    assert result["checks"]["logits"]["max_rel"] <= parity.LOGITS_REL
+    assert "epsilon added to sqrt(v_hat)" in result["checks"]["adam hyper-parameters: update rule"]["detail"]
 
 
 def test_check_session_keeps_the_contract_and_leaves_a_usable_session():
-    backend = TorchBackend()
+    backend = NumpyBackend()
     session = backend.create_session(MNIST, CONFIG)
-    result = _strict_json(parity.check_session(session, MNIST, "adam", 1e-3, seed=1, steps=2))
+    result = _strict_json(check_session(session, MNIST, "adam", 1e-3, seed=1, steps=2))
     assert result["status"] == "PASS", result["message"]
     assert {"max_abs", "max_rel", "tolerance", "passed"} <= set(result["checks"]["logits"])
-    assert "adam: dense1/kernel after each step" in result["checks"] and "skipped" not in result
+    assert "adam: dense1/kernel after each step" in result["checks"]
+    assert "optimizer reset" in result["skipped"][0] and "not checked" in result["message"]
     session.set_weights(initial_weights(MNIST, "glorot-uniform", 0))  # what the worker does after the check
-    data = parity.make_check_data(MNIST, steps=2)
+    data = make_check_data(MNIST, steps=2)
     session.load_data(data.x_train, data.y_train, data.x_batch, data.y_batch)
     assert np.isfinite(session.train_batches(data.step_indices)).all()
 
 
-def test_with_dropout_steps_run_in_a_dropout_free_session_or_are_reported_skipped():
-    backend = TorchBackend()
+def test_with_dropout_steps_and_probes_run_in_sessions_of_their_own_or_are_reported_skipped():
+    backend = NumpyBackend()
     session = backend.create_session(CIFAR, CONFIG)
-    without = parity.check_session(session, CIFAR, "sgd", 0.01, steps=1)
+    without = check_session(session, CIFAR, "sgd", 0.01, steps=1)
     assert without["status"] == "PASS" and "sgd steps" in without["skipped"][0] and "not checked" in without["message"]
     assert not any(name.startswith("sgd:") for name in without["checks"])
-    with_backend = parity.check_session(session, CIFAR, "sgd", 0.01, steps=1, backend=backend, config=CONFIG)
+    with_backend = check_session(session, CIFAR, "sgd", 0.01, steps=1, backend=backend, config=CONFIG)
     assert with_backend["status"] == "PASS", with_backend["message"]
-    assert "sgd: conv1/kernel after each step" in with_backend["checks"] and "skipped" not in with_backend
+    assert "skipped" not in with_backend
+    assert {"sgd: conv1/kernel after each step", "optimizer reset by set_weights", "dropout scaling"} <= set(with_backend["checks"])
 
 
 @pytest.mark.parametrize(
-    "bug, spec, fragments",
+    ("bug", "spec", "fragments"),
     [
-        ("flatten", MNIST, ["logits:", "(C, H, W) order"]),
-        ("valid", MNIST, ["weight shapes:", "dense1/kernel is (1024, 1024), the spec says (3136, 1024)", "conv1 VALID instead of SAME"]),
-        ("eval-dropout", CIFAR, ["predict repeatable:", "dropout"]),
-        ("pad-before", MNIST, ["logits:", "extra row/column before"]),
+        ("WrongFlattenBackend", MNIST, ["logits:", "(C, H, W) order"]),
+        ("ValidPaddingBackend", MNIST, ["weight shapes:", "dense1/kernel is (1024, 1024), the spec says (3136, 1024)",
+                                        "conv1 VALID instead of SAME"]),
+        ("PredictDropoutBackend", CIFAR, ["predict repeatable:", "dropout"]),
+        ("PadBeforeBackend", MNIST, ["logits:", "extra row/column before"]),
+        ("SymmetricPaddingBackend", MNIST, ["predict raised ValueError", "symmetric padding"]),
+        ("KerasEpsilonBackend", MNIST, ["adam hyper-parameters: update rule:", "1e-07 (Keras' default)"]),
+        ("NoResetBackend", MNIST, ["set_weights did not reset the optimizer"]),
+        ("UnscaledDropoutBackend", CIFAR, ["dropout scaling:", "not scaled by 1/(1 - rate)"]),
+        ("EvaluateDropoutBackend", CIFAR, ["dropout is active in evaluate"]),
     ],
 )
 def test_each_buggy_backend_fails_naming_what_differs(bug, spec, fragments):
-    backend = BuggyBackend(bug)
-    result = _strict_json(parity.check_session(backend.create_session(spec, CONFIG), spec, "adam", 1e-3, steps=1, backend=backend, config=CONFIG))
+    backend = getattr(bad, bug)()
+    session = backend.create_session(spec, CONFIG)
+    result = _strict_json(check_session(session, spec, "adam", 1e-3, steps=1, backend=backend, config=CONFIG))
     assert result["status"] == "FAIL"
     for fragment in fragments:
         assert fragment in result["message"], result["message"]
 
 
-def test_dropout_left_on_in_eval_is_invisible_without_dropout():
-    backend = BuggyBackend("eval-dropout")
-    result = parity.check_session(backend.create_session(MNIST, CONFIG), MNIST, "adam", 1e-3, steps=1)
+def test_dropout_left_on_in_predict_is_invisible_without_dropout():
+    backend = bad.PredictDropoutBackend()
+    result = check_session(backend.create_session(MNIST, CONFIG), MNIST, "adam", 1e-3, steps=1)
     assert result["status"] == "PASS", result["message"]
 
 
 class _ReversedBatches:
     """A session that runs the batches in reverse order: the weights after the steps must say so."""
 
-    def __init__(self, session):
+    def __init__(self, session: Any) -> None:
         self.session = session
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.session, name)
 
-    def train_batches(self, indices):
-        return self.session.train_batches(indices[::-1].copy())[::-1]
+    def train_batches(self, indices: np.ndarray) -> np.ndarray:
+        return self.session.train_batches(indices[::-1].copy())[::-1]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("fault", ["learning rate 2% high", "batches in reverse order"])
 def test_step_bounds_are_not_vacuous(fault):
-    data = parity.make_check_data(MNIST, seed=0, steps=2)
+    data = make_check_data(MNIST, seed=0, steps=2)
     weights = initial_weights(MNIST, "glorot-uniform", 0)
+    assert weights is not None
     learning_rate = 1e-3 * (1.02 if fault.startswith("learning") else 1.0)
-    session = TorchBackend().create_session(MNIST, replace(CONFIG, learning_rate=learning_rate))
+    session: Any = NumpyBackend().create_session(MNIST, replace(CONFIG, learning_rate=learning_rate))
     if fault.startswith("batches"):
         session = _ReversedBatches(session)
-    checks = parity.step_checks(session, MNIST, "adam", 1e-3, weights, data)
+    checks = step_checks(session, MNIST, "adam", 1e-3, weights, data.x_train, data.y_train, data.step_indices)
     failed = [check.name for check in checks if not check.passed]
     if fault.startswith("learning"):
         assert "adam: conv1/kernel after each step" in failed and "adam: dense2/kernel after each step" in failed, failed
+        rule = next(check for check in checks if check.name == "adam: update rule")
+        assert "1.02 x lr" in rule.detail, rule.detail
     else:  # one batch per call cannot be reordered: the call with both batches must show it
         assert failed == ["adam: 2 batches in one call, losses", "adam: 2 batches in one call, weights"], failed
 
 
-def test_torch_layout_conversions_both_ways():
-    rng = np.random.default_rng(0)
-    for name, shape in MNIST.param_shapes().items():
-        canonical = rng.normal(size=shape).astype(np.float32)
-        native = to_native(name, canonical)
-        if name.endswith("/kernel"):
-            assert native.shape == (tuple(reversed(shape)) if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1]))
-        np.testing.assert_array_equal(from_native(name, native), canonical)
-        np.testing.assert_array_equal(to_native(name, from_native(name, native)), native)
-    # Meaning, not just invertibility: a canonical HWIO kernel in torch's conv equals the reference convolution.
-    from cnnbench import reference as ref
-
-    spec_layer = MNIST.layers[0]
-    x = rng.random((2, 28, 28, 1))
-    kernel, bias = rng.normal(size=(4, 4, 1, 32)), rng.normal(size=32)
-    expected, _ = ref._conv_forward(spec_layer, kernel, bias, x, ref.CANONICAL)
-    got = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(to_native("conv1/kernel", kernel)), torch.from_numpy(bias), padding="same")
-    np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), expected, rtol=1e-10, atol=1e-12)
+# --- through the CLI and the worker's check job ---------------------------------------------------
 
 
-# --- every backend present, each in its own process (layouts both ways, through the CLI) ---------
-
-
-def _available(name: str) -> str | None:
-    from cnnbench.plugins import load_registry
-
-    registry = load_registry()
-    if name not in registry.backends:
-        broken = [p.error for p in registry.plugins if p.name == name]
-        return f"backend {name!r} not registered" + (f" ({broken[0]})" if broken else "")
-    return registry.backends[name].item.unavailable_reason()
-
-
-@pytest.mark.parametrize("name", ["tf", "keras", "jax"])
-def test_backend_passes_parity_in_its_own_process(name, tmp_path):
-    """Export (native -> canonical), round trip and gradients cover each backend's layout conversion both ways.
-
-    PyTorch is checked in this process above; the others each need their own (Keras' engine is per process).
-    """
-    reason = _available(name)
-    if reason:
-        pytest.skip(reason)
-    out = tmp_path / "parity.json"
-    result = CliRunner().invoke(cli, ["check", "-f", name, "--optimizer", "adam", "--steps", "1", "--threads", "1", "--json", str(out)], catch_exceptions=False)
-    (row,) = json.loads(out.read_text())
-    assert result.exit_code == 0 and row["status"] == "PASS", row["message"]
-    for check in ["export: native -> canonical", "weights round trip", *GRADIENTS, "adam: dense1/kernel after each step"]:
-        assert row["checks"][check]["passed"], check
-
-
-def test_cli_reports_a_buggy_backend_and_exits_3(fixture_plugins, tmp_path):
+def test_cli_reports_buggy_backends_and_exits_1(fixture_plugins, numpy_backend):
     fixture_plugins("buggy_backends")
-    result = CliRunner().invoke(cli, ["check", "-f", "buggy-flatten", "--optimizer", "sgd", "--steps", "1", "--threads", "1"], catch_exceptions=False)
-    assert result.exit_code == 3, result.output  # ExitCode.BACKEND_FAILED
-    assert "FAIL" in result.output and "(C, H, W) order" in result.output and "summary: buggy-flatten FAIL" in result.output
+    result = CliRunner().invoke(cli, ["check", "-f", "bad-flatten,bad-adam-epsilon", "--optimizer", "adam", "--steps", "1",
+                                      "--threads", "1"], catch_exceptions=False)
+    assert result.exit_code in (1, 3), result.output
+    output = " ".join(result.output.split())
+    assert "(C, H, W) order" in output and "1e-07 (Keras' default)" in output, result.output
+    assert "summary: bad-flatten FAIL, bad-adam-epsilon FAIL" in output
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    ("args", "message"),
     [
         (["--steps", "0"], "steps must be at least 1"),
         (["--adam-lr", "-1"], "learning rate must be"),
@@ -204,3 +189,64 @@ def test_a_check_job_reports_an_unknown_backend_as_a_failure(tmp_path):
     request = messages.CheckRequest("nosuch", None, CONFIG, (28, 28, 1), 10, None, {}, 0, 1, "glorot-uniform", 4)
     status, final = run_worker(request, dict(os.environ), 60, None, tmp_path / "worker.log")
     assert status == "failed" and isinstance(final, messages.Error) and "unknown framework 'nosuch'" in final.reason
+
+
+# --- the built-in backends --------------------------------------------------------------------------
+
+
+def test_torch_passes_every_check():
+    pytest.importorskip("torch")
+    from cnnbench_torch.backend import TorchBackend
+
+    for spec in (MNIST, CIFAR):
+        result = check_backend(TorchBackend(), spec, CONFIG)
+        assert result["status"] == "PASS", result["message"]
+
+
+def test_torch_layout_conversions_both_ways():
+    torch = pytest.importorskip("torch")
+    from cnnbench import reference as ref
+    from cnnbench_torch.backend import from_native, to_native
+
+    rng = np.random.default_rng(0)
+    for name, shape in MNIST.param_shapes().items():
+        canonical = rng.normal(size=shape).astype(np.float32)
+        native = to_native(name, canonical)
+        if name.endswith("/kernel"):
+            assert native.shape == (tuple(reversed(shape)) if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1]))
+        np.testing.assert_array_equal(from_native(name, native), canonical)
+        np.testing.assert_array_equal(to_native(name, from_native(name, native)), native)
+    # Meaning, not just invertibility: a canonical HWIO kernel in torch's conv equals the reference convolution.
+    spec_layer = MNIST.layers[0]
+    x = rng.random((2, 28, 28, 1))
+    kernel, bias = rng.normal(size=(4, 4, 1, 32)), rng.normal(size=32)
+    expected, _ = ref._conv_forward(spec_layer, kernel, bias, x, ref.CANONICAL)
+    got = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(to_native("conv1/kernel", kernel)),
+                                     torch.from_numpy(bias), padding="same")
+    np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def _available(name: str) -> str | None:
+    from cnnbench.plugins import load_registry
+
+    registry = load_registry()
+    if name not in registry.backends:
+        broken = [p.error for p in registry.plugins if p.name == name]
+        return f"backend {name!r} not registered" + (f" ({broken[0]})" if broken else "")
+    return registry.backends[name].item.unavailable_reason()
+
+
+@pytest.mark.parametrize("name", ["tf", "keras", "jax"])
+def test_backend_passes_parity_in_its_own_process(name, tmp_path):
+    """Export (native -> canonical), round trip, gradients and the probes, each backend in its own worker."""
+    reason = _available(name)
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "parity.json"
+    result = CliRunner().invoke(cli, ["check", "-f", name, "--optimizer", "adam", "--steps", "1", "--threads", "1",
+                                      "--json", str(out)], catch_exceptions=False)
+    (row,) = json.loads(out.read_text())
+    assert result.exit_code == 0 and row["status"] == "PASS", row["message"]
+    for check in ["export: native -> canonical", "weights round trip", *GRADIENTS, "adam: dense1/kernel after each step",
+                  "optimizer reset by set_weights", "adam hyper-parameters: update rule"]:
+        assert row["checks"][check]["passed"], check

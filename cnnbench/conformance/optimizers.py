@@ -40,7 +40,7 @@ def _near(value: float, target: float, relative: float) -> bool:
 
 
 def first_step_ratio(record: StepRecord) -> float | None:
-    """Median |update| / lr-free size of the first step where epsilon cannot matter: |g| > 1e-4."""
+    """Median size of the first step along -sign(g) where epsilon cannot matter (|g| > 1e-4); Adam's is lr."""
     grads, update, _ = _update(record)
     large = np.abs(grads) > 1e-4
     if large.sum() < MIN_ELEMENTS:
@@ -75,7 +75,7 @@ def _adam_epsilon_hint(epsilon: float) -> str:
 
 
 def _bias_correction_hint(ratio: float, learning_rate: float) -> str:
-    if _near(ratio, 1.0, 0.05):
+    if _near(ratio, 1.0, 0.01):
         return ""
     both = (1 - ADAM_BETA1) / math.sqrt(1 - ADAM_BETA2)
     named = {
