@@ -73,6 +73,7 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
     """Build, (optionally) check, train and evaluate one backend; ends with a ``Result`` event."""
     # Imports that may be slow or fail stay inside, so failures become events.
     from cnnbench import distributed, preprocess, timing
+    from cnnbench.conformance.threads import measure_threads
     from cnnbench.initializers import initial_weights
     from cnnbench.plugins import load_registry
     from cnnbench.results import OK, Measurement, Phases
@@ -102,7 +103,7 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
 
     parity: dict[str, Any] = {}
     if request.parity:
-        from cnnbench.parity import check_session
+        from cnnbench.conformance import check_session
 
         events.emit(messages.Phase("parity check"))
         own_weights = weights if weights is not None else session.get_weights()
@@ -135,14 +136,15 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
     # session takes its replicas' share of every row, so the batch order stays the harness's.
     where = distributed.cluster()
     global_batch = distributed.global_batch_size(request.train, where)
-    outcome = timing.measure(
-        session,
-        data,
-        replace(request.train, batch_size=global_batch),
-        progress=lambda epoch, done, total: events.emit(messages.Progress(epoch, done, total)),
-        target_accuracy=request.target_accuracy,
-        evaluate_each_epoch=request.evaluate_each_epoch,
-    )
+    with measure_threads() as threads:  # CPU time / wall time: the threads used, beside those requested
+        outcome = timing.measure(
+            session,
+            data,
+            replace(request.train, batch_size=global_batch),
+            progress=lambda epoch, done, total: events.emit(messages.Progress(epoch, done, total)),
+            target_accuracy=request.target_accuracy,
+            evaluate_each_epoch=request.evaluate_each_epoch,
+        )
     measurement = Measurement(
         status=outcome.status,
         reason=outcome.reason,
@@ -170,6 +172,8 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
         "devices_per_host": request.train.devices,
         "hosts": where.num_hosts,
         "global_batch": global_batch,
+        "threads_requested": request.train.threads,
+        "threads_used": None if threads.used is None else round(threads.used, 1),
     }
     model = {
         "name": spec.name,
@@ -184,7 +188,8 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
 
 def check(request: CheckRequest, events: EventStream) -> int:
     """Run ``parity.check_backend`` on one backend in fresh sessions; ends with a ``CheckResult`` event."""
-    from cnnbench import parity, timing
+    from cnnbench import conformance as parity
+    from cnnbench import timing
     from cnnbench.errors import BackendUnavailable
     from cnnbench.plugins import load_registry
     from cnnbench.spec import spec_for
