@@ -234,3 +234,21 @@ def test_adam_update_bound_is_tight_and_never_exceeded():
             previous = w["p"].copy()
             w = adam.step(w, {"p": np.array([g])})
         assert abs(w["p"] - previous).item() == pytest.approx(bound, rel=1e-3)  # epsilon makes it a hair smaller
+
+
+def test_adam_hat_form_is_keras_and_tensorflows_update():
+    """Keras: lr_t = lr sqrt(1 - b2^t) / (1 - b1^t); w -= lr_t m / (sqrt(v) + eps), written out step by step."""
+    rng = np.random.default_rng(6)
+    b1, b2, eps, lr = ref.ADAM_BETA1, ref.ADAM_BETA2, ref.ADAM_EPSILON, 0.01
+    adam, w = ref.Adam(lr, epsilon_form="hat"), {"p": rng.normal(size=6)}
+    keras, m, v = w["p"].copy(), np.zeros(6), np.zeros(6)
+    for t in range(1, 5):
+        g = rng.normal(size=6) * rng.choice([1e-9, 1e-7, 1.0], size=6)
+        w = adam.step(w, {"p": g})
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        keras = keras - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / (np.sqrt(v) + eps)
+        assert adam.effective_epsilon() == pytest.approx(eps / np.sqrt(1 - b2**t))
+        np.testing.assert_allclose(w["p"], keras, rtol=1e-12, atol=1e-15)
+    assert ref.Adam(lr).effective_epsilon(1) == eps
+    with pytest.raises(ValueError, match="epsilon form"):
+        ref.Adam(lr, epsilon_form="inside-sqrt")
