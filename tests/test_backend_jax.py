@@ -1,4 +1,8 @@
-"""The JAX backend: spec conformance, parity with PyTorch, optimizers, dropout, batch order, settings."""
+"""The JAX backend: the conformance kit, then what is specific to it (keyed dropout, scan, compiles, settings).
+
+Spec conformance, parity with the float64 reference, the optimizers and dropout statistics are
+the kit's (``cnnbench.testing``), the same checks every backend passes.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,21 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("optax")
 
-from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig  # noqa: E402
-from cnnbench.datasets.synthetic import make_synthetic  # noqa: E402
-from cnnbench.errors import BackendError, BackendUnavailable, UsageError  # noqa: E402
-from cnnbench.frameworks import PJRT_THREADS_ENV as THREADS_ENV  # noqa: E402
-from cnnbench.initializers import initial_weights  # noqa: E402
-from cnnbench.spec import CIFAR_LENET, MNIST_LENET, lenet  # noqa: E402
-from cnnbench_jax.backend import JaxBackend  # noqa: E402
+from cnnbench.config import TrainConfig
+from cnnbench.datasets.synthetic import make_synthetic
+from cnnbench.errors import BackendError, BackendUnavailable, UsageError
+from cnnbench.frameworks import PJRT_THREADS_ENV as THREADS_ENV
+from cnnbench.initializers import initial_weights
+from cnnbench.spec import MNIST_LENET, lenet
+from cnnbench.testing import BackendConformance
+from cnnbench_jax.backend import JaxBackend
 
-SPECS = {"mnist": MNIST_LENET, "cifar": CIFAR_LENET}
 #: The CIFAR variant's layers on 12x12 images: dropout behaviour at a fraction of the CPU time.
 SMALL_DROPOUT = lenet((12, 12, 3), 10, dropout=0.2)
+
+
+class TestJaxConformance(BackendConformance):
+    backend = JaxBackend()
 
 
 def make_session(spec, **config):
@@ -46,21 +54,6 @@ def load_synthetic(session, spec, n_train=256, n_test=64, noise=0.5):
 
 def same_weights(a, b):
     return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module", params=sorted(SPECS))
-def variant(request):
-    """(spec, a session with the harness's glorot-uniform weights) per variant, shared by read-only tests."""
-    spec = SPECS[request.param]
-    return spec, make_session(spec)
-
-
-def test_parameter_count_and_canonical_shapes(variant):
-    spec, session = variant
-    weights = session.get_weights()
-    assert {name: w.shape for name, w in weights.items()} == spec.param_shapes()
-    assert sum(w.size for w in weights.values()) == spec.num_params
-    assert all(w.dtype == np.float32 for w in weights.values())
 
 
 def test_framework_init_is_seeded_and_not_the_harness_weights():
@@ -88,80 +81,6 @@ def test_set_get_weights_round_trip_copies_and_checks_shapes():
         session.set_weights({k: v for k, v in weights.items() if k != "conv2/bias"})
 
 
-@pytest.fixture(scope="module")
-def torch_backend():
-    pytest.importorskip("torch")
-    from cnnbench_torch.backend import TorchBackend
-
-    return TorchBackend()
-
-
-def test_logits_loss_and_gradients_match_pytorch(variant, torch_backend):
-    """Same canonical weights, same inputs: a layout, padding or flatten-order bug shows up here."""
-    spec, session = variant
-    reference = torch_backend.create_session(spec, TrainConfig(threads=2))
-    reference.set_weights(initial_weights(spec, "glorot-uniform", seed=0))
-    x, y = synthetic(spec, 8, seed=5)
-    np.testing.assert_allclose(session.predict(x), reference.predict(x), atol=1e-4, rtol=0)
-    loss, grads = session.loss_and_gradients(x, y)
-    ref_loss, ref_grads = reference.loss_and_gradients(x, y)
-    assert loss == pytest.approx(ref_loss, abs=1e-5)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        scale = np.abs(ref_grads[name]).max()
-        np.testing.assert_allclose(grads[name], ref_grads[name], atol=1e-4 * max(scale, 1e-3), rtol=0, err_msg=name)
-
-
-def test_loss_and_gradients_leave_weights_alone(variant):
-    spec, session = variant
-    before = session.get_weights()
-    x, y = synthetic(spec, 4, seed=6)
-    first, second = session.loss_and_gradients(x, y), session.loss_and_gradients(x, y)
-    assert first[0] == second[0]  # dropout inactive: deterministic
-    assert same_weights(before, session.get_weights())
-
-
-def test_one_adam_step_uses_the_harness_hyper_parameters():
-    """The first step from zero moments, computed by hand with ADAM_BETA1/2 and ADAM_EPSILON."""
-    spec = MNIST_LENET
-    session = make_session(spec, optimizer="adam", learning_rate=1e-3)
-    load_synthetic(session, spec, n_train=16)
-    before = session.get_weights()
-    _, grads = session.loss_and_gradients(*synthetic(spec, 16, seed=0))
-    session.train_batches(np.arange(16, dtype=np.int64).reshape(1, 16))
-    after = session.get_weights()
-    for name, g in grads.items():
-        g = g.astype(np.float64)
-        m_hat = (1 - ADAM_BETA1) * g / (1 - ADAM_BETA1)
-        v_hat = (1 - ADAM_BETA2) * g**2 / (1 - ADAM_BETA2)
-        expected = before[name] - 1e-3 * m_hat / (np.sqrt(v_hat) + ADAM_EPSILON)
-        np.testing.assert_allclose(after[name], expected, atol=2e-7, rtol=0, err_msg=name)
-
-
-def test_sgd_is_plain_gradient_descent_and_set_weights_resets_adam():
-    spec = MNIST_LENET
-    session = make_session(spec, optimizer="sgd", learning_rate=0.05)
-    load_synthetic(session, spec, n_train=16)
-    before = session.get_weights()
-    _, grads = session.loss_and_gradients(*synthetic(spec, 16, seed=0))
-    session.train_batches(np.arange(16, dtype=np.int64).reshape(1, 16))
-    after = session.get_weights()
-    for name in grads:
-        np.testing.assert_allclose(after[name], before[name] - 0.05 * grads[name], atol=1e-6, rtol=0, err_msg=name)
-
-    adam = make_session(spec, optimizer="adam")
-    load_synthetic(adam, spec, n_train=16)
-    rows = np.arange(16, dtype=np.int64).reshape(1, 16)
-    weights = adam.get_weights()
-    adam.train_batches(rows)
-    first = adam.get_weights()
-    adam.train_batches(rows)  # a second step moves on from the moments of the first
-    assert not same_weights(first, adam.get_weights())
-    adam.set_weights(weights)  # resets the moments: the same first step again
-    adam.train_batches(rows)
-    assert same_weights(first, adam.get_weights())
-
-
 def test_dropout_only_in_training_and_keyed_by_seed_and_step():
     spec = SMALL_DROPOUT
     session = make_session(spec, optimizer="sgd", learning_rate=1e-12, seed=0)  # weights barely move
@@ -177,27 +96,6 @@ def test_dropout_only_in_training_and_keyed_by_seed_and_step():
     other_seed = make_session(spec, optimizer="sgd", learning_rate=1e-12, seed=1)
     load_synthetic(other_seed, spec, n_train=32)
     assert other_seed.train_batches(rows[:1])[0] != step0
-
-
-def test_loss_decreases_on_synthetic_data():
-    spec = MNIST_LENET
-    session = make_session(spec)
-    load_synthetic(session, spec, n_train=960, noise=0.3)  # at 0.5, 30 steps barely leave the plateau
-    rows = np.random.default_rng(0).permutation(960).reshape(30, 32)
-    losses = session.train_batches(rows)
-    assert losses.shape == (30,) and losses.dtype == np.float64
-    assert losses[-5:].mean() < 0.75 * losses[:3].mean()  # measured: ~1.3 vs ~2.5 (PyTorch: the same)
-    loss, accuracy = session.evaluate(batch_size=25)  # 64 test images: a partial last batch
-    assert 0.5 < accuracy <= 1.0 and loss < losses[0]
-
-
-def test_evaluate_agrees_with_predict_and_loss():
-    spec = MNIST_LENET
-    session = make_session(spec)
-    x_test, y_test = load_synthetic(session, spec)
-    loss, accuracy = session.evaluate(batch_size=30)
-    assert accuracy == pytest.approx(np.mean(session.predict(x_test).argmax(axis=1) == y_test))
-    assert loss == pytest.approx(session.loss_and_gradients(x_test, y_test)[0], rel=1e-5)
 
 
 def test_batch_order_is_honoured_and_deterministic_across_chunkings():
@@ -231,16 +129,6 @@ def test_scan_mode_trains_like_the_loop():
     np.testing.assert_allclose(scan_losses, loop_losses, rtol=1e-5)
     for name in loop_weights:
         np.testing.assert_allclose(scan_weights[name], loop_weights[name], atol=1e-5, rtol=0, err_msg=name)
-
-
-def test_bad_indices_and_missing_data_are_refused():
-    session = make_session(MNIST_LENET)
-    with pytest.raises(BackendError, match="load_data"):
-        session.train_batches(np.zeros((1, 4), dtype=np.int64))
-    load_synthetic(session, MNIST_LENET, n_train=32)
-    with pytest.raises(ValueError, match="out of range"):  # jax would clamp silently
-        session.train_batches(np.array([[0, 32]], dtype=np.int64))
-    assert session.train_batches(np.zeros((0, 4), dtype=np.int64)).shape == (0,)
 
 
 def test_settings_record_mode_threads_and_precision(monkeypatch):

@@ -1,4 +1,8 @@
-"""The TensorFlow raw-ops backend: spec conformance, parity with PyTorch, optimizer and dropout behaviour."""
+"""The TensorFlow raw-ops backend: the conformance kit, then what is specific to it (init, XLA, oneDNN, devices).
+
+Spec conformance, parity with the float64 reference, the optimizers and dropout are the kit's
+(``cnnbench.testing``), the same checks every backend passes.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,17 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig  # noqa: E402
-from cnnbench.datasets.synthetic import make_synthetic  # noqa: E402
-from cnnbench.errors import BackendError, BackendUnavailable  # noqa: E402
-from cnnbench.initializers import initial_weights  # noqa: E402
-from cnnbench.spec import CIFAR_LENET, MNIST_LENET  # noqa: E402
-from cnnbench_tf.backend import TFRawBackend  # noqa: E402
+from cnnbench.config import TrainConfig
+from cnnbench.datasets.synthetic import make_synthetic
+from cnnbench.errors import BackendError, BackendUnavailable
+from cnnbench.initializers import initial_weights
+from cnnbench.spec import MNIST_LENET
+from cnnbench.testing import BackendConformance
+from cnnbench_tf.backend import TFRawBackend
 
-SPECS = {"mnist": MNIST_LENET, "cifar": CIFAR_LENET}
+
+class TestTFConformance(BackendConformance):
+    backend = TFRawBackend()
 
 
 def make_session(spec, **config):
@@ -40,21 +47,6 @@ def load_synthetic(session, spec, n_train=256, n_test=64):
     return x_test, y_test
 
 
-@pytest.fixture(scope="module", params=sorted(SPECS))
-def variant(request):
-    """(spec, a session with the harness's glorot-uniform weights) per variant, shared by read-only tests."""
-    spec = SPECS[request.param]
-    return spec, make_session(spec)
-
-
-def test_parameter_count_and_canonical_shapes(variant):
-    spec, session = variant
-    weights = session.get_weights()
-    assert {name: w.shape for name, w in weights.items()} == spec.param_shapes()
-    assert sum(w.size for w in weights.values()) == spec.num_params
-    assert all(w.dtype == np.float32 for w in weights.values())
-
-
 def test_framework_init_is_seeded_and_not_the_harness_weights():
     first = TFRawBackend().create_session(MNIST_LENET, TrainConfig(threads=2, seed=3, init="framework")).get_weights()
     again = TFRawBackend().create_session(MNIST_LENET, TrainConfig(threads=2, seed=3, init="framework")).get_weights()
@@ -73,143 +65,6 @@ def test_set_get_weights_round_trip_and_shape_check():
     bad = dict(weights, **{"dense1/kernel": weights["dense1/kernel"].T})
     with pytest.raises(BackendError, match="dense1/kernel"):
         session.set_weights(bad)
-
-
-@pytest.fixture(scope="module")
-def torch_backend():
-    pytest.importorskip("torch")
-    from cnnbench_torch.backend import TorchBackend
-
-    return TorchBackend()
-
-
-def test_logits_loss_and_gradients_match_pytorch(variant, torch_backend):
-    """Same canonical weights, same inputs: a layout, padding or flatten-order bug shows up here."""
-    spec, session = variant
-    reference = torch_backend.create_session(spec, TrainConfig(threads=2))
-    reference.set_weights(initial_weights(spec, "glorot-uniform", seed=0))
-    x, y = synthetic(spec, 8, seed=5)
-    np.testing.assert_allclose(session.predict(x), reference.predict(x), atol=1e-4, rtol=0)
-    loss, grads = session.loss_and_gradients(x, y)
-    ref_loss, ref_grads = reference.loss_and_gradients(x, y)
-    assert loss == pytest.approx(ref_loss, abs=1e-5)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        scale = np.abs(ref_grads[name]).max()
-        np.testing.assert_allclose(grads[name], ref_grads[name], atol=1e-4 * max(scale, 1e-3), rtol=0, err_msg=name)
-
-
-def test_loss_and_gradients_leave_weights_alone(variant):
-    spec, session = variant
-    before = session.get_weights()
-    x, y = synthetic(spec, 4, seed=6)
-    first = session.loss_and_gradients(x, y)
-    second = session.loss_and_gradients(x, y)
-    assert first[0] == second[0]  # dropout inactive: deterministic
-    assert all(np.array_equal(before[k], session.get_weights()[k]) for k in before)
-
-
-def test_one_adam_step_is_pytorch_form_adam():
-    """The first step from zero moments, computed by hand with the harness's hyper-parameters."""
-    spec = MNIST_LENET
-    session = make_session(spec, optimizer="adam", learning_rate=1e-3)
-    load_synthetic(session, spec, n_train=16)
-    before = session.get_weights()
-    _, grads = session.loss_and_gradients(*synthetic(spec, 16, seed=0))
-    session.train_batches(np.arange(16, dtype=np.int64).reshape(1, 16))
-    after = session.get_weights()
-    for name, g in grads.items():
-        g = g.astype(np.float64)
-        m_hat = (1 - ADAM_BETA1) * g / (1 - ADAM_BETA1)
-        v_hat = (1 - ADAM_BETA2) * g**2 / (1 - ADAM_BETA2)
-        expected = before[name] - 1e-3 * m_hat / (np.sqrt(v_hat) + ADAM_EPSILON)
-        np.testing.assert_allclose(after[name], expected, atol=2e-7, rtol=0, err_msg=name)
-
-
-def test_sgd_step_is_plain_gradient_descent_and_set_weights_resets_adam():
-    spec = MNIST_LENET
-    session = make_session(spec, optimizer="sgd", learning_rate=0.05)
-    load_synthetic(session, spec, n_train=16)
-    before = session.get_weights()
-    _, grads = session.loss_and_gradients(*synthetic(spec, 16, seed=0))
-    session.train_batches(np.arange(16, dtype=np.int64).reshape(1, 16))
-    after = session.get_weights()
-    for name in grads:
-        np.testing.assert_allclose(after[name], before[name] - 0.05 * grads[name], atol=1e-6, rtol=0, err_msg=name)
-
-    adam = make_session(spec, optimizer="adam")
-    load_synthetic(adam, spec, n_train=16)
-    rows = np.arange(16, dtype=np.int64).reshape(1, 16)
-    weights = adam.get_weights()
-    adam.train_batches(rows)
-    first = adam.get_weights()
-    adam.set_weights(weights)  # resets moments and step: the same first step again
-    adam.train_batches(rows)
-    assert all(np.array_equal(first[k], adam.get_weights()[k]) for k in first)
-
-
-def test_dropout_only_in_training():
-    spec = CIFAR_LENET
-    session = make_session(spec, seed=0)
-    x_test, y_test = load_synthetic(session, spec, n_train=32)
-    np.testing.assert_array_equal(session.predict(x_test), session.predict(x_test))
-    weights = session.get_weights()
-    eval_loss = session.loss_and_gradients(*synthetic(spec, 32, seed=0))[0]  # the training images
-    rows = np.arange(32, dtype=np.int64).reshape(1, 32)
-    first = session.train_batches(rows)  # the loss before the step: initial weights, dropout active
-    session.set_weights(weights)
-    second = session.train_batches(rows)  # same weights and batch, new dropout masks
-    assert first[0] != second[0]
-    assert eval_loss not in (first[0], second[0])
-
-
-def test_dropout_follows_the_seed():
-    spec = CIFAR_LENET
-    rows = np.arange(32, dtype=np.int64).reshape(1, 32)
-    losses = {}
-    for name, seed in (("a", 0), ("a again", 0), ("b", 1)):
-        session = make_session(spec, seed=seed)
-        load_synthetic(session, spec, n_train=32)
-        losses[name] = session.train_batches(rows)[0]
-    assert losses["a"] == losses["a again"]
-    assert losses["a"] != losses["b"]
-
-
-def test_loss_decreases_on_synthetic_data():
-    spec = MNIST_LENET
-    session = make_session(spec)
-    load_synthetic(session, spec, n_train=960)
-    rows = np.random.default_rng(0).permutation(960).reshape(30, 32)
-    losses = session.train_batches(rows)
-    assert losses.shape == (30,) and losses.dtype == np.float64
-    assert losses[-5:].mean() < 0.7 * losses[:3].mean()
-    loss, accuracy = session.evaluate(batch_size=25)  # 64 test images: a partial last batch
-    assert 0.5 < accuracy <= 1.0 and loss < losses[0]
-
-
-def test_evaluate_agrees_with_predict_and_loss():
-    spec = MNIST_LENET
-    session = make_session(spec)
-    x_test, y_test = load_synthetic(session, spec)
-    loss, accuracy = session.evaluate(batch_size=30)
-    assert accuracy == pytest.approx(np.mean(session.predict(x_test).argmax(axis=1) == y_test))
-    assert loss == pytest.approx(session.loss_and_gradients(x_test, y_test)[0], rel=1e-5)
-
-
-def test_batch_order_is_honoured_and_deterministic():
-    spec = MNIST_LENET
-    rows = np.random.default_rng(1).permutation(128).reshape(4, 32)
-    results = []
-    for order in (rows, rows, rows[::-1]):
-        session = make_session(spec)
-        load_synthetic(session, spec, n_train=128)
-        losses = session.train_batches(order)
-        results.append((losses, session.get_weights()))
-    (losses_a, weights_a), (losses_again, weights_again), (losses_b, weights_b) = results
-    np.testing.assert_array_equal(losses_a, losses_again)
-    assert all(np.array_equal(weights_a[k], weights_again[k]) for k in weights_a)
-    assert losses_a[0] != losses_b[0]
-    assert not np.array_equal(weights_a["dense1/kernel"], weights_b["dense1/kernel"])
 
 
 def test_settings_record_mode_threads_and_xla():
@@ -238,12 +93,6 @@ def test_cuda_request_without_gpu_is_unavailable():
         pytest.skip("a GPU is visible")
     with pytest.raises(BackendUnavailable, match="GPU"):
         TFRawBackend().create_session(MNIST_LENET, TrainConfig(device="cuda"))
-
-
-def test_train_before_load_data_is_a_backend_error():
-    session = make_session(MNIST_LENET)
-    with pytest.raises(BackendError, match="load_data"):
-        session.train_batches(np.zeros((1, 4), dtype=np.int64))
 
 
 def test_listing_does_not_import_tensorflow():

@@ -1,5 +1,5 @@
-"""The PyTorch backend beyond the conformance kit: thread pools, channels_last memory, train/eval modes,
-the optimizer it builds, its settings and device choice."""
+"""The PyTorch backend: the conformance kit, then what is specific to it (thread pools, channels_last memory,
+train/eval modes, the optimizer it builds, its settings and device choice)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from cnnbench.datasets.synthetic import make_synthetic  # noqa: E402
 from cnnbench.errors import BackendError, BackendUnavailable  # noqa: E402
 from cnnbench.initializers import initial_weights  # noqa: E402
 from cnnbench.spec import CIFAR_LENET, MNIST_LENET, ModelSpec  # noqa: E402
+from cnnbench.testing import BackendConformance  # noqa: E402
 from cnnbench_torch.backend import TorchBackend, from_native, to_native  # noqa: E402
+
+
+class TestTorchConformance(BackendConformance):
+    backend = TorchBackend()
 
 
 def make_session(spec: ModelSpec, **config: Any) -> Any:
@@ -123,21 +128,6 @@ def test_optimizer_uses_the_harness_hyper_parameters(optimizer):
         assert group["betas"] == (ADAM_BETA1, ADAM_BETA2) and group["eps"] == ADAM_EPSILON and not group["amsgrad"]
     else:
         assert isinstance(session.optimizer, torch.optim.SGD) and group["momentum"] == 0 and not group["nesterov"]
-
-
-def test_set_weights_starts_a_fresh_optimizer():
-    spec = MNIST_LENET
-    session = make_session(spec, optimizer="adam")
-    load_synthetic(session, spec, n_train=16)
-    weights = session.get_weights()
-    rows = np.arange(16, dtype=np.int64).reshape(1, 16)
-    session.train_batches(rows)
-    first = session.get_weights()
-    assert session.optimizer.state, "Adam keeps moments after a step"
-    session.set_weights(weights)
-    assert not session.optimizer.state
-    session.train_batches(rows)
-    assert all(np.array_equal(first[k], session.get_weights()[k]) for k in first)
 
 
 def test_set_weights_checks_native_shapes():
