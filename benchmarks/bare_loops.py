@@ -9,6 +9,7 @@ prints one JSON line with the per-epoch samples/s.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -121,11 +122,20 @@ def jax_loop(x, y, epochs):
     state = opt.init(params)
     dn = ("NHWC", "HWIO", "NHWC")
 
+    def pool(h):
+        # As the jax backend pools by default: 2x2 windows as a reshape and a max. lax.reduce_window, what flax's
+        # max_pool writes, has a select-and-scatter gradient that takes most of the step on XLA CPU
+        # (docs/performance.md#jax); BARE_JAX_POOL=reduce_window measures that one.
+        if os.environ.get("BARE_JAX_POOL") == "reduce_window":
+            return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        n, rows, cols, c = h.shape
+        return h.reshape(n, rows // 2, 2, cols // 2, 2, c).max(axis=(2, 4))
+
     def forward(p, xb):
         h = jax.nn.relu(jax.lax.conv_general_dilated(xb, p["c1"], (1, 1), "SAME", dimension_numbers=dn) + p["b1"])
-        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        h = pool(h)
         h = jax.nn.relu(jax.lax.conv_general_dilated(h, p["c2"], (1, 1), "SAME", dimension_numbers=dn) + p["b2"])
-        h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        h = pool(h)
         h = jax.nn.relu(h.reshape(h.shape[0], -1) @ p["d1"] + p["e1"])
         return h @ p["d2"] + p["e2"]
 

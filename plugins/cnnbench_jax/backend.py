@@ -124,6 +124,12 @@ def framework_initial_params(spec: ModelSpec, seed: int) -> dict[str, np.ndarray
     return params
 
 
+def placeholder_params(spec: ModelSpec, seed: int) -> dict[str, np.ndarray]:
+    """Random weights drawn by NumPy (no compile), for a session whose real weights the harness sets next."""
+    rng = np.random.default_rng(seed)
+    return {name: (rng.standard_normal(shape) * 0.05).astype(np.float32) for name, shape in spec.param_shapes().items()}
+
+
 class JaxSession(Session):
     """Model, optimizer and data on one jax device (training loop: see ``train_batches``)."""
 
@@ -161,7 +167,10 @@ class JaxSession(Session):
             self.optimizer = optax.sgd(config.learning_rate)
         self._compile()
         self.x_train = self.y_train = self.x_test = self.y_test = None
-        self.set_weights(framework_initial_params(spec, config.seed))
+        # The harness loads its own weights next unless the scheme is "framework": then jax.random's compiles
+        # (~4 s of the build phase on 2 cores) would be thrown away, so a NumPy draw stands in.
+        self.set_weights(framework_initial_params(spec, config.seed) if config.init == "framework"
+                         else placeholder_params(spec, config.seed))
 
     # -- compiled functions -------------------------------------------------------------------
 
