@@ -88,7 +88,7 @@ def allocator_matrix(
 
 def paired_ratio(values: Sequence[float | None], baseline: Sequence[float | None]) -> float | None:
     """Median over rounds of value / baseline within the same round (None when no round has both)."""
-    ratios = [v / b for v, b in zip(values, baseline) if v and b]
+    ratios = [v / b for v, b in zip(values, baseline, strict=False) if v and b]
     return stats.median(ratios) if ratios else None
 
 
@@ -228,7 +228,8 @@ def breakdown_table(parts: Mapping[str, float], wall_s: float) -> Table:
         table.add_row(part, f"{seconds:.1f}", f"{100 * seconds / wall_s:.1f}%",
                       "framework" if part in FRAMEWORK_PARTS else "cnnbench")
     harness = sum(s for p, s in parts.items() if p not in FRAMEWORK_PARTS)
-    table.add_row("cnnbench's own (all but the framework parts)", f"{harness:.1f}", f"{100 * harness / wall_s:.1f}%", "")
+    table.add_row("cnnbench's own (all but the framework parts)", f"{harness:.1f}", f"{100 * harness / wall_s:.1f}%",
+                  "")
     return table
 
 

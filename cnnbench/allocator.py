@@ -37,7 +37,9 @@ MIMALLOC_DISTRIBUTION = "cmeel-mimalloc"
 MIMALLOC_LIBRARY_NAMES = ("libmimalloc.so.3", "libmimalloc.so.2", "libmimalloc.so")
 #: glibc malloc without returning memory to the kernel between steps: a fixed, high mmap threshold (32 MiB,
 #: glibc's maximum) and no trimming, so a step's large buffers are reused instead of mapped and zeroed afresh.
-GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=67108864"
+GLIBC_TUNABLES = (
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=67108864"
+)
 #: How to install each library, for the error when it was asked for and is missing.
 INSTALL_HINTS = {
     MIMALLOC: "pip install cmeel-mimalloc (in cnnbench's 'all' and 'fast-malloc' extras)",
@@ -141,7 +143,9 @@ def resolve(choice: str, find: Callable[[], dict[str, Allocator]] | None = None)
     return found[choice]
 
 
-def environment(allocator: Allocator, inherited: Mapping[str, str] | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+def environment(
+    allocator: Allocator, inherited: Mapping[str, str] | None = None,
+) -> tuple[dict[str, str], dict[str, Any]]:
     """The worker's allocator variables and manifest entries; an inherited LD_PRELOAD is kept after ours, and said."""
     inherited = os.environ if inherited is None else inherited
     env = dict(allocator.env)

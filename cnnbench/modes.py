@@ -179,8 +179,8 @@ def _selection(name: str, spec: str, backend: object) -> tuple[str | None, Execu
         else:
             form = f"{name}:VARIANT+MODE" if variants else f"{name}:MODE"
             raise UsageError(
-                f"unknown variant {word!r} of framework {name!r}, nor a mode; variants: {', '.join(variants) or 'none'}; "
-                f"modes: {', '.join(modes) or 'none'} (as {form})"
+                f"unknown variant {word!r} of framework {name!r}, nor a mode; "
+                f"variants: {', '.join(variants) or 'none'}; modes: {', '.join(modes) or 'none'} (as {form})"
             )
     variant = variant or (variants[0] if variants else None)
     if mode is not None and not mode.applies_to(variant):

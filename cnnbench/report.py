@@ -135,7 +135,7 @@ def grouped_rows(rows: Sequence[BackendResult]) -> list[tuple[str, str, BackendR
         group, mode = group_and_mode(row.backend, row.settings)
         is_default = row.settings.get(MODE_DEFAULT_KEY) is True
         groups.setdefault(group, []).append((is_default, mode + (DEFAULT_MODE_MARK if is_default else ""), row))
-    ordered = []
+    ordered: list[tuple[str, str, BackendResult]] = []
     for group, members in groups.items():
         members.sort(key=lambda member: not member[0])  # stable: the default first, the rest as they ran
         ordered.extend((group, label, row) for _, label, row in members)

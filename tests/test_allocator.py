@@ -77,7 +77,7 @@ def test_mimalloc_is_found_through_the_wheel_s_file_list(tmp_path, monkeypatch):
 
     class Dist:
         version = "3.4.3"
-        files = [File("cmeel.prefix/include/mimalloc.h"), File("cmeel.prefix/lib/libmimalloc.so.3")]
+        files = (File("cmeel.prefix/include/mimalloc.h"), File("cmeel.prefix/lib/libmimalloc.so.3"))
 
         def locate_file(self, file: File) -> Path:
             return tmp_path / file.relative

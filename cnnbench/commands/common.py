@@ -65,7 +65,7 @@ def run_options(func: F) -> F:
         click.option("--frameworks", "-f", default="all", show_default=True,
                      help="Comma list of backends (name, name:variant, name:mode, name:variant+mode), or 'all'."),
         click.option("--modes", type=click.Choice(MODES_CHOICES), default="default", show_default=True,
-                     help="default: each framework's default execution mode; all: every mode it declares, one row each."),
+                     help="default: each framework's default execution mode; all: every mode it declares, a row each."),
         click.option("--dataset", "-d", default=None, help="Registered dataset name (see 'cnnbench list') [mnist]."),
         click.option("--epochs", "-e", type=int, default=None, help="Training epochs [1]."),
         click.option("--batch-size", "-b", type=int, default=None, help="Training batch size [100]."),

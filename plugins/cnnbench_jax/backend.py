@@ -11,10 +11,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendOption, ExecutionMode, Session, missing_module_reason
+from cnnbench.backend import Backend, BackendOption, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, UsageError
 from cnnbench.frameworks import JAX
+from cnnbench.modes import ExecutionMode
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
 #: ``--backend-option jax.<key>=<value>`` switches.
@@ -332,7 +333,7 @@ class JaxBackend(Backend):
         BackendOption(OPTION_PRECISION, ("default", "high", "highest"), DEFAULT_PRECISION,
                       "lax.Precision of convolutions and matmuls (highest: true fp32 on GPUs, no TF32)"),
         BackendOption(OPTION_POOL, POOL_CHOICES, POOL_CHOICES[0],
-                      "max pooling as a reshape + max (fast gradient on CPU) or lax.reduce_window (select-and-scatter)"),
+                      "max pooling as reshape + max (fast gradient on CPU) or lax.reduce_window (select-and-scatter)"),
     )
     modes = (
         ExecutionMode("jit", {OPTION_SCAN: "false"}, "a Python loop over one jax.jit step", default=True),

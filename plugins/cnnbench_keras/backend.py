@@ -16,17 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import (
-    Backend,
-    BackendOption,
-    ExecutionMode,
-    Session,
-    distribution_version,
-    missing_module_reason,
-)
+from cnnbench.backend import Backend, BackendOption, Session, distribution_version, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable, UsageError
 from cnnbench.frameworks import FRAMEWORKS, JAX, Framework
+from cnnbench.modes import ExecutionMode
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
 #: Keras engines, selected as ``keras:<engine>``; the first is the default.

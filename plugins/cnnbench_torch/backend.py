@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from cnnbench.backend import Backend, BackendOption, ExecutionMode, Session, missing_module_reason
+from cnnbench.backend import Backend, BackendOption, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendUnavailable
 from cnnbench.frameworks import TORCH
+from cnnbench.modes import ExecutionMode
 from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 
 
