@@ -351,22 +351,23 @@ def delayed_plugins(fixture_plugins: Callable[..., None], monkeypatch: pytest.Mo
 
 
 def test_a_real_injected_slowdown_is_caught_end_to_end(delayed_plugins: None, tmp_path: Path) -> None:
-    """Two short rounds of real runs: a 60% injected delay must come out as a regression, exit 1."""
+    """Short rounds of real runs: steps made twice as long must come out as a regression, exit 1."""
     summary, out = tmp_path / "summary.md", tmp_path / "ab.json"
     code, output = invoke(
-        "--base", "current", "--head-env", "CNNBENCH_INJECTED_DELAY=0.6", "--min-rounds", "2", "--budget", "4m",
+        "--base", "current", "--head-env", "CNNBENCH_INJECTED_DELAY=1", "--min-rounds", "2", "--budget", "4m",
         "--summary", str(summary), "--json", str(out), "--keep", str(tmp_path / "runs"),
         "--", "-f", "delayed-numpy", "-d", "synthetic", "-e", "2", "--limit-train", "400", "--limit-test", "100",
         "--threads", "1", "--batch-size", "50",
     )
     data = json.loads(out.read_text())
     assert code == ExitCode.REGRESSION, output
-    assert data["verdict"] == "regression" and len(data["rounds"]) == 2
+    rounds = len(data["rounds"])
+    assert data["verdict"] == "regression" and 2 <= rounds <= 8  # 2 unless a load burst hit one side
     ratio = data["estimates"][0]["median_ratio"]
-    assert 0.45 < ratio < 0.8, ratio  # 1 / 1.6 = 0.625, give or take this machine's noise
-    assert "injected_delay differs: 0.0 (base) vs 0.6 (head)" in " ".join(data["differences"])
+    assert 0.3 < ratio < 0.75, ratio  # 1 / 2, give or take this machine's noise
+    assert "injected_delay differs: 0.0 (base) vs 1.0 (head)" in " ".join(data["differences"])
     assert "cnnbench ab: regression" in summary.read_text()
-    assert len(list((tmp_path / "runs").glob("round*/*.json"))) == 4  # every side's result kept
+    assert len(list((tmp_path / "runs").glob("round*/*.json"))) == 2 * rounds  # every side's result kept
 
 
 # --- compare (a stored baseline) refuses other configurations too ---------------------------------------------
