@@ -27,7 +27,8 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from cnnbench.config import BOOLEAN_FALSE, BOOLEAN_TRUE, TrainConfig
-from cnnbench.errors import BackendError, BackendUnavailable  # noqa: F401  (re-exported for plugins)
+from cnnbench.errors import BackendError as BackendError  # re-exported for plugins
+from cnnbench.errors import BackendUnavailable as BackendUnavailable
 from cnnbench.modes import ExecutionMode
 from cnnbench.spec import ModelSpec
 
@@ -298,6 +299,6 @@ def missing_module_reason(*modules: str, extra: str | None = None, hint: str | N
         except (ImportError, ValueError):
             found = False
         if not found:
-            fix = hint if hint is not None else (f"pip install 'cnnbench[{extra}]'" if extra else f"pip install {module}")
+            fix = hint if hint is not None else f"pip install 'cnnbench[{extra}]'" if extra else f"pip install {module}"
             return f"{module} is not installed ({fix})"
     return None

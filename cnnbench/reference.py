@@ -20,17 +20,26 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON
-from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
+from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ModelSpec
 
-Weights = dict[str, np.ndarray]
+Array = npt.NDArray[Any]
+Weights = dict[str, Array]
+#: What a layer's forward keeps for its backward (inputs, pre-activations, argmaxes, shapes).
+Cache = dict[str, Any]
+#: The layers a forward pass went through, each with its cache.
+Tape = list[tuple[Layer, Cache]]
+#: Adds the change of one near-tie decision to the allowance: (sample, tape index, delta, at pre-activation).
+FlipAdder = Callable[[int, int, Array, bool], None]
 
 
 @dataclass(frozen=True)
@@ -54,29 +63,37 @@ def same_padding(size: int, window: int, stride: int, extra: str = "after") -> t
     return (small, large) if extra == "after" else (large, small)
 
 
-def _windows(x: np.ndarray, window: int, stride: int, out_h: int, out_w: int) -> np.ndarray:
+def _windows(x: Array, window: int, stride: int, out_h: int, out_w: int) -> Array:
     """A view (N, out_h, out_w, window, window, C) of the windows of NHWC ``x``."""
     view = sliding_window_view(x, (window, window), axis=(1, 2))  # (N, H', W', C, kh, kw)
     view = view[:, : (out_h - 1) * stride + 1 : stride, : (out_w - 1) * stride + 1 : stride]
-    return view.transpose(0, 1, 2, 4, 5, 3)
+    return np.asarray(view.transpose(0, 1, 2, 4, 5, 3))
 
 
-def _scatter_windows(target: np.ndarray, per_offset, window: int, stride: int, out_h: int, out_w: int) -> None:
+def _scatter_windows(
+    target: Array, per_offset: Callable[[int, int], Array], window: int, stride: int, out_h: int, out_w: int
+) -> None:
     """Add ``per_offset(i, j)`` (N, out_h, out_w, C) into the (i, j) element of every window of ``target``."""
     for i in range(window):
         for j in range(window):
-            target[:, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride, :] += per_offset(i, j)
+            target[:, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride, :] += (
+                per_offset(i, j)
+            )
 
 
-def _pads(layer, height: int, width: int, window: int, conventions: Conventions) -> tuple[tuple[int, int], tuple[int, int]]:
+def _pads(
+    layer: Conv2D | MaxPool2D, height: int, width: int, window: int, conventions: Conventions
+) -> tuple[tuple[int, int], tuple[int, int]]:
     if layer.padding == "SAME":
-        return same_padding(height, window, layer.stride, conventions.same_extra), same_padding(width, window, layer.stride, conventions.same_extra)
+        return same_padding(height, window, layer.stride, conventions.same_extra), same_padding(
+            width, window, layer.stride, conventions.same_extra
+        )
     if layer.padding == "VALID":
         return (0, 0), (0, 0)
     raise ValueError(f"{layer.name}: unknown padding {layer.padding!r}")
 
 
-def _activate(name: str | None, z: np.ndarray) -> np.ndarray:
+def _activate(name: str | None, z: Array) -> Array:
     if name is None:
         return z
     if name == "relu":
@@ -84,13 +101,13 @@ def _activate(name: str | None, z: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported activation {name!r}")
 
 
-def _activation_grad(name: str | None, z: np.ndarray, upstream: np.ndarray) -> np.ndarray:
+def _activation_grad(name: str | None, z: Array, upstream: Array) -> Array:
     if name is None:
         return upstream
     return upstream * (z > 0)  # relu'(0) = 0, as in every framework
 
 
-def _conv_forward(layer: Conv2D, kernel: np.ndarray, bias: np.ndarray, x: np.ndarray, conventions: Conventions):
+def _conv_forward(layer: Conv2D, kernel: Array, bias: Array, x: Array, conventions: Conventions) -> tuple[Array, Cache]:
     n, height, width, channels = x.shape
     k, s = layer.kernel_size, layer.stride
     (top, bottom), (left, right) = _pads(layer, height, width, k, conventions)
@@ -101,7 +118,9 @@ def _conv_forward(layer: Conv2D, kernel: np.ndarray, bias: np.ndarray, x: np.nda
     return z, {"cols": cols, "padded_shape": padded.shape, "crop": (top, left, height, width)}
 
 
-def _conv_backward(layer: Conv2D, kernel: np.ndarray, cache: dict, dz: np.ndarray, need_input_grad: bool):
+def _conv_backward(
+    layer: Conv2D, kernel: Array, cache: Cache, dz: Array, need_input_grad: bool
+) -> tuple[Array, Array, Array | None]:
     n, out_h, out_w, filters = dz.shape
     flat = dz.reshape(-1, filters)
     d_kernel = (cache["cols"].T @ flat).reshape(kernel.shape)
@@ -117,7 +136,7 @@ def _conv_backward(layer: Conv2D, kernel: np.ndarray, cache: dict, dz: np.ndarra
     return d_kernel, d_bias, d_padded[:, top : top + height, left : left + width, :]
 
 
-def _pool_forward(layer: MaxPool2D, x: np.ndarray, conventions: Conventions):
+def _pool_forward(layer: MaxPool2D, x: Array, conventions: Conventions) -> tuple[Array, Cache]:
     n, height, width, channels = x.shape
     p, s = layer.pool_size, layer.stride
     (top, bottom), (left, right) = _pads(layer, height, width, p, conventions)
@@ -126,10 +145,16 @@ def _pool_forward(layer: MaxPool2D, x: np.ndarray, conventions: Conventions):
     windows = _windows(padded, p, s, out_h, out_w).reshape(n, out_h, out_w, p * p, channels)
     argmax = windows.argmax(axis=3)  # first maximum in row-major window order
     out = np.take_along_axis(windows, argmax[:, :, :, None, :], axis=3)[:, :, :, 0, :]
-    return out, {"argmax": argmax, "windows": windows, "input_shape": x.shape, "padded_shape": padded.shape, "crop": (top, left, height, width)}
+    return out, {
+        "argmax": argmax,
+        "windows": windows,
+        "input_shape": x.shape,
+        "padded_shape": padded.shape,
+        "crop": (top, left, height, width),
+    }
 
 
-def _pool_backward(layer: MaxPool2D, cache: dict, d_out: np.ndarray) -> np.ndarray:
+def _pool_backward(layer: MaxPool2D, cache: Cache, d_out: Array) -> Array:
     p, s = layer.pool_size, layer.stride
     _, out_h, out_w, _ = d_out.shape
     argmax = cache["argmax"]
@@ -139,27 +164,29 @@ def _pool_backward(layer: MaxPool2D, cache: dict, d_out: np.ndarray) -> np.ndarr
     return d_padded[:, top : top + height, left : left + width, :]
 
 
-def _flatten(x: np.ndarray, conventions: Conventions) -> np.ndarray:
+def _flatten(x: Array, conventions: Conventions) -> Array:
     if conventions.flatten == "HWC":
         return x.reshape(x.shape[0], -1)
     if conventions.flatten == "CHW":
-        return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+        return np.asarray(x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1))
     raise ValueError(f"unknown flatten order {conventions.flatten!r}")
 
 
-def _unflatten(d: np.ndarray, shape: tuple[int, ...], conventions: Conventions) -> np.ndarray:
+def _unflatten(d: Array, shape: tuple[int, ...], conventions: Conventions) -> Array:
     if conventions.flatten == "HWC":
         return d.reshape(shape)
     n, h, w, c = shape
-    return d.reshape(n, c, h, w).transpose(0, 2, 3, 1)
+    return np.asarray(d.reshape(n, c, h, w).transpose(0, 2, 3, 1))
 
 
 @functools.cache
-def _openblas_thread_controls() -> tuple:
+def _openblas_thread_controls() -> tuple[tuple[Any, Any], ...]:
     """(set, get) thread-count functions of every OpenBLAS loaded in this process (NumPy's among them)."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and line.split()[-1].startswith("/")})
+            paths = sorted(
+                {line.split()[-1] for line in maps if "openblas" in line.lower() and line.split()[-1].startswith("/")}
+            )
     except OSError:
         return ()
     controls = []
@@ -168,7 +195,12 @@ def _openblas_thread_controls() -> tuple:
             library = ctypes.CDLL(path)
         except OSError:
             continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+        for prefix, suffix in (
+            ("scipy_openblas", "64_"),
+            ("scipy_openblas", ""),
+            ("openblas", "64_"),
+            ("openblas", ""),
+        ):
             set_threads = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
             get_threads = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
             if set_threads is not None and get_threads is not None:
@@ -200,16 +232,21 @@ def _as64(weights: Weights) -> Weights:
     return {name: np.asarray(value, dtype=np.float64) for name, value in weights.items()}
 
 
-def forward(spec: ModelSpec, weights: Weights, x: np.ndarray, conventions: Conventions = CANONICAL, tape: list | None = None) -> np.ndarray:
+def forward(
+    spec: ModelSpec, weights: Weights, x: Array, conventions: Conventions = CANONICAL, tape: Tape | None = None
+) -> Array:
     """Logits (float64) for NHWC ``x``; dropout inactive. ``tape`` collects what backward needs."""
     with single_threaded_blas():
         return _forward(spec, _as64(weights), np.asarray(x, dtype=np.float64), conventions, tape)
 
 
-def _forward(spec: ModelSpec, weights: Weights, h: np.ndarray, conventions: Conventions, tape: list | None) -> np.ndarray:
+def _forward(spec: ModelSpec, weights: Weights, h: Array, conventions: Conventions, tape: Tape | None) -> Array:
+    entry: tuple[Layer, Cache]
     for layer in spec.layers:
         if isinstance(layer, Conv2D):
-            z, cache = _conv_forward(layer, weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"], h, conventions)
+            z, cache = _conv_forward(
+                layer, weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"], h, conventions
+            )
             entry = (layer, {**cache, "z": z})
             h = _activate(layer.activation, z)
         elif isinstance(layer, MaxPool2D):
@@ -231,7 +268,7 @@ def _forward(spec: ModelSpec, weights: Weights, h: np.ndarray, conventions: Conv
     return h
 
 
-def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(logits: Array, labels: Array) -> tuple[float, Array]:
     """Mean cross-entropy of integer ``labels`` and its gradient with respect to the logits."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -245,15 +282,17 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float
 
 
 def loss_and_gradients(
-    spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.ndarray, conventions: Conventions = CANONICAL
-) -> tuple[float, Weights, np.ndarray]:
+    spec: ModelSpec, weights: Weights, x: Array, y: Array, conventions: Conventions = CANONICAL
+) -> tuple[float, Weights, Array]:
     """(mean cross-entropy, gradients in the canonical layout, logits), all float64; dropout inactive."""
     with single_threaded_blas():
         return _loss_and_gradients(spec, _as64(weights), np.asarray(x, dtype=np.float64), y, conventions)
 
 
-def _loss_and_gradients(spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.ndarray, conventions: Conventions):
-    tape: list[tuple[Any, dict]] = []
+def _loss_and_gradients(
+    spec: ModelSpec, weights: Weights, x: Array, y: Array, conventions: Conventions
+) -> tuple[float, Weights, Array]:
+    tape: Tape = []
     logits = _forward(spec, weights, x, conventions, tape)
     loss, upstream = softmax_cross_entropy(logits, y)
     grads = _backward(tape, weights, upstream, len(tape) - 1, conventions)
@@ -261,8 +300,13 @@ def _loss_and_gradients(spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.
 
 
 def _backward(
-    tape: list, weights: Weights, upstream: np.ndarray, start: int, conventions: Conventions,
-    at_z: bool = False, record: dict[int, np.ndarray] | None = None,
+    tape: Tape,
+    weights: Weights,
+    upstream: Array,
+    start: int,
+    conventions: Conventions,
+    at_z: bool = False,
+    record: dict[int, Array] | None = None,
 ) -> Weights:
     """Backpropagate ``upstream`` from ``tape[start]`` down to the first weighted layer.
 
@@ -272,8 +316,11 @@ def _backward(
     """
     grads: Weights = {}
     first_weighted = next(i for i, (layer, _) in enumerate(tape) if isinstance(layer, (Conv2D, Dense)))
+    flowing: Array | None = upstream
     for index in range(start, first_weighted - 1, -1):
         layer, cache = tape[index]
+        assert flowing is not None  # only the first weighted layer (the loop's last) stops the gradient
+        upstream = flowing
         if record is not None:
             record[index] = upstream
         need_input_grad = index > first_weighted
@@ -283,17 +330,18 @@ def _backward(
             if isinstance(layer, Dense):
                 grads[f"{layer.name}/kernel"] = cache["x"].T @ dz
                 grads[f"{layer.name}/bias"] = dz.sum(axis=0)
-                upstream = dz @ kernel.T if need_input_grad else None
+                flowing = dz @ kernel.T if need_input_grad else None
             else:
-                grads[f"{layer.name}/kernel"], grads[f"{layer.name}/bias"], upstream = _conv_backward(layer, kernel, cache, dz, need_input_grad)
+                d_kernel, d_bias, flowing = _conv_backward(layer, kernel, cache, dz, need_input_grad)
+                grads[f"{layer.name}/kernel"], grads[f"{layer.name}/bias"] = d_kernel, d_bias
         elif isinstance(layer, MaxPool2D):
-            upstream = _pool_backward(layer, cache, upstream)
+            flowing = _pool_backward(layer, cache, upstream)
         elif isinstance(layer, Flatten):
-            upstream = _unflatten(upstream, cache["shape"], conventions)
+            flowing = _unflatten(upstream, cache["shape"], conventions)
     return grads
 
 
-def _passes_gradient(layer, cache: dict, position: tuple) -> bool:
+def _passes_gradient(layer: Layer, cache: Cache, position: tuple[int, ...]) -> bool:
     """Whether the activation of ``layer`` lets a gradient through at ``position``."""
     if isinstance(layer, (Conv2D, Dense)) and layer.activation == "relu":
         return bool(cache["z"][position] > 0)
@@ -301,8 +349,8 @@ def _passes_gradient(layer, cache: dict, position: tuple) -> bool:
 
 
 def gradients_and_kinks(
-    spec: ModelSpec, weights: Weights, x: np.ndarray, y: np.ndarray, rel: float, conventions: Conventions = CANONICAL
-) -> tuple[float, Weights, np.ndarray, Weights, int]:
+    spec: ModelSpec, weights: Weights, x: Array, y: Array, rel: float, conventions: Conventions = CANONICAL
+) -> tuple[float, Weights, Array, Weights, int]:
     """``loss_and_gradients`` plus, per weight, how far the gradients can move at near-ties.
 
     The gradients of ReLU and max pooling jump where a pre-activation crosses 0 or where the
@@ -317,22 +365,30 @@ def gradients_and_kinks(
     with single_threaded_blas():
         weights = _as64(weights)
         x = np.asarray(x, dtype=np.float64)
-        tape: list[tuple[Any, dict]] = []
+        tape: Tape = []
         logits = _forward(spec, weights, x, conventions, tape)
         loss, upstream = softmax_cross_entropy(logits, y)
-        record: dict[int, np.ndarray] = {}
+        record: dict[int, Array] = {}
         grads = _backward(tape, weights, upstream, len(tape) - 1, conventions, record=record)
         allowance, count = _kink_allowance(spec, weights, x, conventions, tape, record, rel)
         return loss, {name: grads[name] for name in spec.param_shapes()}, logits, allowance, count
 
 
-def _kink_allowance(spec, weights, x, conventions, tape, record, rel) -> tuple[Weights, int]:
+def _kink_allowance(
+    spec: ModelSpec,
+    weights: Weights,
+    x: Array,
+    conventions: Conventions,
+    tape: Tape,
+    record: dict[int, Array],
+    rel: float,
+) -> tuple[Weights, int]:
     """See ``gradients_and_kinks``; ``tape`` and ``record`` come from the full-batch pass."""
     allowance = {name: np.zeros(shape) for name, shape in spec.param_shapes().items()}
-    sample_tapes: dict[int, list] = {}
+    sample_tapes: dict[int, Tape] = {}
     count = 0
 
-    def add_flip(sample: int, start: int, delta: np.ndarray, at_z: bool) -> None:
+    def add_flip(sample: int, start: int, delta: Array, at_z: bool) -> None:
         if sample not in sample_tapes:
             sample_tapes[sample] = []
             _forward(spec, weights, x[sample : sample + 1], conventions, sample_tapes[sample])
@@ -343,16 +399,25 @@ def _kink_allowance(spec, weights, x, conventions, tape, record, rel) -> tuple[W
         if isinstance(layer, (Conv2D, Dense)) and layer.activation == "relu" and index in record:
             z, grad_out = cache["z"], record[index]
             for position in map(tuple, np.argwhere((np.abs(z) <= rel * np.abs(z).max()) & (grad_out != 0))):
-                delta = np.zeros((1,) + z.shape[1:])
-                delta[(0,) + position[1:]] = grad_out[position] * (-1.0 if z[position] > 0 else 1.0)
-                add_flip(position[0], index, delta, at_z=True)
+                delta = np.zeros((1, *z.shape[1:]))
+                at = (0, *position[1:])
+                delta[at] = grad_out[position] * (-1.0 if z[position] > 0 else 1.0)
+                add_flip(int(position[0]), index, delta, True)
                 count += 1
         elif isinstance(layer, MaxPool2D) and index in record and index > 0:
             count += _pool_flips(layer, cache, record[index], tape[index - 1], rel, add_flip, index - 1)
     return allowance, count
 
 
-def _pool_flips(layer: MaxPool2D, cache: dict, grad_out: np.ndarray, producer_entry, rel: float, add_flip, producer_index: int) -> int:
+def _pool_flips(
+    layer: MaxPool2D,
+    cache: Cache,
+    grad_out: Array,
+    producer_entry: tuple[Layer, Cache],
+    rel: float,
+    add_flip: FlipAdder,
+    producer_index: int,
+) -> int:
     """Reroute each window's gradient to every other element that float32 could make its maximum.
 
     Candidates are the elements within ``rel`` x the layer's largest value of the window's
@@ -369,7 +434,7 @@ def _pool_flips(layer: MaxPool2D, cache: dict, grad_out: np.ndarray, producer_en
     scale = np.abs(finite).max() if finite.size else 0.0
     candidate = windows >= windows.max(axis=3, keepdims=True) - rel * scale
     has_z = isinstance(producer, (Conv2D, Dense)) and "z" in producer_cache
-    if has_z and producer.activation == "relu":
+    if isinstance(producer, (Conv2D, Dense)) and has_z and producer.activation == "relu":
         z = producer_cache["z"]
         bottom = cache["padded_shape"][1] - top_pad - input_shape[1]
         right = cache["padded_shape"][2] - left_pad - input_shape[2]
@@ -385,11 +450,12 @@ def _pool_flips(layer: MaxPool2D, cache: dict, grad_out: np.ndarray, producer_en
         pos_a = (i * s + chosen // p - top_pad, j * s + chosen % p - left_pad)
         pos_b = (i * s + k // p - top_pad, j * s + k % p - left_pad)
         dout = grad_out[n, i, j, c]
-        delta = np.zeros((1,) + tuple(input_shape[1:]))
+        delta = np.zeros((1, *input_shape[1:]))
         # With the producer's pre-activation as the target, b's ReLU counts as passing (it is near its kink).
-        passes_a = _passes_gradient(producer, producer_cache, (n, *pos_a, c)) if has_z else True
-        delta[(0, *pos_a, c)] -= dout * passes_a
-        delta[(0, *pos_b, c)] += dout
+        at_a, at_b = (0, pos_a[0], pos_a[1], c), (0, pos_b[0], pos_b[1], c)
+        passes_a = _passes_gradient(producer, producer_cache, (n, pos_a[0], pos_a[1], c)) if has_z else True
+        delta[at_a] -= dout * passes_a
+        delta[at_b] += dout
         add_flip(int(n), producer_index, delta, has_z)
         count += 1
     return count
@@ -423,8 +489,14 @@ class Adam:
 
     name = "adam"
 
-    def __init__(self, learning_rate: float, beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2,
-                 epsilon: float = ADAM_EPSILON, epsilon_form: str = "textbook"):
+    def __init__(
+        self,
+        learning_rate: float,
+        beta1: float = ADAM_BETA1,
+        beta2: float = ADAM_BETA2,
+        epsilon: float = ADAM_EPSILON,
+        epsilon_form: str = "textbook",
+    ):
         if epsilon_form not in EPSILON_FORMS:
             raise ValueError(f"unknown epsilon form {epsilon_form!r}")
         self.learning_rate, self.beta1, self.beta2, self.epsilon = learning_rate, beta1, beta2, epsilon

@@ -12,6 +12,9 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+
+from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
 from cnnbench_numpy.backend import (
     ConvLayer,
     DenseLayer,
@@ -23,17 +26,21 @@ from cnnbench_numpy.backend import (
     softmax_cross_entropy,
 )
 
-from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
-from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
-
 # --- building blocks ------------------------------------------------------------------------------
 
 
 class ConfigurableAdam:
     """Adam with every knob a port gets wrong: epsilon, its placement, the betas, the bias correction."""
 
-    def __init__(self, learning_rate: float, epsilon: float = ADAM_EPSILON, keras_form: bool = False,
-                 beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2, bias_correction: bool = True):
+    def __init__(
+        self,
+        learning_rate: float,
+        epsilon: float = ADAM_EPSILON,
+        keras_form: bool = False,
+        beta1: float = ADAM_BETA1,
+        beta2: float = ADAM_BETA2,
+        bias_correction: bool = True,
+    ):
         self.lr, self.epsilon, self.keras_form = learning_rate, epsilon, keras_form
         self.beta1, self.beta2, self.bias_correction = beta1, beta2, bias_correction
         self.m: dict[str, np.ndarray] = {}
@@ -96,8 +103,10 @@ class WrongParameterCountBackend(BadBackend):
     name = "bad-parameter-count"
 
     def create_session(self, spec: ModelSpec, config: TrainConfig, variant: str | None = None) -> NumpySession:
-        layers = tuple(replace(layer, filters=layer.filters + 1) if isinstance(layer, Conv2D) and layer.name == "conv1"
-                       else layer for layer in spec.layers)
+        layers = tuple(
+            replace(layer, filters=layer.filters + 1) if isinstance(layer, Conv2D) and layer.name == "conv1" else layer
+            for layer in spec.layers
+        )
         return NumpySession(replace(spec, layers=layers), config)
 
 
@@ -158,7 +167,10 @@ class SymmetricPaddingSession(NumpySession):
         for layer in spec.layers:
             if isinstance(layer, Conv2D):
                 pad = (layer.kernel_size - 1) // 2
-                out = (h + 2 * pad - layer.kernel_size) // layer.stride + 1, (w + 2 * pad - layer.kernel_size) // layer.stride + 1
+                out = (
+                    (h + 2 * pad - layer.kernel_size) // layer.stride + 1,
+                    (w + 2 * pad - layer.kernel_size) // layer.stride + 1,
+                )
                 built = ConvLayer(layer, (h, w, c), (*out, layer.filters))
                 built.pad_h = built.pad_w = (pad, pad)
                 layers.append(built)
@@ -185,8 +197,10 @@ class TransposedKernelSession(NumpySession):
     """Converts canonical HWIO conv kernels to a native layout with height and width swapped (and back)."""
 
     def _native(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: np.swapaxes(value, 0, 1) if name.startswith("conv") and name.endswith("/kernel") else value
-                for name, value in weights.items()}
+        return {
+            name: np.swapaxes(value, 0, 1) if name.startswith("conv") and name.endswith("/kernel") else value
+            for name, value in weights.items()
+        }
 
     def get_weights(self) -> dict[str, np.ndarray]:
         return {name: np.ascontiguousarray(value) for name, value in self._native(super().get_weights()).items()}
@@ -514,4 +528,3 @@ class MissingFrameworkBackend(BadBackend):
 
     def unavailable_reason(self) -> str | None:
         return "moonlib is not installed (pip install moonlib)"
-

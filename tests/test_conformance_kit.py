@@ -67,8 +67,13 @@ def assert_names(message: str, *fragments: str) -> None:
 def test_wrong_parameter_count_names_the_count_and_the_shape(bad, kit_for):
     trial = kit_for(bad.WrongParameterCountBackend()).built("mnist")
     message = failure(testing.check_parameter_count, trial.spec, trial.created_weights, "after create_session")
-    assert_names(message, "parameter count 3,255,914 expected", "backend has 3,256,955",
-                 "conv1/kernel shape (4, 4, 1, 33) != (4, 4, 1, 32)", "conv2/kernel shape (4, 4, 33, 64) != (4, 4, 32, 64)")
+    assert_names(
+        message,
+        "parameter count 3,255,914 expected",
+        "backend has 3,256,955",
+        "conv1/kernel shape (4, 4, 1, 33) != (4, 4, 1, 32)",
+        "conv2/kernel shape (4, 4, 33, 64) != (4, 4, 32, 64)",
+    )
 
 
 def test_valid_padding_is_named_from_the_shapes(bad, kit_for):
@@ -77,11 +82,14 @@ def test_valid_padding_is_named_from_the_shapes(bad, kit_for):
     assert_names(message, "dense1/kernel shape (1024, 1024) != (3136, 1024)", "conv1 VALID instead of SAME")
 
 
-@pytest.mark.parametrize(("backend", "fragment"), [
-    ("WrongFlattenBackend", "flatten after the last pool is in (C, H, W) order"),
-    ("PadBeforeBackend", "SAME padding puts the odd extra row/column before"),
-    ("TransposedKernelBackend", "used with height and width swapped"),
-])
+@pytest.mark.parametrize(
+    ("backend", "fragment"),
+    [
+        ("WrongFlattenBackend", "flatten after the last pool is in (C, H, W) order"),
+        ("PadBeforeBackend", "SAME padding puts the odd extra row/column before"),
+        ("TransposedKernelBackend", "used with height and width swapped"),
+    ],
+)
 def test_layout_and_convention_bugs_are_named_by_the_logits(bad, kit_for, backend, fragment):
     trial = kit_for(getattr(bad, backend)()).trial("mnist")
     assert_names(failure(testing.check_predict_matches_spec, trial), "logits:", fragment)
@@ -91,8 +99,12 @@ def test_symmetric_padding_raising_is_a_kit_failure_naming_padding(bad, kit_for)
     """The framework's raw ValueError (a matmul of 2,304 against 3,136 features) becomes a named failure."""
     trial = kit_for(bad.SymmetricPaddingBackend()).trial("mnist")
     through_the_engine = failure(testing.check_predict_matches_spec, trial)
-    assert_names(through_the_engine, "predict raised ValueError", "likely cause: the flattened size 2304",
-                 "symmetric padding ((k - 1) // 2 on each side")
+    assert_names(
+        through_the_engine,
+        "predict raised ValueError",
+        "likely cause: the flattened size 2304",
+        "symmetric padding ((k - 1) // 2 on each side",
+    )
     raw = failure(testing.check_output_shapes, trial)  # the kit calls predict itself here
     assert_names(raw, "check_output_shapes: predict raised ValueError", "symmetric padding")
 
@@ -110,10 +122,13 @@ def test_summed_loss_is_named(bad, kit_for):
     assert_names(failure(testing.check_loss_and_gradients, trial), "loss:", "8x the reference: the sum over the batch")
 
 
-@pytest.mark.parametrize(("backend", "fragment"), [
-    ("BatchMeansBackend", "batch means are averaged, so the partial last batch (64 images) weighs as a full one"),
-    ("DroppedLastBatchBackend", "the partial last batch (64 of 96 images) is dropped"),
-])
+@pytest.mark.parametrize(
+    ("backend", "fragment"),
+    [
+        ("BatchMeansBackend", "batch means are averaged, so the partial last batch (64 images) weighs as a full one"),
+        ("DroppedLastBatchBackend", "the partial last batch (64 of 96 images) is dropped"),
+    ],
+)
 def test_partial_evaluate_batches_are_named(bad, kit_for, backend, fragment):
     trial = kit_for(getattr(bad, backend)()).trial("mnist")
     assert_names(failure(testing.check_evaluate, trial), "evaluate loss (partial last batch)", fragment)
@@ -121,31 +136,47 @@ def test_partial_evaluate_batches_are_named(bad, kit_for, backend, fragment):
 
 def test_shuffled_rows_fail_the_batch_order_checks(bad, kit_for):
     trial = kit_for(bad.BatchOrderIgnoringBackend()).trial("mnist")
-    assert_names(failure(testing.check_batch_order, trial), "does not run the rows in the given order: after one call with 8 rows")
-    assert re.search(r"trained row [1-7] of batch_indices first .* rows must run in the given order",
-                     failure(testing.check_losses_belong_to_rows, trial))
+    assert_names(
+        failure(testing.check_batch_order, trial),
+        "does not run the rows in the given order: after one call with 8 rows",
+    )
+    assert re.search(
+        r"trained row [1-7] of batch_indices first .* rows must run in the given order",
+        failure(testing.check_losses_belong_to_rows, trial),
+    )
 
 
 def test_reversed_rows_fail_the_batch_order_and_step_checks(bad, kit_for):
     kit = kit_for(bad.ReversedBatchesBackend())
     assert_names(failure(testing.check_batch_order, kit.trial("mnist")), "does not run the rows in the given order")
-    assert_names(failure(testing.check_optimizer_step, kit.trial("mnist", "sgd")), "3 batches in one call",
-                 "rows run in another order than given")
+    assert_names(
+        failure(testing.check_optimizer_step, kit.trial("mnist", "sgd")),
+        "3 batches in one call",
+        "rows run in another order than given",
+    )
 
 
 def test_ignored_indices_are_named(bad, kit_for):
     trial = kit_for(bad.IndexIgnoringBackend()).trial("mnist")
-    assert_names(failure(testing.check_losses_belong_to_rows, trial), "is not the loss of the images in batch_indices[0]")
+    assert_names(
+        failure(testing.check_losses_belong_to_rows, trial), "is not the loss of the images in batch_indices[0]"
+    )
 
 
 # --- optimizers -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("backend", "fragments"), [
-    ("KerasEpsilonBackend", ["Adam epsilon is 1e-07 (Keras' default), added to sqrt(v_hat)", "ADAM_EPSILON is 1e-08"]),
-    ("KerasFormEpsilonBackend", ["Adam epsilon is 1e-07 (Keras' default) in Keras' form"]),
-    ("NoBiasCorrectionBackend", ["no bias correction of m and v", "3.16 x lr"]),
-])
+@pytest.mark.parametrize(
+    ("backend", "fragments"),
+    [
+        (
+            "KerasEpsilonBackend",
+            ["Adam epsilon is 1e-07 (Keras' default), added to sqrt(v_hat)", "ADAM_EPSILON is 1e-08"],
+        ),
+        ("KerasFormEpsilonBackend", ["Adam epsilon is 1e-07 (Keras' default) in Keras' form"]),
+        ("NoBiasCorrectionBackend", ["no bias correction of m and v", "3.16 x lr"]),
+    ],
+)
 def test_adam_hyper_parameters_are_named(bad, kit_for, backend, fragments):
     message = failure(testing.check_adam_hyper_parameters, kit_for(getattr(bad, backend)()))
     assert_names(message, "adam hyper-parameters: update rule:", *fragments)
@@ -165,34 +196,46 @@ def test_set_weights_without_optimizer_reset_is_caught_on_its_own_session(bad, k
     """Whatever ran before: the check builds its own session."""
     kit = kit_for(bad.NoResetBackend())
     kit.trial("mnist", "adam").train(kit.trial("mnist", "adam").rows(1)[:2])  # a shared session that trained
-    assert_names(failure(testing.check_optimizer_reset, kit), "set_weights did not reset the optimizer",
-                 "continues Adam's moments and step count")
+    assert_names(
+        failure(testing.check_optimizer_reset, kit),
+        "set_weights did not reset the optimizer",
+        "continues Adam's moments and step count",
+    )
 
 
 # --- dropout --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("backend", "fragments"), [
-    ("UnscaledDropoutBackend", ["dropout scaling:", "not scaled by 1/(1 - rate) = 1.25"]),
-    ("HalfDropoutBackend", ["dropout rate:", "dropout3 drops 0.", "of units, the spec's rate is 0.2"]),
-    ("RepeatingDropoutBackend", ["dropout masks:", "the dropout mask repeats every step"]),
-    ("SharedMaskDropoutBackend", ["dropout masks:", "one dropout mask is shared by the whole batch"]),
-])
+@pytest.mark.parametrize(
+    ("backend", "fragments"),
+    [
+        ("UnscaledDropoutBackend", ["dropout scaling:", "not scaled by 1/(1 - rate) = 1.25"]),
+        ("HalfDropoutBackend", ["dropout rate:", "dropout3 drops 0.", "of units, the spec's rate is 0.2"]),
+        ("RepeatingDropoutBackend", ["dropout masks:", "the dropout mask repeats every step"]),
+        ("SharedMaskDropoutBackend", ["dropout masks:", "one dropout mask is shared by the whole batch"]),
+    ],
+)
 def test_dropout_bugs_are_measured_and_named(bad, kit_for, backend, fragments):
     assert_names(failure(testing.check_dropout_statistics, kit_for(getattr(bad, backend)())), *fragments)
 
 
 def test_unseeded_dropout_breaks_the_seed_contract(bad, kit_for):
     kit = kit_for(bad.UnseededDropoutBackend())
-    assert_names(failure(testing.check_dropout_seed, kit), "dropout follows config.seed:",
-                 "two fresh sessions with seed 3 drew different dropout masks")
+    assert_names(
+        failure(testing.check_dropout_seed, kit),
+        "dropout follows config.seed:",
+        "two fresh sessions with seed 3 drew different dropout masks",
+    )
     assert_names(failure(testing.check_seed_determinism, kit), "although backend.deterministic is True")
 
 
 def test_dropout_left_on_in_predict_is_named(bad, kit_for):
     trial = kit_for(bad.PredictDropoutBackend()).trial("cifar")
-    assert_names(failure(testing.check_predict_matches_spec, trial), "predict repeatable:",
-                 "dropout or other randomness is active in inference")
+    assert_names(
+        failure(testing.check_predict_matches_spec, trial),
+        "predict repeatable:",
+        "dropout or other randomness is active in inference",
+    )
 
 
 def test_dropout_left_on_in_evaluate_is_named(bad, kit_for):
@@ -216,7 +259,9 @@ def test_the_correct_backend_passes_every_probe(bad, kit_for):
 # --- threads --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("requested", "cpu_s", "warned"), [(1, 1.0, False), (1, 3.0, True), (2, 1.0, True), (2, 1.9, False)])
+@pytest.mark.parametrize(
+    ("requested", "cpu_s", "warned"), [(1, 1.0, False), (1, 3.0, True), (2, 1.0, True), (2, 1.9, False)]
+)
 def test_threads_used_against_requested_warns_on_disagreement(bad, kit_for, monkeypatch, requested, cpu_s, warned):
     """The meter is replaced by fixed numbers (the machine is shared): the kit warns exactly when they disagree."""
     from contextlib import contextmanager
@@ -287,11 +332,19 @@ def test_plugin_author_view_through_pytest(bad, pytester):
             backend = MissingFrameworkBackend()
         """
     )
-    result = pytester.runpytest("-q", "-rs", "-p", "no:cacheprovider", "-k",
-                                "TestWrongCount and test_parameter_count or TestEpsilon and test_adam or TestMissing and test_identity")
+    result = pytester.runpytest(
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "TestWrongCount and test_parameter_count or TestEpsilon and test_adam or TestMissing and test_identity",
+    )
     result.assert_outcomes(failed=3, skipped=1)
-    result.stdout.fnmatch_lines([
-        "*ConformanceError: parameter count 3,255,914 expected (lenet, 8 arrays), backend has 3,256,955*",
-        "*ConformanceError: adam hyper-parameters: update rule: Adam epsilon is 1e-07 (Keras' default)*",
-        "*bad-missing unavailable: moonlib is not installed (pip install moonlib)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*ConformanceError: parameter count 3,255,914 expected (lenet, 8 arrays), backend has 3,256,955*",
+            "*ConformanceError: adam hyper-parameters: update rule: Adam epsilon is 1e-07 (Keras' default)*",
+            "*bad-missing unavailable: moonlib is not installed (pip install moonlib)*",
+        ]
+    )

@@ -37,6 +37,12 @@ def test_no_other_module_defines_a_tolerance_again():
         if path.name == "tolerances.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
             for target in targets:
                 assert not (isinstance(target, ast.Name) and target.id in names), f"{path}: {target.id} defined again"

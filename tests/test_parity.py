@@ -53,11 +53,27 @@ def test_numpy_passes_every_check(spec):
     result = _strict_json(check_backend(NumpyBackend(), spec, CONFIG))
     assert result["status"] == "PASS", result["message"]
     names = set(result["checks"])
-    expected = {"weight shapes", "export: native -> canonical", "weights round trip", "predict repeatable", "logits", "loss",
-                "evaluate loss (whole)", "evaluate loss (partial last batch)", "evaluate accuracy (whole)",
-                "adam: update rule", "adam: loss of each step", "sgd: loss of each step", "adam: 3 batches in one call, losses",
-                "sgd: 3 batches in one call, weights", "optimizer reset by set_weights", "adam hyper-parameters: update rule"}
-    expected |= set(GRADIENTS) | {f"{opt}: {name} after each step" for opt in ("adam", "sgd") for name in spec.param_shapes()}
+    expected = {
+        "weight shapes",
+        "export: native -> canonical",
+        "weights round trip",
+        "predict repeatable",
+        "logits",
+        "loss",
+        "evaluate loss (whole)",
+        "evaluate loss (partial last batch)",
+        "evaluate accuracy (whole)",
+        "adam: update rule",
+        "adam: loss of each step",
+        "sgd: loss of each step",
+        "adam: 3 batches in one call, losses",
+        "sgd: 3 batches in one call, weights",
+        "optimizer reset by set_weights",
+        "adam hyper-parameters: update rule",
+    }
+    expected |= set(GRADIENTS) | {
+        f"{opt}: {name} after each step" for opt in ("adam", "sgd") for name in spec.param_shapes()
+    }
     if spec.has_dropout:
         expected |= {"dropout rate", "dropout scaling", "dropout masks"}
     assert expected <= names, expected - names
@@ -88,15 +104,24 @@ def test_with_dropout_steps_and_probes_run_in_sessions_of_their_own_or_are_repor
     with_backend = check_session(session, CIFAR, "sgd", 0.01, steps=1, backend=backend, config=CONFIG)
     assert with_backend["status"] == "PASS", with_backend["message"]
     assert "skipped" not in with_backend
-    assert {"sgd: conv1/kernel after each step", "optimizer reset by set_weights", "dropout scaling"} <= set(with_backend["checks"])
+    assert {"sgd: conv1/kernel after each step", "optimizer reset by set_weights", "dropout scaling"} <= set(
+        with_backend["checks"]
+    )
 
 
 @pytest.mark.parametrize(
     ("bug", "spec", "fragments"),
     [
         ("WrongFlattenBackend", MNIST, ["logits:", "(C, H, W) order"]),
-        ("ValidPaddingBackend", MNIST, ["weight shapes:", "dense1/kernel is (1024, 1024), the spec says (3136, 1024)",
-                                        "conv1 VALID instead of SAME"]),
+        (
+            "ValidPaddingBackend",
+            MNIST,
+            [
+                "weight shapes:",
+                "dense1/kernel is (1024, 1024), the spec says (3136, 1024)",
+                "conv1 VALID instead of SAME",
+            ],
+        ),
         ("PredictDropoutBackend", CIFAR, ["predict repeatable:", "dropout"]),
         ("PadBeforeBackend", MNIST, ["logits:", "extra row/column before"]),
         ("SymmetricPaddingBackend", MNIST, ["predict raised ValueError", "symmetric padding"]),
@@ -146,7 +171,9 @@ def test_step_bounds_are_not_vacuous(fault):
     checks = step_checks(session, MNIST, "adam", 1e-3, weights, data.x_train, data.y_train, data.step_indices)
     failed = [check.name for check in checks if not check.passed]
     if fault.startswith("learning"):
-        assert "adam: conv1/kernel after each step" in failed and "adam: dense2/kernel after each step" in failed, failed
+        assert "adam: conv1/kernel after each step" in failed and "adam: dense2/kernel after each step" in failed, (
+            failed
+        )
         rule = next(check for check in checks if check.name == "adam: update rule")
         assert "1.02 x lr" in rule.detail, rule.detail
     else:  # one batch per call cannot be reordered: the call with both batches must show it
@@ -158,8 +185,11 @@ def test_step_bounds_are_not_vacuous(fault):
 
 def test_cli_reports_buggy_backends_and_exits_1(fixture_plugins, numpy_backend):
     fixture_plugins("buggy_backends")
-    result = CliRunner().invoke(cli, ["check", "-f", "bad-flatten,bad-adam-epsilon", "--optimizer", "adam", "--steps", "1",
-                                      "--threads", "1"], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["check", "-f", "bad-flatten,bad-adam-epsilon", "--optimizer", "adam", "--steps", "1", "--threads", "1"],
+        catch_exceptions=False,
+    )
     assert result.exit_code in (1, 3), result.output
     output = " ".join(result.output.split())
     assert "(C, H, W) order" in output and "1e-07 (Keras' default)" in output, result.output
@@ -213,7 +243,9 @@ def test_torch_layout_conversions_both_ways():
         canonical = rng.normal(size=shape).astype(np.float32)
         native = to_native(name, canonical)
         if name.endswith("/kernel"):
-            assert native.shape == (tuple(reversed(shape)) if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1]))
+            assert native.shape == (
+                tuple(reversed(shape)) if len(shape) == 2 else (shape[3], shape[2], shape[0], shape[1])
+            )
         np.testing.assert_array_equal(from_native(name, native), canonical)
         np.testing.assert_array_equal(to_native(name, from_native(name, native)), native)
     # Meaning, not just invertibility: a canonical HWIO kernel in torch's conv equals the reference convolution.
@@ -221,8 +253,12 @@ def test_torch_layout_conversions_both_ways():
     x = rng.random((2, 28, 28, 1))
     kernel, bias = rng.normal(size=(4, 4, 1, 32)), rng.normal(size=32)
     expected, _ = ref._conv_forward(spec_layer, kernel, bias, x, ref.CANONICAL)
-    got = torch.nn.functional.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(to_native("conv1/kernel", kernel)),
-                                     torch.from_numpy(bias), padding="same")
+    got = torch.nn.functional.conv2d(
+        torch.from_numpy(x).permute(0, 3, 1, 2),
+        torch.from_numpy(to_native("conv1/kernel", kernel)),
+        torch.from_numpy(bias),
+        padding="same",
+    )
     np.testing.assert_allclose(got.permute(0, 2, 3, 1).numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
@@ -243,10 +279,19 @@ def test_backend_passes_parity_in_its_own_process(name, tmp_path):
     if reason:
         pytest.skip(reason)
     out = tmp_path / "parity.json"
-    result = CliRunner().invoke(cli, ["check", "-f", name, "--optimizer", "adam", "--steps", "1", "--threads", "1",
-                                      "--json", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        ["check", "-f", name, "--optimizer", "adam", "--steps", "1", "--threads", "1", "--json", str(out)],
+        catch_exceptions=False,
+    )
     (row,) = json.loads(out.read_text())
     assert result.exit_code == 0 and row["status"] == "PASS", row["message"]
-    for check in ["export: native -> canonical", "weights round trip", *GRADIENTS, "adam: dense1/kernel after each step",
-                  "optimizer reset by set_weights", "adam hyper-parameters: update rule"]:
+    for check in [
+        "export: native -> canonical",
+        "weights round trip",
+        *GRADIENTS,
+        "adam: dense1/kernel after each step",
+        "optimizer reset by set_weights",
+        "adam hyper-parameters: update rule",
+    ]:
         assert row["checks"][check]["passed"], check

@@ -30,5 +30,5 @@ def call(what: str, func: Callable[..., T], *args: Any, spec: ModelSpec | None =
         return func(*args)
     except BackendCallFailed:
         raise
-    except Exception as exc:  # noqa: BLE001 - the backend's fault, reported as a failed check
+    except Exception as exc:
         raise BackendCallFailed(what, exc, spec) from exc

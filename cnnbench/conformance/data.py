@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -38,7 +38,9 @@ class CheckData:
     step_indices: Array
 
 
-def make_check_data(spec: ModelSpec, seed: int = 0, batch: int = DEFAULT_BATCH, steps: int = DEFAULT_STEPS) -> CheckData:
+def make_check_data(
+    spec: ModelSpec, seed: int = 0, batch: int = DEFAULT_BATCH, steps: int = DEFAULT_STEPS
+) -> CheckData:
     """Images in [0, 1] as the harness scales them; some training images are never used, so indices matter."""
 
     def images(n: int, data_seed: int) -> tuple[Array, Array]:
@@ -63,7 +65,7 @@ def model_spec(model: str) -> ModelSpec:
     return spec_for(shape, classes)
 
 
-@lru_cache(maxsize=None)
+@cache
 def synthetic_data(model: str) -> PreparedData:
     """Tiny learnable data through the harness's own preprocessing (float32 NHWC, standardised; int64 labels)."""
     shape, classes = MODELS[model]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 
 from cnnbench import reference as ref
 from cnnbench.conformance.outcome import Array, Weights
@@ -19,7 +20,7 @@ from cnnbench.conformance.tolerances import LOGITS_REL
 from cnnbench.spec import Conv2D, Dense, Flatten, MaxPool2D, ModelSpec
 
 
-def scaled_error(actual: Array, expected: Array) -> float:
+def scaled_error(actual: npt.ArrayLike, expected: npt.ArrayLike) -> float:
     """max |actual - expected| / max |expected|: relative error that ignores near-zero elements."""
     got, want = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
     if got.shape != want.shape:
@@ -35,14 +36,16 @@ def shape_hint(spec: ModelSpec, shapes: dict[str, tuple[int, ...]]) -> str:
         groups += [layers] + [[layer] for layer in layers] if len(layers) > 1 else [layers]
     for group in groups:
         names = {layer.name for layer in group}
-        layers = tuple(
+        switched_layers = tuple(
             replace(layer, padding="VALID" if layer.padding == "SAME" else "SAME")
-            if isinstance(layer, (Conv2D, MaxPool2D)) and layer.name in names else layer
+            if isinstance(layer, (Conv2D, MaxPool2D)) and layer.name in names
+            else layer
             for layer in spec.layers
         )
-        if replace(spec, layers=layers).param_shapes() == shapes:
+        if replace(spec, layers=switched_layers).param_shapes() == shapes:
             switched = ", ".join(
-                f"{layer.name} {'VALID' if layer.padding == 'SAME' else 'SAME'} instead of {layer.padding}" for layer in group
+                f"{layer.name} {'VALID' if layer.padding == 'SAME' else 'SAME'} instead of {layer.padding}"
+                for layer in group
             )
             return f" (they match the spec with padding {switched})"
     return ""
@@ -54,25 +57,49 @@ def _kernel_variants(spec: ModelSpec, weights: Weights) -> list[tuple[str, Weigh
     convs = [layer for layer in spec.layers if isinstance(layer, Conv2D)]
     if len(convs) > 1:
         kernels = [f"{layer.name}/kernel" for layer in convs]
-        variants.append(("every conv kernel is used with height and width swapped (HWIO read as WHIO)",
-                         {**weights, **{name: np.swapaxes(weights[name], 0, 1) for name in kernels}}))
-        variants.append(("every conv kernel is flipped (a true convolution; the spec is a cross-correlation)",
-                         {**weights, **{name: weights[name][::-1, ::-1] for name in kernels}}))
+        variants.append(
+            (
+                "every conv kernel is used with height and width swapped (HWIO read as WHIO)",
+                {**weights, **{name: np.swapaxes(weights[name], 0, 1) for name in kernels}},
+            )
+        )
+        variants.append(
+            (
+                "every conv kernel is flipped (a true convolution; the spec is a cross-correlation)",
+                {**weights, **{name: weights[name][::-1, ::-1] for name in kernels}},
+            )
+        )
     for layer in spec.layers:
         if isinstance(layer, Conv2D):
             kernel = weights[f"{layer.name}/kernel"]
-            variants.append((f"{layer.name}'s kernel is used with height and width swapped (HWIO read as WHIO)",
-                             {**weights, f"{layer.name}/kernel": np.swapaxes(kernel, 0, 1)}))
-            variants.append((f"{layer.name}'s kernel is flipped (a true convolution; the spec is a cross-correlation)",
-                             {**weights, f"{layer.name}/kernel": kernel[::-1, ::-1]}))
+            variants.append(
+                (
+                    f"{layer.name}'s kernel is used with height and width swapped (HWIO read as WHIO)",
+                    {**weights, f"{layer.name}/kernel": np.swapaxes(kernel, 0, 1)},
+                )
+            )
+            variants.append(
+                (
+                    f"{layer.name}'s kernel is flipped (a true convolution; the spec is a cross-correlation)",
+                    {**weights, f"{layer.name}/kernel": kernel[::-1, ::-1]},
+                )
+            )
             if kernel.shape[2] == kernel.shape[3] and kernel.shape[2] > 1:
-                variants.append((f"{layer.name}'s kernel has input and output channels swapped",
-                                 {**weights, f"{layer.name}/kernel": np.swapaxes(kernel, 2, 3)}))
+                variants.append(
+                    (
+                        f"{layer.name}'s kernel has input and output channels swapped",
+                        {**weights, f"{layer.name}/kernel": np.swapaxes(kernel, 2, 3)},
+                    )
+                )
         elif isinstance(layer, Dense):
             kernel = weights[f"{layer.name}/kernel"]
             if kernel.shape[0] == kernel.shape[1] and kernel.shape[0] > 1:
-                variants.append((f"{layer.name}'s kernel is transposed ((out, in) instead of (in, out))",
-                                 {**weights, f"{layer.name}/kernel": kernel.T}))
+                variants.append(
+                    (
+                        f"{layer.name}'s kernel is transposed ((out, in) instead of (in, out))",
+                        {**weights, f"{layer.name}/kernel": kernel.T},
+                    )
+                )
     return variants
 
 
@@ -82,12 +109,18 @@ def logits_hint(spec: ModelSpec, weights: Weights, x: Array, logits: Array) -> s
     if got.shape != (len(x), spec.num_classes) or not np.isfinite(got).all():
         return ""
     tried: list[tuple[str, Callable[[], Array]]] = [
-        ("the flatten after the last pool is in (C, H, W) order; the spec flattens NHWC in (H, W, C) order",
-         lambda: ref.forward(spec, weights, x, ref.Conventions(flatten="CHW"))),
-        ("SAME padding puts the odd extra row/column before; the spec puts it after (1 before, 2 after for 4x4)",
-         lambda: ref.forward(spec, weights, x, ref.Conventions(same_extra="before"))),
-        ("flatten in (C, H, W) order and SAME padding's extra row/column before",
-         lambda: ref.forward(spec, weights, x, ref.Conventions(flatten="CHW", same_extra="before"))),
+        (
+            "the flatten after the last pool is in (C, H, W) order; the spec flattens NHWC in (H, W, C) order",
+            lambda: ref.forward(spec, weights, x, ref.Conventions(flatten="CHW")),
+        ),
+        (
+            "SAME padding puts the odd extra row/column before; the spec puts it after (1 before, 2 after for 4x4)",
+            lambda: ref.forward(spec, weights, x, ref.Conventions(same_extra="before")),
+        ),
+        (
+            "flatten in (C, H, W) order and SAME padding's extra row/column before",
+            lambda: ref.forward(spec, weights, x, ref.Conventions(flatten="CHW", same_extra="before")),
+        ),
     ]
     for meaning, variant in _kernel_variants(spec, weights):
         tried.append((meaning, lambda variant=variant: ref.forward(spec, variant, x)))  # type: ignore[misc]
@@ -97,7 +130,7 @@ def logits_hint(spec: ModelSpec, weights: Weights, x: Array, logits: Array) -> s
     return ""
 
 
-def scale_hint(got: Array, want: Array, n: int, what: str) -> str:
+def scale_hint(got: npt.ArrayLike, want: npt.ArrayLike, n: int, what: str) -> str:
     """Name a gradient or loss that is the reference's times n, 1/n or -1 (sum instead of mean, a sign)."""
     got64, want64 = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     if got64.shape != want64.shape:
@@ -167,12 +200,16 @@ def likely_cause(spec: ModelSpec | None, call: str, error: BaseException) -> str
         flat = next((info.output_shape[0] for info in spec.layer_infos() if isinstance(info.layer, Flatten)), None)
         for size, meaning in alternative_flatten_sizes(spec).items():
             if size in numbers and size != flat:
-                return (f"the flattened size {size} in the error is what the convolutions give with {meaning}; "
-                        f"the spec's SAME padding keeps the size (odd extra row/column after) and flattens {flat}")
+                return (
+                    f"the flattened size {size} in the error is what the convolutions give with {meaning}; "
+                    f"the spec's SAME padding keeps the size (odd extra row/column after) and flattens {flat}"
+                )
     lowered = text.lower()
     if re.search(r"shape|size|dimension|mismatch|broadcast|reshape", lowered):
-        return ("a layer's output shape differs from the spec's: compare with spec.layer_infos() "
-                "(padding, strides, pooling, flatten order)")
+        return (
+            "a layer's output shape differs from the spec's: compare with spec.layer_infos() "
+            "(padding, strides, pooling, flatten order)"
+        )
     if re.search(r"dtype|float64|double|int32|long|expected scalar type", lowered):
         return "a dtype: images are float32 NHWC, labels int64, weights float32"
     if isinstance(error, (KeyError,)) and call in ("set_weights", "get_weights", "loss_and_gradients"):

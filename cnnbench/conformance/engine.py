@@ -6,6 +6,7 @@ built. Both return the same JSON-able summary (status, checks by name, one-line 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -51,10 +52,8 @@ def new_session(backend: Backend, spec: ModelSpec, config: TrainConfig, variant:
     try:
         yield session
     finally:
-        try:
+        with contextlib.suppress(Exception):  # a failing close must not hide the checks' outcome
             session.close()
-        except Exception:  # noqa: BLE001 - a failing close must not hide the checks' outcome
-            pass
 
 
 def probe_rows(data: CheckData, seed: int, rows: int = 3) -> Array:
@@ -64,8 +63,17 @@ def probe_rows(data: CheckData, seed: int, rows: int = 3) -> Array:
     return np.stack([rng.permutation(n_train)[:width] for _ in range(rows)]).astype(np.int64)
 
 
-def probe_checks(backend: Backend, spec: ModelSpec, config: TrainConfig, variant: str | None, adam_lr: float,
-                 weights: Weights, data: CheckData, seed: int, skipped: list[str]) -> list[Check]:
+def probe_checks(
+    backend: Backend,
+    spec: ModelSpec,
+    config: TrainConfig,
+    variant: str | None,
+    adam_lr: float,
+    weights: Weights,
+    data: CheckData,
+    seed: int,
+    skipped: list[str],
+) -> list[Check]:
     """The checks that need sessions of their own: optimizer reset, Adam's hyper-parameters, dropout."""
     plain = without_dropout(spec)
     rows = probe_rows(data, seed)
@@ -88,8 +96,11 @@ def probe_checks(backend: Backend, spec: ModelSpec, config: TrainConfig, variant
             return
         dropout_config = replace(config, optimizer="adam", learning_rate=DROPOUT_PROBE_LEARNING_RATE)
         with new_session(backend, spec, dropout_config, variant) as session:
-            checks.extend(run_checks(spec, lambda found: found.extend(
-                dropout_checks(dropout_losses(session, spec, DROPOUT_ROWS), spec))))
+            checks.extend(
+                run_checks(
+                    spec, lambda found: found.extend(dropout_checks(dropout_losses(session, spec, DROPOUT_ROWS), spec))
+                )
+            )
 
     return run_checks(spec, body)
 
@@ -111,12 +122,25 @@ def session_checks(session: Session, spec: ModelSpec, weights: Weights, data: Ch
     return run_checks(spec, body)
 
 
-def _steps_in_new_session(backend: Backend, spec: ModelSpec, config: TrainConfig, variant: str | None,
-                          weights: Weights, data: CheckData) -> list[Check]:
+def _steps_in_new_session(
+    backend: Backend, spec: ModelSpec, config: TrainConfig, variant: str | None, weights: Weights, data: CheckData
+) -> list[Check]:
     def body(checks: list[Check]) -> None:
         with new_session(backend, spec, config, variant) as session:
-            checks.extend(step_checks(session, spec, config.optimizer, config.learning_rate, weights, data.x_train,
-                                      data.y_train, data.step_indices, x_test=data.x_batch, y_test=data.y_batch))
+            checks.extend(
+                step_checks(
+                    session,
+                    spec,
+                    config.optimizer,
+                    config.learning_rate,
+                    weights,
+                    data.x_train,
+                    data.y_train,
+                    data.step_indices,
+                    x_test=data.x_batch,
+                    y_test=data.y_batch,
+                )
+            )
 
     return run_checks(spec, body)
 
@@ -130,9 +154,18 @@ def _start_weights(spec: ModelSpec, init: str, seed: int) -> Weights:
 
 
 def check_session(
-    session: Session, spec: ModelSpec, optimizer: str, learning_rate: float, seed: int = 0, steps: int = DEFAULT_STEPS,
-    *, backend: Backend | None = None, config: TrainConfig | None = None, variant: str | None = None,
-    init: str = "glorot-uniform", batch: int = DEFAULT_BATCH,
+    session: Session,
+    spec: ModelSpec,
+    optimizer: str,
+    learning_rate: float,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    *,
+    backend: Backend | None = None,
+    config: TrainConfig | None = None,
+    variant: str | None = None,
+    init: str = "glorot-uniform",
+    batch: int = DEFAULT_BATCH,
 ) -> dict[str, Any]:
     """Parity of an existing session (built from ``spec`` with ``optimizer`` / ``learning_rate``).
 
@@ -150,16 +183,34 @@ def check_session(
         if not all(check.passed for check in checks if check.name == "weight shapes"):
             return
         if not spec.has_dropout:
-            checks.extend(step_checks(session, spec, optimizer, learning_rate, weights, data.x_train, data.y_train,
-                                      data.step_indices, loaded=True))
+            checks.extend(
+                step_checks(
+                    session,
+                    spec,
+                    optimizer,
+                    learning_rate,
+                    weights,
+                    data.x_train,
+                    data.y_train,
+                    data.step_indices,
+                    loaded=True,
+                )
+            )
         elif backend is not None:
-            checks.extend(_steps_in_new_session(backend, without_dropout(spec), replace(train, dropout=0.0), variant,
-                                                weights, data))
+            checks.extend(
+                _steps_in_new_session(
+                    backend, without_dropout(spec), replace(train, dropout=0.0), variant, weights, data
+                )
+            )
         else:
-            skipped.append(f"{optimizer} steps (the spec has dropout; pass backend= to check them in a dropout-free session)")
+            skipped.append(
+                f"{optimizer} steps (the spec has dropout; pass backend= to check them in a dropout-free session)"
+            )
         if backend is None:
-            skipped.append("optimizer reset, adam hyper-parameters and dropout (pass backend= to probe them in sessions of "
-                           "their own)")
+            skipped.append(
+                "optimizer reset, adam hyper-parameters and dropout (pass backend= to probe them in sessions of "
+                "their own)"
+            )
             return
         adam_lr = learning_rate if optimizer == "adam" else DEFAULT_LEARNING_RATES["adam"]
         checks.extend(probe_checks(backend, spec, train, variant, adam_lr, weights, data, seed, skipped))
@@ -172,14 +223,25 @@ def _export_check(session: Session, spec: ModelSpec, data: CheckData) -> Check:
     native = weights_of(session, spec)
     exported_logits = np.asarray(call("predict", session.predict, data.x_batch, spec=spec))
     expected = ref.forward(spec, native, data.x_batch)
-    return compare("export: native -> canonical", exported_logits, expected, LOGITS_REL * np.abs(expected).max(),
-                   f"{LOGITS_REL:g} x max|reference| (logits of the session's own initial weights)")
+    return compare(
+        "export: native -> canonical",
+        exported_logits,
+        expected,
+        LOGITS_REL * np.abs(expected).max(),
+        f"{LOGITS_REL:g} x max|reference| (logits of the session's own initial weights)",
+    )
 
 
 def check_backend(
-    backend: Backend, spec: ModelSpec, config: TrainConfig | None = None, variant: str | None = None,
-    learning_rates: dict[str, float] | None = None, seed: int = 0, steps: int = DEFAULT_STEPS,
-    init: str = "glorot-uniform", batch: int = DEFAULT_BATCH,
+    backend: Backend,
+    spec: ModelSpec,
+    config: TrainConfig | None = None,
+    variant: str | None = None,
+    learning_rates: dict[str, float] | None = None,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    init: str = "glorot-uniform",
+    batch: int = DEFAULT_BATCH,
 ) -> dict[str, Any]:
     """Everything ``cnnbench check`` compares, in fresh sessions of ``backend`` (import it first).
 
@@ -206,11 +268,24 @@ def check_backend(
             checks.extend(session_checks(session, spec, weights, data))
             for optimizer, learning_rate in learning_rates.items():
                 if optimizer == first and not spec.has_dropout:
-                    checks.extend(step_checks(session, spec, optimizer, learning_rate, weights, data.x_train,
-                                              data.y_train, data.step_indices, loaded=True))
+                    checks.extend(
+                        step_checks(
+                            session,
+                            spec,
+                            optimizer,
+                            learning_rate,
+                            weights,
+                            data.x_train,
+                            data.y_train,
+                            data.step_indices,
+                            loaded=True,
+                        )
+                    )
                 else:
                     step_config = replace(config, optimizer=optimizer, learning_rate=learning_rate, dropout=0.0)
-                    checks.extend(_steps_in_new_session(backend, without_dropout(spec), step_config, variant, weights, data))
+                    checks.extend(
+                        _steps_in_new_session(backend, without_dropout(spec), step_config, variant, weights, data)
+                    )
         adam_lr = learning_rates.get("adam", DEFAULT_LEARNING_RATES["adam"])
         checks.extend(probe_checks(backend, spec, session_config, variant, adam_lr, weights, data, seed, skipped))
 

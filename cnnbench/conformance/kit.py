@@ -115,12 +115,13 @@ def kit_check(func: Callable[P, R]) -> Callable[P, R]:
             raise
         except BackendCallFailed as failed:
             raise ConformanceError(f"{func.__name__}: {failed.detail}") from failed.error
-        except Exception as exc:  # noqa: BLE001 - a framework's own exception, named for the author
+        except Exception as exc:
             where = _interface_call(exc.__traceback__) or "a call into the backend"
             cause = likely_cause(_spec_in(tuple(args)), where, exc)
             first = (str(exc).strip().splitlines() or [""])[0]
             raise ConformanceError(
-                f"{func.__name__}: {where} raised {type(exc).__name__}: {first}"[:400] + (f"; likely cause: {cause}" if cause else "")
+                f"{func.__name__}: {where} raised {type(exc).__name__}: {first}"[:400]
+                + (f"; likely cause: {cause}" if cause else "")
             ) from exc
 
     return wrapper
@@ -178,10 +179,13 @@ class Trial:
                 values = np.asarray(returned, dtype=np.float64)
             except (TypeError, ValueError):
                 raise ConformanceError(
-                    f"train_batches returned {type(returned).__name__}, not an array of per-batch losses") from None
+                    f"train_batches returned {type(returned).__name__}, not an array of per-batch losses"
+                ) from None
             if values.shape != (len(chunk),):
-                raise ConformanceError(f"train_batches returned shape {values.shape} for {len(chunk)} batches: "
-                                       "one mean loss per row of batch_indices expected")
+                raise ConformanceError(
+                    f"train_batches returned shape {values.shape} for {len(chunk)} batches: "
+                    "one mean loss per row of batch_indices expected"
+                )
             losses.append(values)
         self.session.sync()
         return np.concatenate(losses) if losses else np.zeros(0)
@@ -198,8 +202,14 @@ class ConformanceKit:
     ``os.environ`` while it is open (a framework reads it at import), then restored.
     """
 
-    def __init__(self, backend: Backend, variant: str | None = None, backend_options: dict[str, str] | None = None,
-                 device: str = "auto", threads: int | None = 1):
+    def __init__(
+        self,
+        backend: Backend,
+        variant: str | None = None,
+        backend_options: dict[str, str] | None = None,
+        device: str = "auto",
+        threads: int | None = 1,
+    ):
         self.backend = backend
         self.variant = variant if variant is not None else (backend.variants[0] if backend.variants else None)
         self.backend_options = dict(backend_options or {})
@@ -213,8 +223,15 @@ class ConformanceKit:
         """The kit's training configuration (small batches, one thread unless told otherwise)."""
         rate = learning_rate if learning_rate is not None else (ADAM_LR if optimizer == "adam" else SGD_LR)
         return TrainConfig(
-            optimizer=optimizer, learning_rate=rate, batch_size=BATCH_SIZE, seed=seed, threads=self.threads,
-            device=self.device, backend_options=self.backend_options, warmup_steps=2, eval_batch_size=N_TEST,
+            optimizer=optimizer,
+            learning_rate=rate,
+            batch_size=BATCH_SIZE,
+            seed=seed,
+            threads=self.threads,
+            device=self.device,
+            backend_options=self.backend_options,
+            warmup_steps=2,
+            eval_batch_size=N_TEST,
         ).validate()
 
     def __enter__(self) -> ConformanceKit:
@@ -257,8 +274,14 @@ class ConformanceKit:
         return self.built(model, optimizer, seed).prepare()
 
     @contextmanager
-    def fresh_trial(self, model: str, optimizer: str = "adam", seed: int = 0, learning_rate: float | None = None,
-                    prepared: bool = True) -> Iterator[Trial]:
+    def fresh_trial(
+        self,
+        model: str,
+        optimizer: str = "adam",
+        seed: int = 0,
+        learning_rate: float | None = None,
+        prepared: bool = True,
+    ) -> Iterator[Trial]:
         """A new, unshared session (for checks that need a fresh RNG or optimizer), closed afterwards."""
         trial = self._build(model, self.config(optimizer, seed, learning_rate))
         try:
@@ -310,32 +333,41 @@ def _fmt_shape(shape: tuple[int, ...]) -> str:
 def check_identity(backend: Backend, variant: str | None = None) -> None:
     """Name, framework, framework version and variants as the CLI and results need them."""
     problems = []
-    name = getattr(backend, "name", "")
+    # Read as plain objects: a third party's class may hold anything, which is what this check is for.
+    name: object = getattr(backend, "name", "")
+    framework: object = getattr(backend, "framework", "")
+    variants: object = getattr(backend, "variants", ())
+    deterministic: object = getattr(backend, "deterministic", False)
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name or ""):
-        problems.append(f"name {name!r} must be a non-empty lower-case identifier (letters, digits, '-', '_', '.'): "
-                        "--frameworks takes it and splits on ',' and ':'")
-    if not isinstance(backend.framework, str) or not backend.framework.strip():
+        problems.append(
+            f"name {name!r} must be a non-empty lower-case identifier (letters, digits, '-', '_', '.'): "
+            "--frameworks takes it and splits on ',' and ':'"
+        )
+    if not isinstance(framework, str) or not framework.strip():
         problems.append("framework (the human name, e.g. 'PyTorch') is empty")
-    variants = backend.variants
-    if not isinstance(variants, tuple) or not all(isinstance(v, str) and v and ":" not in v and "," not in v for v in variants):
+    if not isinstance(variants, tuple) or not all(
+        isinstance(v, str) and v and ":" not in v and "," not in v for v in variants
+    ):
         problems.append(f"variants must be a tuple of non-empty names without ':' or ',', got {variants!r}")
-    if not isinstance(backend.deterministic, bool):
-        problems.append(f"deterministic must be a bool, got {backend.deterministic!r}")
-    reason = backend.unavailable_reason()
+    if not isinstance(deterministic, bool):
+        problems.append(f"deterministic must be a bool, got {deterministic!r}")
+    reason: object = backend.unavailable_reason()
     if reason is not None and not isinstance(reason, str):
         problems.append(f"unavailable_reason() must return None or a string, got {reason!r}")
-    version = backend.framework_version(variant)
+    version: object = backend.framework_version(variant)
     if not isinstance(version, str) or not version.strip():
         problems.append(f"framework_version() must return the installed version as a non-empty string, got {version!r}")
     elif reason is None and not re.search(r"\d", version):
-        problems.append(f"framework_version() is {version!r} although the backend is available: read it with "
-                        "cnnbench.backend.distribution_version()")
+        problems.append(
+            f"framework_version() is {version!r} although the backend is available: read it with "
+            "cnnbench.backend.distribution_version()"
+        )
     if problems:
         raise ConformanceError(f"{name or type(backend).__name__}: " + "; ".join(problems))
 
 
 @kit_check
-def check_parameter_count(spec: ModelSpec, weights: Weights | None, when: str = "", error: str = "") -> None:
+def check_parameter_count(spec: ModelSpec, weights: object, when: str = "", error: str = "") -> None:
     """``weights`` has exactly the spec's canonical names and shapes (float32): same count, same layout."""
     from cnnbench.conformance.diagnose import shape_hint
 
@@ -347,8 +379,11 @@ def check_parameter_count(spec: ModelSpec, weights: Weights | None, when: str = 
     expected = spec.param_shapes()
     shapes = {name: tuple(np.shape(value)) for name, value in weights.items()}
     count = sum(int(np.prod(shape)) for shape in shapes.values())
-    problems = [f"{name} shape {_fmt_shape(shapes[name])} != {_fmt_shape(want)}"
-                for name, want in expected.items() if name in shapes and shapes[name] != want]
+    problems = [
+        f"{name} shape {_fmt_shape(shapes[name])} != {_fmt_shape(want)}"
+        for name, want in expected.items()
+        if name in shapes and shapes[name] != want
+    ]
     missing = [name for name in expected if name not in shapes]
     extra = [name for name in shapes if name not in expected]
     if missing:
@@ -358,10 +393,15 @@ def check_parameter_count(spec: ModelSpec, weights: Weights | None, when: str = 
     if problems or count != spec.num_params:
         arrays = f" in {len(shapes)} arrays" if len(shapes) != len(expected) else ""
         raise ConformanceError(
-            f"parameter count {spec.num_params:,} expected ({spec.name}, {len(expected)} arrays), backend has {count:,}{arrays}"
-            f"{where} ({'; '.join(problems)}){shape_hint(spec, shapes)}; canonical names and shapes: spec.param_shapes()"
+            f"parameter count {spec.num_params:,} expected ({spec.name}, {len(expected)} arrays), "
+            f"backend has {count:,}{arrays}{where} ({'; '.join(problems)}){shape_hint(spec, shapes)}; "
+            "canonical names and shapes: spec.param_shapes()"
         )
-    wrong_dtype = [f"{name} is {np.asarray(value).dtype}" for name, value in weights.items() if np.asarray(value).dtype != np.float32]
+    wrong_dtype = [
+        f"{name} is {np.asarray(value).dtype}"
+        for name, value in weights.items()
+        if np.asarray(value).dtype != np.float32
+    ]
     if wrong_dtype:
         raise ConformanceError(f"get_weights(){where} must return float32 NumPy arrays: " + ", ".join(wrong_dtype))
 
@@ -371,21 +411,27 @@ def check_weights_round_trip(trial: Trial) -> None:
     """``set_weights`` then ``get_weights`` gives the same arrays back, as copies."""
     trial.prepare()
     rng = np.random.default_rng(5)
-    weights = {name: rng.normal(0, 0.1, size=shape).astype(np.float32) for name, shape in trial.spec.param_shapes().items()}
+    weights = {
+        name: rng.normal(0, 0.1, size=shape).astype(np.float32) for name, shape in trial.spec.param_shapes().items()
+    }
     trial.session.set_weights({name: value.copy() for name, value in weights.items()})
     back = trial.weights()
     check_parameter_count(trial.spec, back, "after set_weights")
     for name, value in weights.items():
         if not np.array_equal(back[name], value):
             diff = float(np.max(np.abs(back[name].astype(np.float64) - value)))
-            raise ConformanceError(f"set_weights/get_weights do not round-trip: {name} comes back different "
-                                   f"(max |diff| {diff:.3g}); convert canonical <-> native layout exactly")
+            raise ConformanceError(
+                f"set_weights/get_weights do not round-trip: {name} comes back different "
+                f"(max |diff| {diff:.3g}); convert canonical <-> native layout exactly"
+            )
     first = next(iter(back))
     if back[first].flags.writeable:  # a read-only export cannot alias the live weights through writes
         back[first][...] = 123.0
         if np.any(trial.weights()[first] == 123.0):
-            raise ConformanceError(f"get_weights returned a view of the live weights ({first} changed when the "
-                                   "returned array was written): return copies")
+            raise ConformanceError(
+                f"get_weights returned a view of the live weights ({first} changed when the "
+                "returned array was written): return copies"
+            )
     trial.restart()
 
 
@@ -398,20 +444,27 @@ def check_output_shapes(trial: Trial) -> None:
         logits = trial.session.predict(trial.data.x_test[:n])
         shape = tuple(np.shape(logits))
         if shape != (n, classes):
-            raise ConformanceError(f"predict(x of shape {_fmt_shape(trial.data.x_test[:n].shape)}) returned shape "
-                                   f"{_fmt_shape(shape)}, expected ({n}, {classes})")
+            raise ConformanceError(
+                f"predict(x of shape {_fmt_shape(trial.data.x_test[:n].shape)}) returned shape "
+                f"{_fmt_shape(shape)}, expected ({n}, {classes})"
+            )
         dtype = np.asarray(logits).dtype
         if dtype != np.float32:
             raise ConformanceError(f"predict returned {dtype} logits, float32 expected")
         if not np.all(np.isfinite(logits)):
             raise ConformanceError("predict returned non-finite logits from the start weights")
     outcome = trial.session.evaluate(100)
-    if not (isinstance(outcome, tuple) and len(outcome) == 2 and all(isinstance(v, (float, int, np.floating)) for v in outcome)):
+    if not (
+        isinstance(outcome, tuple)
+        and len(outcome) == 2
+        and all(isinstance(v, (float, int, np.floating)) for v in outcome)
+    ):
         raise ConformanceError(f"evaluate(batch_size) must return (loss, accuracy) as two floats, got {outcome!r}")
     loss, accuracy = map(float, outcome)
     if not (math.isfinite(loss) and 0.0 <= accuracy <= 1.0):
-        raise ConformanceError(f"evaluate returned loss {loss} and accuracy {accuracy}: a finite loss and an accuracy "
-                               "in 0..1 expected")
+        raise ConformanceError(
+            f"evaluate returned loss {loss} and accuracy {accuracy}: a finite loss and an accuracy in 0..1 expected"
+        )
 
 
 # --- numbers against the reference (the engine's checks) ----------------------------------------
@@ -436,34 +489,63 @@ def check_loss_and_gradients(trial: Trial) -> None:
 def check_evaluate(trial: Trial) -> None:
     """``evaluate`` covers the whole test set, in inference mode, whatever the batch size."""
     trial.restart()
-    raise_failures(evaluate_checks(trial.session, trial.spec, trial.start_weights, trial.data.x_test, trial.data.y_test))
+    raise_failures(
+        evaluate_checks(trial.session, trial.spec, trial.start_weights, trial.data.x_test, trial.data.y_test)
+    )
 
 
 @kit_check
 def check_optimizer_step(trial: Trial) -> None:
-    """Three single-batch steps, then the same rows in one call, are the configured optimizer's (reference gradients)."""
+    """Three one-batch steps, then the same rows in one call, follow the configured optimizer (reference gradients)."""
     if trial.spec.has_dropout:
         raise KitUsageError("check_optimizer_step needs a model without dropout")
     trial.prepare()
     cfg = trial.config
-    raise_failures(step_checks(trial.session, trial.spec, cfg.optimizer, cfg.learning_rate, trial.start_weights,
-                               trial.data.x_train, trial.data.y_train, trial.rows(1)[:CHECK_ROWS], loaded=True))
+    raise_failures(
+        step_checks(
+            trial.session,
+            trial.spec,
+            cfg.optimizer,
+            cfg.learning_rate,
+            trial.start_weights,
+            trial.data.x_train,
+            trial.data.y_train,
+            trial.rows(1)[:CHECK_ROWS],
+            loaded=True,
+        )
+    )
 
 
 @kit_check
 def check_optimizer_reset(kit: ConformanceKit, model: str = "mnist") -> None:
     """On a session of its own: after two Adam steps, ``set_weights`` makes the next step a first step again."""
     with kit.fresh_trial(model, "adam") as trial:
-        raise_failures(reset_checks(trial.session, trial.spec, trial.config.learning_rate, trial.start_weights,
-                                    trial.data.x_train, trial.data.y_train, trial.rows(1)[:CHECK_ROWS]))
+        raise_failures(
+            reset_checks(
+                trial.session,
+                trial.spec,
+                trial.config.learning_rate,
+                trial.start_weights,
+                trial.data.x_train,
+                trial.data.y_train,
+                trial.rows(1)[:CHECK_ROWS],
+            )
+        )
 
 
 @kit_check
 def check_adam_hyper_parameters(kit: ConformanceKit, model: str = "mnist") -> None:
     """On a session of its own: Adam's epsilon (value and placement), bias correction and betas, from probe weights."""
     with kit.fresh_trial(model, "adam") as trial:
-        checks, reason = adam_probe_checks(trial.session, trial.spec, trial.config.learning_rate, trial.start_weights,
-                                           trial.data.x_train, trial.data.y_train, trial.rows(1)[:CHECK_ROWS])
+        checks, reason = adam_probe_checks(
+            trial.session,
+            trial.spec,
+            trial.config.learning_rate,
+            trial.start_weights,
+            trial.data.x_train,
+            trial.data.y_train,
+            trial.rows(1)[:CHECK_ROWS],
+        )
         if reason:
             raise ConformanceError(f"cannot probe {reason}")
         raise_failures(checks)
@@ -503,11 +585,15 @@ def check_settings(trial: Trial) -> None:
         raise ConformanceError(f"settings() must return a dict with string keys, got {settings!r}")
     missing = [key for key in REQUIRED_SETTINGS if key not in settings]
     if missing:
-        raise ConformanceError(f"settings() lacks {', '.join(missing)}: the fairness manifest needs {', '.join(REQUIRED_SETTINGS)}")
+        raise ConformanceError(
+            f"settings() lacks {', '.join(missing)}: the fairness manifest needs {', '.join(REQUIRED_SETTINGS)}"
+        )
     try:
         json.dumps(settings, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ConformanceError(f"settings() must hold JSON values (str, int, float, bool, None, lists, dicts): {exc}") from None
+        raise ConformanceError(
+            f"settings() must hold JSON values (str, int, float, bool, None, lists, dicts): {exc}"
+        ) from None
     if not isinstance(trial.session.device, str) or not trial.session.device:
         raise ConformanceError(f"Session.device must name the device, e.g. 'cpu', got {trial.session.device!r}")
     memory = trial.session.peak_device_memory_mb()
@@ -560,8 +646,8 @@ def check_losses_belong_to_rows(trial: Trial) -> None:
     match = next((i for i, value in enumerate(at_start) if _loss_close(first, value)), None)
     if match is not None:
         raise ConformanceError(
-            f"train_batches trained row {match} of batch_indices first (its loss {at_start[match]:.5f} was reported for "
-            f"batch 0, row 0's is {at_start[0]:.5f}): rows must run in the given order"
+            f"train_batches trained row {match} of batch_indices first (its loss {at_start[match]:.5f} was "
+            f"reported for batch 0, row 0's is {at_start[0]:.5f}): rows must run in the given order"
         )
     raise ConformanceError(
         f"the loss reported for batch 0 ({first:.5f}) is not the loss of the images in batch_indices[0] at the start "
@@ -589,8 +675,8 @@ def check_batch_order(trial: Trial) -> None:
     order_effect = _distance(w_together, w_reversed)
     if order_effect == 0:
         raise ConformanceError(
-            f"training rows 0..{len(rows) - 1} and the same rows reversed gave identical weights: train_batches does not "
-            "honour the batch order (does it sort or shuffle the rows itself?)"
+            f"training rows 0..{len(rows) - 1} and the same rows reversed gave identical weights: train_batches "
+            "does not honour the batch order (does it sort or shuffle the rows itself?)"
         )
     gap = _distance(w_together, w_one_by_one)
     if gap > ORDER_GAP * order_effect:
@@ -615,8 +701,8 @@ def check_loss_decreases(trial: Trial, steps: int = 16, factor: float = LOSS_DEC
         cfg = trial.config
         raise ConformanceError(
             f"test loss went from {float(before):.4f} to {float(after):.4f} after {steps} {cfg.optimizer} steps "
-            f"(lr {cfg.learning_rate:g}, batch {cfg.batch_size}); below {factor:g}x expected: are the updates applied to "
-            f"the weights predict/evaluate use? training losses {np.round(losses, 3).tolist()}"
+            f"(lr {cfg.learning_rate:g}, batch {cfg.batch_size}); below {factor:g}x expected: are the updates "
+            f"applied to the weights predict/evaluate use? training losses {np.round(losses, 3).tolist()}"
         )
 
 
@@ -642,17 +728,21 @@ def check_dropout_only_in_training(trial: Trial) -> None:
     trial.restart()
     x = trial.data.x_test[:16]
     if not np.array_equal(trial.session.predict(x), trial.session.predict(x)):
-        raise ConformanceError("predict gave different logits for the same input twice: dropout must be off in inference")
+        raise ConformanceError(
+            "predict gave different logits for the same input twice: dropout must be off in inference"
+        )
     if tuple(map(float, trial.session.evaluate(100))) != tuple(map(float, trial.session.evaluate(100))):
-        raise ConformanceError("evaluate gave different results for the same weights twice: dropout must be off in evaluate")
+        raise ConformanceError(
+            "evaluate gave different results for the same weights twice: dropout must be off in evaluate"
+        )
     row = trial.rows(1)[0]
     inference_loss = float(trial.session.loss_and_gradients(trial.data.x_train[row], trial.data.y_train[row])[0])
     training_loss = float(trial.train(row[None])[0])
     if _loss_close(training_loss, inference_loss):
         rates = ", ".join(f"{layer.rate:g}" for layer in trial.spec.layers if isinstance(layer, Dropout))
         raise ConformanceError(
-            f"the training loss of a batch ({training_loss:.6f}) equals its inference loss ({inference_loss:.6f}) at the "
-            f"same weights: dropout (rates {rates} from the spec) is not applied in train_batches"
+            f"the training loss of a batch ({training_loss:.6f}) equals its inference loss ({inference_loss:.6f}) "
+            f"at the same weights: dropout (rates {rates} from the spec) is not applied in train_batches"
         )
 
 
@@ -668,15 +758,21 @@ def check_seed_determinism(kit: ConformanceKit, model: str = "cifar", seeds: tup
     differing = [name for name in weights_a if not np.array_equal(weights_a[name], weights_b[name])]
     if differing or not np.array_equal(losses_a, losses_b):
         worst = max(differing, key=lambda n: float(np.max(np.abs(weights_a[n] - weights_b[n]))), default=None)
-        detail = (f"max weight difference {float(np.max(np.abs(weights_a[worst] - weights_b[worst]))):.3g} in {worst}"
-                  if worst else "losses differ")
+        detail = (
+            f"max weight difference {float(np.max(np.abs(weights_a[worst] - weights_b[worst]))):.3g} in {worst}"
+            if worst
+            else "losses differ"
+        )
         raise ConformanceError(
-            f"two fresh sessions with seed {seeds[0]} trained to different results ({detail}) although backend.deterministic "
-            "is True: seed the dropout RNG from config.seed and use deterministic kernels, or declare deterministic = False"
+            f"two fresh sessions with seed {seeds[0]} trained to different results ({detail}) although "
+            "backend.deterministic is True: seed the dropout RNG from config.seed and use deterministic kernels, "
+            "or declare deterministic = False"
         )
     if model_spec(model).has_dropout and np.array_equal(losses_a, losses_c):
-        raise ConformanceError(f"seeds {seeds[0]} and {seeds[1]} gave identical training losses: the dropout RNG must be "
-                               "seeded from config.seed")
+        raise ConformanceError(
+            f"seeds {seeds[0]} and {seeds[1]} gave identical training losses: the dropout RNG must be "
+            "seeded from config.seed"
+        )
 
 
 # --- results through the real runner ----------------------------------------------------------
@@ -706,8 +802,8 @@ def worker_environment(backend: Backend, scratch: Path, plugin_module: str | Non
             )
         if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
             raise ConformanceError(
-                f"{cls.__qualname__} is not importable by the worker process: define it at module level of an importable "
-                "module, register it through an entry point, or set worker_plugin_module on the test class"
+                f"{cls.__qualname__} is not importable by the worker process: define it at module level of an "
+                "importable module, register it through an entry point, or set worker_plugin_module on the test class"
             )
         plugin_module = f"cnnbench_kit_plugin_{abs(hash((cls.__module__, cls.__qualname__))):x}"
         (scratch / f"{plugin_module}.py").write_text(
@@ -738,7 +834,8 @@ def _first_difference(a: Any, b: Any, path: str = "result") -> str | None:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if type(a) is not type(b) or len(a) != len(b):
             return f"{path}: {type(a).__name__} of {len(a)} != {type(b).__name__} of {len(b)}"
-        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := _first_difference(x, y, f"{path}[{i}]"))), None)
+        pairs = enumerate(zip(a, b, strict=True))
+        return next((d for i, (x, y) in pairs if (d := _first_difference(x, y, f"{path}[{i}]"))), None)
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return None
     if type(a) is not type(b) or a != b:
@@ -758,19 +855,34 @@ def _log_tail(reason: str, lines: int = 15) -> str:
 
 
 def check_results_serialise(
-    backend: Backend, variant: str | None, results_dir: Path, *, plugin_module: str | None = None,
-    timeout_s: float = 600, backend_options: dict[str, str] | None = None, device: str = "auto", threads: int | None = 1,
+    backend: Backend,
+    variant: str | None,
+    results_dir: Path,
+    *,
+    plugin_module: str | None = None,
+    timeout_s: float = 600,
+    backend_options: dict[str, str] | None = None,
+    device: str = "auto",
+    threads: int | None = 1,
 ) -> None:
     """A short ``cnnbench run`` through the real runner and worker; the saved file loads back equal."""
-    from cnnbench.runner import BackendTarget, RunOptions, run_benchmark
+    from cnnbench.modes import BackendTarget
+    from cnnbench.runner import RunOptions, run_benchmark
 
     results_dir = Path(results_dir)
     scratch = Path(tempfile.mkdtemp(prefix="cnnbench-kit-", dir=results_dir))
     env = worker_environment(backend, scratch, plugin_module)
     record = PluginRecord(name="conformance-kit", module=type(backend).__module__)
     registry = Registry(backends={backend.name: Registered(backend, record)})
-    train = TrainConfig(batch_size=BATCH_SIZE, epochs=1, warmup_steps=2, eval_batch_size=128, device=device, threads=threads,
-                        backend_options=dict(backend_options or {}))
+    train = TrainConfig(
+        batch_size=BATCH_SIZE,
+        epochs=1,
+        warmup_steps=2,
+        eval_batch_size=128,
+        device=device,
+        threads=threads,
+        backend_options=dict(backend_options or {}),
+    )
     data = DataConfig(dataset="synthetic", options={"n_train": 256, "n_test": 128})
     options = RunOptions(timeout_s=timeout_s, results_dir=str(results_dir), extra_env=env)
     result, path = run_benchmark([BackendTarget(backend.name, variant)], registry, train, data, options)
@@ -779,11 +891,19 @@ def check_results_serialise(
         raise ConformanceError(f"the worker run ended {row.status}: {row.reason}" + _log_tail(row.reason))
     spec = spec_for(MODELS["mnist"][0], MODELS["mnist"][1])
     if row.parameters != spec.num_params:
-        raise ConformanceError(f"the worker counted {row.parameters} parameters (from get_weights), {spec.num_params:,} expected")
+        raise ConformanceError(
+            f"the worker counted {row.parameters} parameters (from get_weights), {spec.num_params:,} expected"
+        )
     measurement = row.repeats[0]
-    if measurement.test_accuracy is None or not 0 <= measurement.test_accuracy <= 1 or not (measurement.train_throughput or 0) > 0:
-        raise ConformanceError(f"the worker's measurement is incomplete: accuracy {measurement.test_accuracy}, "
-                               f"throughput {measurement.train_throughput}")
+    if (
+        measurement.test_accuracy is None
+        or not 0 <= measurement.test_accuracy <= 1
+        or not (measurement.train_throughput or 0) > 0
+    ):
+        raise ConformanceError(
+            f"the worker's measurement is incomplete: accuracy {measurement.test_accuracy}, "
+            f"throughput {measurement.train_throughput}"
+        )
     if path is None or not path.is_file():
         raise ConformanceError(f"run_benchmark saved no result file in {results_dir}")
     loaded = results_mod.load(path)

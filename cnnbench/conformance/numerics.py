@@ -50,9 +50,16 @@ def check_weight_shapes(session: Session, spec: ModelSpec) -> Check:
         return structural("weight shapes", True, f"{len(expected)} tensors as in the spec")
     missing = sorted(set(expected) - set(shapes))
     extra = sorted(set(shapes) - set(expected))
-    wrong = [f"{name} is {shapes[name]}, the spec says {expected[name]}"
-             for name in expected if name in shapes and shapes[name] != expected[name]]
-    parts = wrong + ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unexpected {', '.join(extra)}"] if extra else [])
+    wrong = [
+        f"{name} is {shapes[name]}, the spec says {expected[name]}"
+        for name in expected
+        if name in shapes and shapes[name] != expected[name]
+    ]
+    parts = (
+        wrong
+        + ([f"missing {', '.join(missing)}"] if missing else [])
+        + ([f"unexpected {', '.join(extra)}"] if extra else [])
+    )
     return structural("weight shapes", False, "; ".join(parts) + shape_hint(spec, shapes))
 
 
@@ -65,7 +72,9 @@ def check_round_trip(name: str, session: Session, weights: Weights, spec: ModelS
     checks = {key: compare(name, exported[key], weights[key], 0.0, rule) for key in weights}
     key = max(checks, key=lambda k: (not checks[k].passed, checks[k].max_abs or 0.0))
     check = checks[key]
-    check.detail = "all tensors identical" if check.passed else f"{key} differs" + (f" ({check.detail})" if check.detail else "")
+    check.detail = (
+        "all tensors identical" if check.passed else f"{key} differs" + (f" ({check.detail})" if check.detail else "")
+    )
     return check
 
 
@@ -90,12 +99,19 @@ def _logits(checks: list[Check], session: Session, spec: ModelSpec, weights: Wei
         repeat.detail = "two predict calls on the same batch differ: dropout or other randomness is active in inference"
     checks.append(repeat)
     logits_ref = ref.forward(spec, weights, x)
-    check = compare("logits", first, logits_ref, LOGITS_REL * np.abs(logits_ref).max(), f"{LOGITS_REL:g} x max|reference|")
+    check = compare(
+        "logits", first, logits_ref, LOGITS_REL * np.abs(logits_ref).max(), f"{LOGITS_REL:g} x max|reference|"
+    )
     if not check.passed and first.shape == logits_ref.shape and np.isfinite(first).all():
         hint = logits_hint(spec, weights, x, first)
-        check.detail = "forward pass differs" + (f": {hint}" if hint else (
-            " (check the layout conversion in set_weights - kernels HWIO and (in, out) - the flatten order (H, W, C), "
-            "SAME padding and activations)"))
+        check.detail = "forward pass differs" + (
+            f": {hint}"
+            if hint
+            else (
+                " (check the layout conversion in set_weights - kernels HWIO and (in, out) - the flatten order "
+                "(H, W, C), SAME padding and activations)"
+            )
+        )
     checks.append(check)
 
 
@@ -115,22 +131,29 @@ def _gradients(checks: list[Check], session: Session, spec: ModelSpec, weights: 
     again, grads_again = call("loss_and_gradients", session.loss_and_gradients, x, y, spec=spec)
     loss_check = compare("loss", float(loss), loss_ref, LOSS_REL * abs(loss_ref), f"{LOSS_REL:g} x |reference|")
     repeat = scaled_error(np.float64(again), np.float64(loss)) > LOSS_REL or any(
-        name in grads and scaled_error(grads_again.get(name, np.nan), grads[name]) > GRAD_REL for name in grads_ref)
+        name in grads and scaled_error(grads_again.get(name, np.array(np.nan)), grads[name]) > GRAD_REL
+        for name in grads_ref
+    )
     if not loss_check.passed:
         if repeat:
             loss_check.detail = "two calls on the same batch differ: dropout must be inactive in loss_and_gradients"
         else:
             loss_check.detail = scale_hint(float(loss), loss_ref, len(y), "the loss") or (
-                "not the mean softmax cross-entropy of the batch" + (" (dropout must be inactive here)" if spec.has_dropout else ""))
+                "not the mean softmax cross-entropy of the batch"
+                + (" (dropout must be inactive here)" if spec.has_dropout else "")
+            )
     checks.append(loss_check)
     for name, expected in grads_ref.items():
         if name not in grads:
             checks.append(structural(f"gradient {name}", False, "missing from loss_and_gradients"))
             continue
-        check = compare(f"gradient {name}", grads[name], expected, GRAD_REL * np.abs(expected).max() + kinks[name], GRADIENT_RULE)
+        check = compare(
+            f"gradient {name}", grads[name], expected, GRAD_REL * np.abs(expected).max() + kinks[name], GRADIENT_RULE
+        )
         if not check.passed:
             check.detail = scale_hint(grads[name], expected, len(y), "it") or (
-                "not the gradient of this weight in the canonical layout (transposed or permuted?)")
+                "not the gradient of this weight in the canonical layout (transposed or permuted?)"
+            )
         elif n_kinks and kinks[name].any():
             check.detail = f"{n_kinks} near-tie ReLU/max-pool decisions allowed for"
         checks.append(check)
@@ -156,9 +179,12 @@ def _partial_batch_hint(per_sample: Array, batch_size: int, loss: float) -> str:
     n = len(per_sample)
     means = [float(per_sample[i : i + batch_size].mean()) for i in range(0, n, batch_size)]
     full = n - n % batch_size
+    left = n % batch_size
+    dropped = float(per_sample[:full].mean()) if full else math.nan
     mistakes = {
-        f"the partial last batch ({n % batch_size} of {batch_size} images) is dropped": float(per_sample[:full].mean()) if full else math.nan,
-        f"the batch means are averaged, so the partial last batch ({n % batch_size} images) weighs as a full one": float(np.mean(means)),
+        f"the partial last batch ({left} of {batch_size} images) is dropped": dropped,
+        f"the batch means are averaged, so the partial last batch ({left} images) weighs as a full one": float(
+            np.mean(means)),
     }
     for meaning, value in mistakes.items():
         if math.isfinite(value) and abs(loss - value) <= LOSS_REL * abs(value):
@@ -166,11 +192,15 @@ def _partial_batch_hint(per_sample: Array, batch_size: int, loss: float) -> str:
     return ""
 
 
-def _evaluate(checks: list[Check], session: Session, spec: ModelSpec, weights: Weights, x_test: Array, y_test: Array) -> None:
+def _evaluate(
+    checks: list[Check], session: Session, spec: ModelSpec, weights: Weights, x_test: Array, y_test: Array
+) -> None:
     logits_ref = ref.forward(spec, weights, x_test)
     loss_ref, _ = ref.softmax_cross_entropy(logits_ref, y_test)
     shifted = logits_ref - logits_ref.max(axis=1, keepdims=True)
-    per_sample = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y_test)), np.asarray(y_test, dtype=np.int64)]
+    per_sample = (
+        np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y_test)), np.asarray(y_test, dtype=np.int64)]
+    )
     n = len(y_test)
     top2 = np.sort(logits_ref, axis=1)[:, -2:]
     ambiguous = int((top2[:, 1] - top2[:, 0] <= ACCURACY_TIE_LOGITS * np.abs(logits_ref).max()).sum())
@@ -184,20 +214,36 @@ def _evaluate(checks: list[Check], session: Session, spec: ModelSpec, weights: W
     whole_ok = abs(results[n][0] - loss_ref) <= LOSS_REL * abs(loss_ref)
     for batch_size, (loss, accuracy) in results.items():
         label = f"batch size {batch_size} of {n}"
-        check = compare(f"evaluate loss ({'whole' if batch_size == n else 'partial last batch'})", loss, loss_ref,
-                        LOSS_REL * abs(loss_ref), f"{LOSS_REL:g} x |reference| ({label})")
+        check = compare(
+            f"evaluate loss ({'whole' if batch_size == n else 'partial last batch'})",
+            loss,
+            loss_ref,
+            LOSS_REL * abs(loss_ref),
+            f"{LOSS_REL:g} x |reference| ({label})",
+        )
         if not check.passed:
             if not repeatable:
                 check.detail = "two evaluate calls differ: dropout is active in evaluate (switch to inference mode)"
             elif batch_size != n and whole_ok:
-                check.detail = _partial_batch_hint(per_sample, batch_size, loss) or "wrong only with a partial last batch"
+                check.detail = (
+                    _partial_batch_hint(per_sample, batch_size, loss) or "wrong only with a partial last batch"
+                )
             else:
-                check.detail = ("evaluate's loss differs from the reference while predict's logits are checked apart: "
-                                "inference mode (dropout off) and the mean cross-entropy over every test image?")
+                check.detail = (
+                    "evaluate's loss differs from the reference while predict's logits are checked apart: "
+                    "inference mode (dropout off) and the mean cross-entropy over every test image?"
+                )
         checks.append(check)
-        checks.append(compare(f"evaluate accuracy ({'whole' if batch_size == n else 'partial last batch'})", accuracy,
-                              accuracy_ref, ambiguous / n, "1/n per near-tie of the top two logits",
-                              f"{accuracy:.4f} vs {accuracy_ref:.4f}"))
+        checks.append(
+            compare(
+                f"evaluate accuracy ({'whole' if batch_size == n else 'partial last batch'})",
+                accuracy,
+                accuracy_ref,
+                ambiguous / n,
+                "1/n per near-tie of the top two logits",
+                f"{accuracy:.4f} vs {accuracy_ref:.4f}",
+            )
+        )
     checks.append(check_round_trip("weights unchanged by evaluate", session, weights, spec))
 
 
@@ -233,12 +279,27 @@ class _Form:
 
     def worst_ratio(self) -> float:
         """The largest difference / allowance over tensors and steps."""
-        return max((check.ratio if check.ratio is not None else math.inf for checks in self.per_tensor.values() for check in checks),
-                   default=0.0)
+        return max(
+            (
+                check.ratio if check.ratio is not None else math.inf
+                for checks in self.per_tensor.values()
+                for check in checks
+            ),
+            default=0.0,
+        )
 
 
-def step_allowance(optimizer: ref.SGD | ref.Adam, t: int, learning_rate: float, grads: Weights, kinks: Weights,
-                   before: Weights, after: Weights, delta_max: dict[str, Any], capped: dict[str, Any]) -> Weights:
+def step_allowance(
+    optimizer: ref.SGD | ref.Adam,
+    t: int,
+    learning_rate: float,
+    grads: Weights,
+    kinks: Weights,
+    before: Weights,
+    after: Weights,
+    delta_max: dict[str, Any],
+    capped: dict[str, Any],
+) -> Weights:
     """How far float32 weights may be from the reference's after step ``t`` (docs/decisions.md#conformance)."""
     allowance: Weights = {}
     for name, grad in grads.items():
@@ -273,7 +334,9 @@ def take_steps(session: Session, spec: ModelSpec, rows: Array, x_train: Array, y
         step_loss = np.asarray(returned, dtype=np.float64).ravel()
         after = weights_of(session, spec)
         loss_ref, grads, _, kinks, _ = ref.gradients_and_kinks(spec, current, x_train[row], y_train[row], KINK_REL)
-        records.append(StepRecord(current, after, grads, kinks, float(step_loss[0]) if step_loss.size == 1 else math.nan, loss_ref))
+        records.append(
+            StepRecord(current, after, grads, kinks, float(step_loss[0]) if step_loss.size == 1 else math.nan, loss_ref)
+        )
         current = after
     return records
 
@@ -285,12 +348,26 @@ def _judge(records: list[StepRecord], optimizer: str, learning_rate: float, weig
         form.per_tensor = {name: [] for name in weights}
         for t, record in enumerate(records, start=1):
             predicted = form.optimizer.step(record.before, record.grads)
-            allowance = step_allowance(form.optimizer, t, learning_rate, record.grads, record.kinks, record.before,
-                                       predicted, form.delta_max, form.capped)
+            allowance = step_allowance(
+                form.optimizer,
+                t,
+                learning_rate,
+                record.grads,
+                record.kinks,
+                record.before,
+                predicted,
+                form.delta_max,
+                form.capped,
+            )
             form.allowances.append(allowance)
             for name in weights:
-                check = compare(f"{optimizer}: {name} after each step", record.after.get(name, np.array(np.nan)),
-                                predicted[name], allowance[name], "")
+                check = compare(
+                    f"{optimizer}: {name} after each step",
+                    record.after.get(name, np.array(np.nan)),
+                    predicted[name],
+                    allowance[name],
+                    "",
+                )
                 check.detail = f"step {t}"
                 form.per_tensor[name].append(check)
     return forms
@@ -307,9 +384,21 @@ def _step_rule(optimizer: str) -> str:
     return f"per element, one step: lr x ({GRAD_REL:g} x max|g| + near-tie allowance) + rounding"
 
 
-def step_checks(session: Session, spec: ModelSpec, optimizer: str, learning_rate: float, weights: Weights,
-                x_train: Array, y_train: Array, rows: Array, *, loaded: bool = False, label: str = "",
-                x_test: Array | None = None, y_test: Array | None = None) -> list[Check]:
+def step_checks(
+    session: Session,
+    spec: ModelSpec,
+    optimizer: str,
+    learning_rate: float,
+    weights: Weights,
+    x_train: Array,
+    y_train: Array,
+    rows: Array,
+    *,
+    loaded: bool = False,
+    label: str = "",
+    x_test: Array | None = None,
+    y_test: Array | None = None,
+) -> list[Check]:
     """K steps of ``train_batches`` from ``weights`` against the reference (``spec`` without dropout).
 
     ``session`` was built with ``optimizer`` and ``learning_rate``; ``loaded``: ``x_train`` is already
@@ -329,8 +418,17 @@ def step_checks(session: Session, spec: ModelSpec, optimizer: str, learning_rate
     return run_checks(spec, body)
 
 
-def judge_steps(session: Session, spec: ModelSpec, optimizer: str, learning_rate: float, weights: Weights,
-                x_train: Array, y_train: Array, rows: Array, label: str = "") -> list[Check]:
+def judge_steps(
+    session: Session,
+    spec: ModelSpec,
+    optimizer: str,
+    learning_rate: float,
+    weights: Weights,
+    x_train: Array,
+    y_train: Array,
+    rows: Array,
+    label: str = "",
+) -> list[Check]:
     """The step checks proper, from ``weights`` already set: per step, then all rows in one call."""
     from cnnbench.conformance.optimizers import diagnose_update_rule
 
@@ -341,49 +439,86 @@ def judge_steps(session: Session, spec: ModelSpec, optimizer: str, learning_rate
     checks: list[Check] = []
     failed = form.failed() > 0
     form_text = ref.EPSILON_FORMS.get(form.name, "plain SGD")
-    rule = structural(f"{prefix}: update rule", not failed, f"follows {optimizer} with {form_text}" if not failed else "")
+    rule = structural(
+        f"{prefix}: update rule", not failed, f"follows {optimizer} with {form_text}" if not failed else ""
+    )
     if failed:
         rule.detail = diagnose_update_rule(optimizer, learning_rate, records, form.name) or (
-            f"the updates are not {optimizer}'s with cnnbench's hyper-parameters")
+            f"the updates are not {optimizer}'s with cnnbench's hyper-parameters"
+        )
     checks.append(rule)
     losses = [record.loss for record in records]
     losses_ref = [record.loss_ref for record in records]
-    checks.append(compare(f"{prefix}: loss of each step", losses, losses_ref, LOSS_REL * np.abs(losses_ref),
-                          f"{LOSS_REL:g} x |reference| at the backend's weights (lr {learning_rate:g})"))
+    checks.append(
+        compare(
+            f"{prefix}: loss of each step",
+            losses,
+            losses_ref,
+            LOSS_REL * np.abs(losses_ref),
+            f"{LOSS_REL:g} x |reference| at the backend's weights (lr {learning_rate:g})",
+        )
+    )
     for name, tensor_checks in form.per_tensor.items():
         check = worst(tensor_checks)
         check.name = f"{prefix}: {name} after each step"
         check.rule = _step_rule(optimizer)
         n_capped = int(np.sum(form.capped.get(name, False)))
         if n_capped:
-            check.detail += f"; Adam allowance capped at 2 lr for {n_capped} of {weights[name].size} elements (|g| within its tolerance of 0)"
+            check.detail += (f"; Adam allowance capped at 2 lr for {n_capped} of {weights[name].size} elements "
+                             "(|g| within its tolerance of 0)")
         checks.append(check)
     if len(records) > 1:
         checks.extend(_one_call(session, spec, prefix, weights, records, form.allowances, rows))
     return checks
 
 
-def _one_call(session: Session, spec: ModelSpec, prefix: str, weights: Weights, records: list[StepRecord],
-              allowances: list[Weights], rows: Array) -> list[Check]:
+def _one_call(
+    session: Session,
+    spec: ModelSpec,
+    prefix: str,
+    weights: Weights,
+    records: list[StepRecord],
+    allowances: list[Weights],
+    rows: Array,
+) -> list[Check]:
     """The same rows in one call (what the benchmark does), within the summed step allowances."""
     call("set_weights", session.set_weights, weights, spec=spec)
-    one_call = np.asarray(call("train_batches", session.train_batches, np.asarray(rows, dtype=np.int64), spec=spec),
-                          dtype=np.float64).ravel()
+    one_call = np.asarray(
+        call("train_batches", session.train_batches, np.asarray(rows, dtype=np.int64), spec=spec), dtype=np.float64
+    ).ravel()
     final = weights_of(session, spec)
     cumulative = {name: np.zeros(np.shape(value)) for name, value in weights.items()}
     loss_tolerance = []
-    for record, allowance in zip(records, allowances):
-        loss_tolerance.append(LOSS_REL * abs(record.loss_ref)
-                              + sum(float((np.abs(record.grads[name]) * cumulative[name]).sum()) for name in record.grads))
+    for record, allowance in zip(records, allowances, strict=True):
+        loss_tolerance.append(
+            LOSS_REL * abs(record.loss_ref)
+            + sum(float((np.abs(record.grads[name]) * cumulative[name]).sum()) for name in record.grads)
+        )
         for name in cumulative:
             cumulative[name] += allowance[name]
     steps = len(records)
     losses = [record.loss for record in records]
-    checks = [compare(f"{prefix}: {steps} batches in one call, losses", one_call, losses, loss_tolerance,
-                      "as one call per batch, within the steps' allowances", "train_batches with all rows at once")]
+    checks = [
+        compare(
+            f"{prefix}: {steps} batches in one call, losses",
+            one_call,
+            losses,
+            loss_tolerance,
+            "as one call per batch, within the steps' allowances",
+            "train_batches with all rows at once",
+        )
+    ]
     last = records[-1].after
-    weight_checks = [compare(f"{prefix}: {steps} batches in one call, weights", final.get(name, np.array(np.nan)), last[name],
-                             cumulative[name], "as one call per batch, within the summed step allowances") for name in weights]
+    weight_checks = [
+        compare(
+            f"{prefix}: {steps} batches in one call, weights",
+            final.get(name, np.array(np.nan)),
+            last[name],
+            cumulative[name],
+            "as one call per batch, within the summed step allowances",
+        )
+        for name in weights
+    ]
     check = worst(weight_checks)
     check.detail = f"worst: {list(weights)[weight_checks.index(check)]}"
     checks.append(check)

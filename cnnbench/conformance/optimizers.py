@@ -64,14 +64,21 @@ def _adam_epsilon_hint(epsilon: float) -> str:
     if any(_near(epsilon, value, 0.25) for value in allowed):
         return ""
     if _near(epsilon, KERAS_EPSILON, 0.25):
-        return (f"Adam epsilon is {KERAS_EPSILON:g} (Keras' default), added to sqrt(v_hat); cnnbench's ADAM_EPSILON is "
-                f"{ADAM_EPSILON:g} (the first update implies {epsilon:.2g})")
+        return (
+            f"Adam epsilon is {KERAS_EPSILON:g} (Keras' default), added to sqrt(v_hat); cnnbench's ADAM_EPSILON is "
+            f"{ADAM_EPSILON:g} (the first update implies {epsilon:.2g})"
+        )
     if _near(epsilon, KERAS_EPSILON / hat, 0.25):
-        return (f"Adam epsilon is {KERAS_EPSILON:g} (Keras' default) in Keras' form (added to sqrt(v) before bias "
-                f"correction); cnnbench's ADAM_EPSILON is {ADAM_EPSILON:g} (the first update implies {epsilon:.2g})")
-    return (f"the first Adam update implies an effective epsilon of {epsilon:.2g} (epsilon {epsilon:.2g} added to sqrt(v_hat), "
-            f"or {epsilon * hat:.2g} added to sqrt(v) before bias correction); cnnbench's ADAM_EPSILON {ADAM_EPSILON:g} "
-            f"gives {allowed[0]:.2g} or {allowed[1]:.2g}")
+        return (
+            f"Adam epsilon is {KERAS_EPSILON:g} (Keras' default) in Keras' form (added to sqrt(v) before bias "
+            f"correction); cnnbench's ADAM_EPSILON is {ADAM_EPSILON:g} (the first update implies {epsilon:.2g})"
+        )
+    return (
+        f"the first Adam update implies an effective epsilon of {epsilon:.2g} (epsilon {epsilon:.2g} added to "
+        "sqrt(v_hat), "
+        f"or {epsilon * hat:.2g} added to sqrt(v) before bias correction); cnnbench's ADAM_EPSILON {ADAM_EPSILON:g} "
+        f"gives {allowed[0]:.2g} or {allowed[1]:.2g}"
+    )
 
 
 def _bias_correction_hint(ratio: float, learning_rate: float) -> str:
@@ -85,10 +92,14 @@ def _bias_correction_hint(ratio: float, learning_rate: float) -> str:
     }
     for value, meaning in named.items():
         if _near(ratio, value, 0.1):
-            return (f"{meaning}: the first Adam update moves weights by {ratio:.3g} x lr where bias-corrected Adam "
-                    f"(Kingma & Ba) moves them by lr")
-    return (f"the first Adam update moves weights by {ratio:.3g} x lr where bias-corrected Adam moves them by lr "
-            f"(learning rate {ratio * learning_rate:.3g} instead of {learning_rate:g}?)")
+            return (
+                f"{meaning}: the first Adam update moves weights by {ratio:.3g} x lr where bias-corrected Adam "
+                f"(Kingma & Ba) moves them by lr"
+            )
+    return (
+        f"the first Adam update moves weights by {ratio:.3g} x lr where bias-corrected Adam moves them by lr "
+        f"(learning rate {ratio * learning_rate:.3g} instead of {learning_rate:g}?)"
+    )
 
 
 def adam_ratio(grads: Sequence[Array], beta1: float | Array, beta2: float | Array) -> Array:
@@ -114,13 +125,17 @@ def _betas_hint(records: list[StepRecord], learning_rate: float) -> str:
     for t in range(2, len(records) + 1):
         errors += np.median(np.abs(adam_ratio(grads[:t], beta1, beta2) - observed[t - 1]), axis=2)
     i, j = np.unravel_index(int(np.argmin(errors)), errors.shape)
-    at_config = sum(float(np.median(np.abs(adam_ratio(grads[:t], ADAM_BETA1, ADAM_BETA2) - observed[t - 1])))
-                    for t in range(2, len(records) + 1))
+    at_config = sum(
+        float(np.median(np.abs(adam_ratio(grads[:t], ADAM_BETA1, ADAM_BETA2) - observed[t - 1])))
+        for t in range(2, len(records) + 1)
+    )
     best = float(errors[i, j])
     fit1, fit2 = float(beta1[i, 0, 0]), float(beta2[0, j, 0])
     if best < 0.5 * at_config and not (_near(1 - fit1, 1 - ADAM_BETA1, 0.3) and _near(1 - fit2, 1 - ADAM_BETA2, 0.3)):
-        return (f"the Adam updates fit beta1 {fit1:.3g} and beta2 {fit2:.4g}; cnnbench's are {ADAM_BETA1} and {ADAM_BETA2} "
-                "(cnnbench.config)")
+        return (
+            f"the Adam updates fit beta1 {fit1:.3g} and beta2 {fit2:.4g}; cnnbench's are {ADAM_BETA1} and {ADAM_BETA2} "
+            "(cnnbench.config)"
+        )
     return ""
 
 
@@ -138,14 +153,16 @@ def _sgd_hint(records: list[StepRecord], learning_rate: float) -> str:
             residual = np.abs(moved[heavy] - grads[heavy] - decay * before[heavy])
             if decay > 1e-6 and float(np.median(residual)) < 0.01 * float(np.median(np.abs(grads[heavy]))):
                 return f"SGD applies weight decay {decay:.2g}: cnnbench's SGD is plain (w <- w - lr g)"
-        return f"the first SGD update is {ratio:.4g} x lr x gradient: learning rate {ratio * learning_rate:.3g} instead of {learning_rate:g}?"
+        return (f"the first SGD update is {ratio:.4g} x lr x gradient: learning rate {ratio * learning_rate:.3g} "
+                f"instead of {learning_rate:g}?")
     if len(records) < 2:
         return ""
     g2, u2, _ = _update(records[1])
     moved2 = -u2 / learning_rate
     momentum = float(np.median((moved2[large] - g2[large]) / grads[large]))
     if abs(momentum) > 0.02:
-        return f"SGD with momentum {momentum:.2g}: the second update carries {momentum:.2g} x the first gradient; cnnbench's SGD is plain"
+        return (f"SGD with momentum {momentum:.2g}: the second update carries {momentum:.2g} x the first gradient; "
+                "cnnbench's SGD is plain")
     return ""
 
 

@@ -30,8 +30,10 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-safe: infinities and NaN (only in failed checks) become None."""
-        return {key: None if isinstance(value, float) and not math.isfinite(value) else value
-                for key, value in asdict(self).items()}
+        return {
+            key: None if isinstance(value, float) and not math.isfinite(value) else value
+            for key, value in asdict(self).items()
+        }
 
     def failure_text(self) -> str:
         """The one-line account of a failure: the numbers when there are some, then the detail."""
@@ -49,8 +51,14 @@ def compare(name: str, actual: Any, expected: Any, tolerance: Any, rule: str, de
         return Check(name, False, rule=rule, detail=f"shape {got.shape}, reference {want.shape}")
     if not np.isfinite(got).all():
         bad = int((~np.isfinite(got)).sum())
-        return Check(name, False, max_abs=math.inf, max_rel=math.inf, rule=rule,
-                     detail=f"{bad} NaN or infinite values from the backend")
+        return Check(
+            name,
+            False,
+            max_abs=math.inf,
+            max_rel=math.inf,
+            rule=rule,
+            detail=f"{bad} NaN or infinite values from the backend",
+        )
     diff = np.abs(got - want).ravel()
     bound = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), got.shape).ravel()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -60,8 +68,14 @@ def compare(name: str, actual: Any, expected: Any, tolerance: Any, rule: str, de
     scale = float(np.abs(want).max()) if want.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     return Check(
-        name, bool(np.all(diff <= bound)), max_abs, max_rel,
-        float(bound[worst]) if bound.size else 0.0, float(ratios[worst]) if ratios.size else 0.0, rule, detail,
+        name,
+        bool(np.all(diff <= bound)),
+        max_abs,
+        max_rel,
+        float(bound[worst]) if bound.size else 0.0,
+        float(ratios[worst]) if ratios.size else 0.0,
+        rule,
+        detail,
     )
 
 

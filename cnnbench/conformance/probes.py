@@ -19,12 +19,17 @@ import numpy as np
 
 from cnnbench import reference as ref
 from cnnbench.backend import Session
+from cnnbench.config import ADAM_EPSILON
 from cnnbench.conformance.calls import call
 from cnnbench.conformance.numerics import _judge, best_form, judge_steps, run_checks, take_steps
 from cnnbench.conformance.optimizers import MIN_ELEMENTS
 from cnnbench.conformance.outcome import Array, Check, Weights, structural
-from cnnbench.conformance.tolerances import DROPOUT_COUNT_SLACK, DROPOUT_SCALE_REL, DROPOUT_SIGMAS, PROBE_GRADIENT_EPSILONS
-from cnnbench.config import ADAM_EPSILON
+from cnnbench.conformance.tolerances import (
+    DROPOUT_COUNT_SLACK,
+    DROPOUT_SCALE_REL,
+    DROPOUT_SIGMAS,
+    PROBE_GRADIENT_EPSILONS,
+)
 from cnnbench.spec import Dense, Dropout, ModelSpec
 
 #: Learning rate of the dropout probe's session: its weights must barely move over the probe's steps.
@@ -54,8 +59,11 @@ def adam_probe_weights(spec: ModelSpec, weights: Weights, x: Array, y: Array) ->
     hidden, last = pair
 
     def shrunk(scale: float) -> Weights:
-        return {**weights, f"{hidden.name}/kernel": (weights[f"{hidden.name}/kernel"] * scale).astype(np.float32),
-                f"{hidden.name}/bias": (weights[f"{hidden.name}/bias"] * scale).astype(np.float32)}
+        return {
+            **weights,
+            f"{hidden.name}/kernel": (weights[f"{hidden.name}/kernel"] * scale).astype(np.float32),
+            f"{hidden.name}/bias": (weights[f"{hidden.name}/bias"] * scale).astype(np.float32),
+        }
 
     trial = 1e-5  # small enough that the logits are the last bias: the gradient is then linear in the scale
     _, grads, _ = ref.loss_and_gradients(spec, shrunk(trial), x, y)
@@ -65,8 +73,15 @@ def adam_probe_weights(spec: ModelSpec, weights: Weights, x: Array, y: Array) ->
     return shrunk(trial * PROBE_GRADIENT_EPSILONS * ADAM_EPSILON / float(np.median(kernel[kernel > 0])))
 
 
-def adam_probe_checks(session: Session, spec: ModelSpec, learning_rate: float, weights: Weights,
-                      x_train: Array, y_train: Array, rows: Array) -> tuple[list[Check], str]:
+def adam_probe_checks(
+    session: Session,
+    spec: ModelSpec,
+    learning_rate: float,
+    weights: Weights,
+    x_train: Array,
+    y_train: Array,
+    rows: Array,
+) -> tuple[list[Check], str]:
     """The first Adam step from the probe weights (``x_train`` loaded), where epsilon decides the update.
 
     One step: it fixes epsilon's value and placement and the bias correction; the betas show in the
@@ -80,8 +95,11 @@ def adam_probe_checks(session: Session, spec: ModelSpec, learning_rate: float, w
 
     def body(checks: list[Check]) -> None:
         call("set_weights", session.set_weights, probe, spec=spec)
-        checks.extend(judge_steps(session, spec, "adam", learning_rate, probe, x_train, y_train, rows[:1],
-                                  label="adam hyper-parameters"))
+        checks.extend(
+            judge_steps(
+                session, spec, "adam", learning_rate, probe, x_train, y_train, rows[:1], label="adam hyper-parameters"
+            )
+        )
 
     return run_checks(spec, body), ""
 
@@ -97,8 +115,15 @@ def _median_miss(observed: Weights, predicted: Weights, learning_rate: float) ->
     return float(np.median(np.abs(got - want)[moved])) / learning_rate if moved.sum() >= MIN_ELEMENTS else math.inf
 
 
-def reset_checks(session: Session, spec: ModelSpec, learning_rate: float, weights: Weights,
-                 x_train: Array, y_train: Array, rows: Array) -> list[Check]:
+def reset_checks(
+    session: Session,
+    spec: ModelSpec,
+    learning_rate: float,
+    weights: Weights,
+    x_train: Array,
+    y_train: Array,
+    rows: Array,
+) -> list[Check]:
     """On a fresh Adam session (``x_train`` loaded): two steps, ``set_weights``, then a first step is expected."""
     if len(rows) < 3:
         raise ValueError("the reset check needs three batch rows")
@@ -110,8 +135,13 @@ def reset_checks(session: Session, spec: ModelSpec, learning_rate: float, weight
         after = take_steps(session, spec, rows[2:3], x_train, y_train)
         form = best_form(_judge(after, "adam", learning_rate, weights))
         if form.failed() == 0:
-            checks.append(structural("optimizer reset by set_weights", True,
-                                     "the step after set_weights is a first Adam step from the new weights"))
+            checks.append(
+                structural(
+                    "optimizer reset by set_weights",
+                    True,
+                    "the step after set_weights is a first Adam step from the new weights",
+                )
+            )
             return
         step = after[0]
         start = {name: np.asarray(value, np.float64) for name, value in weights.items()}
@@ -147,8 +177,14 @@ def dropout_probe_layers(spec: ModelSpec) -> tuple[Dense, Dropout, Dense] | None
     index = drops[-1]
     before = [layer for layer in layers[:index] if not isinstance(layer, Dropout)]
     after = [layer for layer in layers[index + 1 :] if not isinstance(layer, Dropout)]
-    if (len(after) == 1 and isinstance(after[0], Dense) and before and isinstance(before[-1], Dense)
-            and before[-1].activation == "relu" and spec.num_classes >= 2):
+    if (
+        len(after) == 1
+        and isinstance(after[0], Dense)
+        and before
+        and isinstance(before[-1], Dense)
+        and before[-1].activation == "relu"
+        and spec.num_classes >= 2
+    ):
         dropout = layers[index]
         assert isinstance(dropout, Dropout)
         return before[-1], dropout, after[0]
@@ -180,8 +216,12 @@ def dropout_losses(session: Session, spec: ModelSpec, rows: int) -> Array:
     call("set_weights", session.set_weights, dropout_probe_weights(spec), spec=spec)
     call("load_data", session.load_data, x, y, x[:2], y[:2], spec=spec)
     batches = np.tile(np.arange(DROPOUT_WIDTH, dtype=np.int64), (rows, 1))
-    losses = [np.asarray(call("train_batches", session.train_batches, batches[i : i + ROWS_PER_CALL], spec=spec),
-                         dtype=np.float64).ravel() for i in range(0, rows, ROWS_PER_CALL)]
+    losses = [
+        np.asarray(
+            call("train_batches", session.train_batches, batches[i : i + ROWS_PER_CALL], spec=spec), dtype=np.float64
+        ).ravel()
+        for i in range(0, rows, ROWS_PER_CALL)
+    ]
     return np.concatenate(losses)
 
 
@@ -207,11 +247,19 @@ def read_dropout(losses: Array, classes: int) -> DropoutReading:
     if float(np.ptp(excess)) <= 1e-3 * top:
         if abs(top - no_dropout) <= 1e-3 * no_dropout:
             return DropoutReading(None, None, "no unit was ever dropped: dropout is not applied in train_batches")
-        return DropoutReading(None, None, "every batch kept the same number of units: the dropout mask repeats every "
-                                          "step (advance the dropout RNG at every step)")
+        return DropoutReading(
+            None,
+            None,
+            "every batch kept the same number of units: the dropout mask repeats every "
+            "step (advance the dropout RNG at every step)",
+        )
     if np.all((excess <= 1e-3 * top) | (excess >= top * (1 - 1e-3))):
-        return DropoutReading(None, None, "each batch kept the probed unit in all of its images or in none: one "
-                                          "dropout mask is shared by the whole batch (draw one per image)")
+        return DropoutReading(
+            None,
+            None,
+            "each batch kept the probed unit in all of its images or in none: one "
+            "dropout mask is shared by the whole batch (draw one per image)",
+        )
     # The largest step that makes every loss a whole number of steps; the slack is a fraction of the
     # smallest possible step (top / width), so a coarse candidate cannot pass by rounding.
     for kept_max in range(1, DROPOUT_WIDTH + 1):
@@ -221,8 +269,11 @@ def read_dropout(losses: Array, classes: int) -> DropoutReading:
             kept_loss = step * DROPOUT_WIDTH + dropped
             logit = math.log(max(math.exp(min(kept_loss, 700.0)) - (classes - 1), 1e-300))
             return DropoutReading(np.round(counts), logit / (UNIT_VALUE * UNIT_WEIGHT))
-    return DropoutReading(None, None, "the batch losses are not whole numbers of kept units: dropout is not an "
-                                      "independent keep-or-drop of each unit")
+    return DropoutReading(
+        None,
+        None,
+        "the batch losses are not whole numbers of kept units: dropout is not an independent keep-or-drop of each unit",
+    )
 
 
 def dropout_checks(losses: Array, spec: ModelSpec) -> list[Check]:
@@ -237,30 +288,53 @@ def dropout_checks(losses: Array, spec: ModelSpec) -> list[Check]:
     kept = float(reading.counts.sum()) / draws
     keep = 1 - rate
     spread = DROPOUT_SIGMAS * math.sqrt(keep * (1 - keep) / draws)
-    rate_check = Check("dropout rate", abs(kept - keep) <= spread, abs(kept - keep), None, spread,
-                       abs(kept - keep) / spread if spread else math.inf,
-                       f"kept fraction within {DROPOUT_SIGMAS:g} binomial sigmas of 1 - rate ({draws} draws)",
-                       f"{found[1].name}: kept {kept:.3f} of units, 1 - rate = {keep:g}")
+    rate_check = Check(
+        "dropout rate",
+        abs(kept - keep) <= spread,
+        abs(kept - keep),
+        None,
+        spread,
+        abs(kept - keep) / spread if spread else math.inf,
+        f"kept fraction within {DROPOUT_SIGMAS:g} binomial sigmas of 1 - rate ({draws} draws)",
+        f"{found[1].name}: kept {kept:.3f} of units, 1 - rate = {keep:g}",
+    )
     if not rate_check.passed:
         swapped = " (rate and keep probability swapped?)" if abs(kept - rate) <= spread else ""
-        rate_check.detail = (f"{found[1].name} drops {1 - kept:.3f} of units, the spec's rate is {rate:g}{swapped}: "
-                             "use Dropout.rate from the spec")
+        rate_check.detail = (
+            f"{found[1].name} drops {1 - kept:.3f} of units, the spec's rate is {rate:g}{swapped}: "
+            "use Dropout.rate from the spec"
+        )
     inverted = 1 / keep
     miss = abs(reading.scale / inverted - 1)
-    scale_check = Check("dropout scaling", miss <= DROPOUT_SCALE_REL, abs(reading.scale - inverted), None,
-                        DROPOUT_SCALE_REL * inverted, miss / DROPOUT_SCALE_REL,
-                        f"kept units x 1/(1 - rate), within {DROPOUT_SCALE_REL:g} relative",
-                        f"kept units scaled by {reading.scale:.4g}, 1/(1 - rate) = {inverted:.4g}")
+    scale_check = Check(
+        "dropout scaling",
+        miss <= DROPOUT_SCALE_REL,
+        abs(reading.scale - inverted),
+        None,
+        DROPOUT_SCALE_REL * inverted,
+        miss / DROPOUT_SCALE_REL,
+        f"kept units x 1/(1 - rate), within {DROPOUT_SCALE_REL:g} relative",
+        f"kept units scaled by {reading.scale:.4g}, 1/(1 - rate) = {inverted:.4g}",
+    )
     if not scale_check.passed:
         if abs(reading.scale - 1) <= DROPOUT_SCALE_REL:
-            scale_check.detail = (f"kept units are not scaled by 1/(1 - rate) = {inverted:.4g} (inverted dropout): "
-                                  "training sees smaller activations than inference")
+            scale_check.detail = (
+                f"kept units are not scaled by 1/(1 - rate) = {inverted:.4g} (inverted dropout): "
+                "training sees smaller activations than inference"
+            )
         else:
-            scale_check.detail = (f"kept units are scaled by {reading.scale:.4g}; inverted dropout scales them by "
-                                  f"1/(1 - rate) = {inverted:.4g}")
+            scale_check.detail = (
+                f"kept units are scaled by {reading.scale:.4g}; inverted dropout scales them by "
+                f"1/(1 - rate) = {inverted:.4g}"
+            )
     varied = len(set(reading.counts.tolist())) > 1
-    masks = structural("dropout masks", varied, "a new mask per image and per step" if varied else
-                       "every batch kept the same number of units: the mask repeats every step")
+    masks = structural(
+        "dropout masks",
+        varied,
+        "a new mask per image and per step"
+        if varied
+        else "every batch kept the same number of units: the mask repeats every step",
+    )
     return [rate_check, scale_check, masks]
 
 
@@ -270,11 +344,21 @@ def dropout_seed_checks(counts_by_seed: list[tuple[int, Array | None]]) -> list[
     if first is None or second is None or other is None:
         return [structural("dropout follows config.seed", False, "the dropout probe could not read the masks")]
     if not np.array_equal(first, second):
-        return [structural("dropout follows config.seed", False,
-                           f"two fresh sessions with seed {seed_a} drew different dropout masks: seed the dropout RNG "
-                           "from config.seed (not the clock or a global RNG)")]
+        return [
+            structural(
+                "dropout follows config.seed",
+                False,
+                f"two fresh sessions with seed {seed_a} drew different dropout masks: seed the dropout RNG "
+                "from config.seed (not the clock or a global RNG)",
+            )
+        ]
     if np.array_equal(first, other):
-        return [structural("dropout follows config.seed", False,
-                           f"seeds {seed_a} and {seed_b} drew the same dropout masks: the dropout RNG must be seeded "
-                           "from config.seed")]
+        return [
+            structural(
+                "dropout follows config.seed",
+                False,
+                f"seeds {seed_a} and {seed_b} drew the same dropout masks: the dropout RNG must be seeded "
+                "from config.seed",
+            )
+        ]
     return [structural("dropout follows config.seed", True, f"seed {seed_a} twice: same masks; seed {seed_b}: others")]

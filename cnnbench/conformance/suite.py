@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -89,18 +89,22 @@ class BackendConformance:
         """The backend under test: ``backend``, or ``backend_name`` looked up through the entry points."""
         test_class = request.cls
         if test_class.backend is not None:
-            return test_class.backend  # type: ignore[no-any-return]
+            return cast(Backend, test_class.backend)
         if test_class.backend_name:
             registry = load_registry()
             if test_class.backend_name not in registry.backends:
-                plugins = ", ".join(f"{p.name} ({p.status}{': ' + p.error if p.error else ''})" for p in registry.plugins)
+                plugins = ", ".join(
+                    f"{p.name} ({p.status}{': ' + p.error if p.error else ''})" for p in registry.plugins
+                )
                 raise ConformanceError(
                     f"no backend named {test_class.backend_name!r} is registered; plugins found: {plugins or 'none'} "
                     "(entry points come from installed distributions: pip install -e <your plugin>)"
                 )
-            return registry.backends[test_class.backend_name].item
-        raise ConformanceError(f"{test_class.__name__}: set `backend = YourBackend()` or `backend_name = '...'`, "
-                               "or override the conformance_backend fixture")
+            return cast(Backend, registry.backends[test_class.backend_name].item)
+        raise ConformanceError(
+            f"{test_class.__name__}: set `backend = YourBackend()` or `backend_name = '...'`, "
+            "or override the conformance_backend fixture"
+        )
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -110,14 +114,17 @@ class BackendConformance:
 
     @pytest.fixture(scope="class")
     @classmethod
-    def conformance_kit(cls, request: Any, conformance_backend: Backend, conformance_variant: str | None) -> Iterator[ConformanceKit]:
+    def conformance_kit(
+        cls, request: Any, conformance_backend: Backend, conformance_variant: str | None
+    ) -> Iterator[ConformanceKit]:
         """One kit per class: shared sessions, the backend's environment applied; skipped when unavailable."""
         reason = conformance_backend.unavailable_reason()
         if reason:
             pytest.skip(f"{conformance_backend.name} unavailable: {reason}")
         options = {f"{conformance_backend.name}.{k}": v for k, v in request.cls.backend_options.items()}
-        kit = ConformanceKit(conformance_backend, conformance_variant, options, device=request.cls.device,
-                             threads=request.cls.threads)
+        kit = ConformanceKit(
+            conformance_backend, conformance_variant, options, device=request.cls.device, threads=request.cls.threads
+        )
         with kit:
             try:
                 kit.import_framework()
@@ -213,7 +220,12 @@ class BackendConformance:
         cls = type(self)
         results: Path = tmp_path_factory.mktemp("results")
         check_results_serialise(
-            conformance_kit.backend, conformance_kit.variant, results, plugin_module=cls.worker_plugin_module,
-            timeout_s=cls.worker_timeout_s, backend_options=conformance_kit.backend_options,
-            device=conformance_kit.device, threads=conformance_kit.threads,
+            conformance_kit.backend,
+            conformance_kit.variant,
+            results,
+            plugin_module=cls.worker_plugin_module,
+            timeout_s=cls.worker_timeout_s,
+            backend_options=conformance_kit.backend_options,
+            device=conformance_kit.device,
+            threads=conformance_kit.threads,
         )

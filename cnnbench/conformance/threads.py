@@ -50,9 +50,13 @@ def threads_disagreement(requested: int | None, used: float | None, cores: int) 
         return ""
     wanted = requested if requested is not None else cores
     if used > wanted + THREADS_SLACK:
-        return (f"asked for {wanted} thread{'s' if wanted != 1 else ''}, the training call kept {used:.1f} busy: "
-                "apply config.threads to every thread pool (intra-op, inter-op, BLAS)")
+        return (
+            f"asked for {wanted} thread{'s' if wanted != 1 else ''}, the training call kept {used:.1f} busy: "
+            "apply config.threads to every thread pool (intra-op, inter-op, BLAS)"
+        )
     if wanted >= 2 and used < THREADS_FLOOR * min(wanted, cores):
-        return (f"asked for {wanted} threads, the training call kept {used:.1f} busy: the thread setting is not "
-                "applied (or the machine is busy)")
+        return (
+            f"asked for {wanted} threads, the training call kept {used:.1f} busy: the thread setting is not "
+            "applied (or the machine is busy)"
+        )
     return ""

@@ -59,7 +59,9 @@ TABLE: tuple[Tolerance, ...] = (
     Tolerance("ACCURACY_TIE_LOGITS", ACCURACY_TIE_LOGITS, "top-two logit gap under which a prediction may flip"),
     Tolerance("PROBE_GRADIENT_EPSILONS", PROBE_GRADIENT_EPSILONS, "size of the Adam probe's gradients"),
     Tolerance("DROPOUT_SIGMAS", DROPOUT_SIGMAS, "kept fraction around 1 - rate, in binomial sigmas"),
-    Tolerance("DROPOUT_COUNT_SLACK", DROPOUT_COUNT_SLACK, "a batch's loss from whole kept units, in smallest possible steps"),
+    Tolerance(
+        "DROPOUT_COUNT_SLACK", DROPOUT_COUNT_SLACK, "a batch's loss from whole kept units, in smallest possible steps"
+    ),
     Tolerance("DROPOUT_SCALE_REL", DROPOUT_SCALE_REL, "scale of kept units against 1 / (1 - rate)"),
     Tolerance("ORDER_GAP", ORDER_GAP, "one call against one-row calls, relative to the reversed order's effect"),
     Tolerance("LOSS_DECREASE", LOSS_DECREASE, "test loss after 16 steps, relative to before"),

@@ -21,8 +21,16 @@ for folder in (TESTS, TESTS.parent / "examples" / "cnnbench-numpy"):
 
 #: The registered bugs: the kit_bad_backends class of each.
 BUGS = (
-    "WrongFlattenBackend", "ValidPaddingBackend", "PadBeforeBackend", "SymmetricPaddingBackend", "PredictDropoutBackend",
-    "EvaluateDropoutBackend", "KerasEpsilonBackend", "NoResetBackend", "UnscaledDropoutBackend", "MomentumBackend",
+    "WrongFlattenBackend",
+    "ValidPaddingBackend",
+    "PadBeforeBackend",
+    "SymmetricPaddingBackend",
+    "PredictDropoutBackend",
+    "EvaluateDropoutBackend",
+    "KerasEpsilonBackend",
+    "NoResetBackend",
+    "UnscaledDropoutBackend",
+    "MomentumBackend",
 )
 
 

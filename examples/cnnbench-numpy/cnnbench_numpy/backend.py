@@ -48,7 +48,7 @@ def _check_activation(name: str | None) -> None:
 class ConvLayer:
     """Conv2D + activation: im2col (rows in (kh, kw, C) order, matching HWIO) times the kernel."""
 
-    def __init__(self, layer: Conv2D, input_shape: tuple[int, int, int], output_shape: tuple[int, ...]):
+    def __init__(self, layer: Conv2D, input_shape: tuple[int, ...], output_shape: tuple[int, ...]):
         _check_activation(layer.activation)
         self.layer, self.name = layer, layer.name
         self.k, self.s = layer.kernel_size, layer.stride
@@ -90,7 +90,7 @@ class ConvLayer:
 class PoolLayer:
     """Max pooling; the gradient goes to the first maximum of each window (row-major)."""
 
-    def __init__(self, layer: MaxPool2D, input_shape: tuple[int, int, int], output_shape: tuple[int, ...]):
+    def __init__(self, layer: MaxPool2D, input_shape: tuple[int, ...], output_shape: tuple[int, ...]):
         self.p, self.s = layer.pool_size, layer.stride
         self.in_h, self.in_w, _ = input_shape
         self.out_h, self.out_w, _ = output_shape
@@ -160,9 +160,13 @@ class DropoutLayer:
         return dy if cache is None else dy * cache
 
 
-def build_layers(spec: ModelSpec) -> list:
+Layer = ConvLayer | PoolLayer | FlattenLayer | DenseLayer | DropoutLayer
+
+
+def build_layers(spec: ModelSpec) -> list[Layer]:
     """One layer object per spec layer, walking ``spec.layer_infos()`` (no size restated here)."""
-    layers, shape = [], spec.input_shape
+    layers: list[Layer] = []
+    shape: tuple[int, ...] = spec.input_shape
     for info in spec.layer_infos():
         layer = info.layer
         if isinstance(layer, Conv2D):
@@ -251,21 +255,23 @@ class NumpySession(Session):
         self.spec, self.config = spec, config
         self.layers = build_layers(spec)
         # The "framework default" initialisation (config.init == "framework"): glorot-uniform from the seed.
-        self.params = initial_weights(spec, "glorot-uniform", config.seed)
+        params = initial_weights(spec, "glorot-uniform", config.seed)
+        assert params is not None  # only the "framework" scheme gives None
+        self.params: dict[str, np.ndarray] = params
         self.dropout_rng = np.random.default_rng(config.seed)
         self.optimizer = Adam(config.learning_rate) if config.optimizer == "adam" else SGD(config.learning_rate)
         self.optimizer.reset(self.params)
 
     # --- the network ---
 
-    def _forward(self, x: np.ndarray, train: bool) -> tuple[np.ndarray, list]:
+    def _forward(self, x: np.ndarray, train: bool) -> tuple[np.ndarray, list[Any]]:
         caches = []
         for layer in self.layers:
             x, cache = layer.forward(self.params, x, train, self.dropout_rng)
             caches.append(cache)
         return x, caches
 
-    def _backward(self, caches: list, d_logits: np.ndarray) -> dict[str, np.ndarray]:
+    def _backward(self, caches: list[Any], d_logits: np.ndarray) -> dict[str, np.ndarray]:
         grads: dict[str, np.ndarray] = {}
         d = d_logits
         for index in range(len(self.layers) - 1, -1, -1):
