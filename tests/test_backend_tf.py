@@ -25,6 +25,7 @@ from cnnbench_tf.backend import TFRawBackend
 
 class TestTFConformance(BackendConformance):
     backend = TFRawBackend()
+    threads = 2  # TensorFlow fixes its thread pools at the first session: the count this file's sessions use
 
 
 def make_session(spec, **config):

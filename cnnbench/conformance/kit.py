@@ -614,7 +614,7 @@ def check_threads(trial: Trial, rows: int = CHUNK_ROWS) -> float | None:
         trial.train(trial.rows(1)[:rows])
     problem = threads_disagreement(trial.config.threads, use.used, available_cores())
     if problem:
-        warnings.warn(ConformanceWarning(f"threads not honoured: {problem}"), stacklevel=2)
+        warnings.warn(ConformanceWarning(f"threads not honoured: {problem}"), stacklevel=3)
     trial.restart()
     return use.used
 
