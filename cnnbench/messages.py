@@ -19,7 +19,7 @@ from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.results import Measurement
 
 #: Bumped whenever a request or event changes shape; both sides must speak the same version.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: The JSON keys of the envelope (never a field name of a request or event).
 VERSION_KEY, EVENT_KEY, JOB_KEY = "version", "event", "job"
@@ -46,8 +46,6 @@ class MeasureRequest:
     train: TrainConfig
     data: DataConfig
     target_accuracy: float | None = None
-    #: Run the parity check against the float64 reference before training.
-    parity: bool = False
     #: Evaluate after every epoch (accuracy curves); never counted as training time.
     evaluate_each_epoch: bool = False
 
@@ -106,8 +104,6 @@ class Result:
     device: str
     parameters: int
     settings: dict[str, Any] = field(default_factory=dict)
-    #: The parity report, when the request asked for the check (else empty).
-    parity: dict[str, Any] = field(default_factory=dict)
     #: The model spec's description and the harness's preprocessing record, the same for every backend.
     model: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)

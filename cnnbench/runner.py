@@ -411,13 +411,18 @@ def measure_backend(
     env = {**os.environ, **env_base, **backend.process_environment(target.variant, train), **options.extra_env}
     request = messages.MeasureRequest(
         target.name, target.variant, train, data, options.target_accuracy,
-        parity=options.parity, evaluate_each_epoch=options.evaluate_each_epoch,
+        evaluate_each_epoch=options.evaluate_each_epoch,
     )
     measurements: list[Measurement] = []
     records: dict[str, Any] = {}
     try:
         for repeat in range(1, options.repeat + 1):
             observer.backend_started(target, repeat, options.repeat)
+            if repeat == 1 and options.parity:  # once per backend, in a process of its own: repeats stay alike
+                parity = parity_job(target, registry, train, data, env, options, observer, logs)
+                if isinstance(parity, messages.Unavailable):
+                    return replace(row, status=UNAVAILABLE, reason=parity.reason), {}
+                row = replace(row, parity=parity)
             log_path = logs.path(target, repeat)
 
             def on_event(event: messages.Phase | messages.Progress) -> None:
@@ -427,15 +432,13 @@ def measure_backend(
                     observer.phase(target, event.name)
 
             launcher = backend.worker_launcher(target.variant, train)  # per repeat: a fresh rendezvous port
-            if repeat > 1 and row.parity:  # the check is about the code, not the run: once per backend
-                request = replace(request, parity=False)
             status, final = run_worker(request, env, options.timeout_s, on_event, log_path, launcher)
             if isinstance(final, messages.Unavailable):
                 return replace(row, status=UNAVAILABLE, reason=final.reason), {}
             if isinstance(final, messages.Result):
                 measurement = final.measurement
                 row = replace(row, device=final.device, parameters=final.parameters,
-                              settings={**manifest, **final.settings}, parity=row.parity or final.parity)
+                              settings={**manifest, **final.settings})
                 records = {"model": final.model, "preprocessing": final.preprocessing}
             else:
                 error = final if isinstance(final, messages.Error) else messages.Error(
@@ -455,6 +458,34 @@ def measure_backend(
     row = replace(row, repeats=tuple(measurements), status=failed.status if failed else OK,
                   reason=failed.reason if failed else "")
     return row, records
+
+
+def parity_job(
+    target: BackendTarget, registry: Registry, train: TrainConfig, data: DataConfig, env: dict[str, str],
+    options: RunOptions, observer: RunObserver, logs: WorkerLogs,
+) -> dict[str, Any] | messages.Unavailable:
+    """The run's parity column: ``cnnbench check``'s job for this row's optimizer, learning rate, seed and
+    init, in a worker of its own, so that no measured repeat carries the check's memory, caches or threads."""
+    from cnnbench.conformance.data import DEFAULT_BATCH, DEFAULT_STEPS
+
+    dataset = registry.dataset(data.dataset).item
+    request = messages.CheckRequest(
+        target.name, target.variant, replace(train, devices=1), tuple(dataset.input_shape), dataset.num_classes,
+        train.dropout, {train.optimizer: train.learning_rate}, train.seed, DEFAULT_STEPS, train.init, DEFAULT_BATCH,
+    )
+    observer.phase(target, "parity check")
+    log_path = logs.path(target, 0)
+    started = clock()
+    status, final = run_worker(request, env, options.timeout_s, None, log_path)
+    seconds = clock() - started
+    if isinstance(final, messages.Unavailable):
+        return final
+    if isinstance(final, messages.CheckResult):
+        return {**final.report, "seconds": seconds}
+    reason = final.reason if isinstance(final, messages.Error) else f"unexpected {final.kind!r} event"
+    if status == FAILED:
+        reason = f"{reason} (log: {logs.keep(log_path)})"
+    return {"status": "FAIL", "message": f"the parity check did not finish: {reason}", "checks": {}, "seconds": seconds}
 
 
 def fallback_folder(index: int) -> Path | None:

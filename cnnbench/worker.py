@@ -9,12 +9,13 @@ line each on the original stdout; anything a framework prints is redirected to s
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import resource
 import sys
 import traceback
 from dataclasses import replace
-from typing import Any, TextIO
+from typing import TextIO
 
 from cnnbench import messages
 from cnnbench.messages import CheckRequest, MeasureRequest
@@ -61,7 +62,7 @@ def peak_rss_mb() -> float:
 
 
 def reset_peak_rss() -> None:
-    """Restart the peak-memory high-water mark (Linux >= 4.0): the parity check is not training's memory."""
+    """Restart the peak-memory high-water mark (Linux >= 4.0): import and build are not training's memory."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
@@ -70,7 +71,7 @@ def reset_peak_rss() -> None:
 
 
 def measure(request: MeasureRequest, events: EventStream) -> int:
-    """Build, (optionally) check, train and evaluate one backend; ends with a ``Result`` event."""
+    """Build, train and evaluate one backend; ends with a ``Result`` event (the parity check is a job of its own)."""
     # Imports that may be slow or fail stay inside, so failures become events.
     from cnnbench import distributed, preprocess, timing
     from cnnbench.conformance.threads import measure_threads
@@ -101,29 +102,8 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
     build_s = timing.clock() - t
     parameters = int(sum(w.size for w in session.get_weights().values()))
 
-    parity: dict[str, Any] = {}
-    if request.parity:
-        from cnnbench.conformance import check_session
-
-        events.emit(messages.Phase("parity check"))
-        own_weights = weights if weights is not None else session.get_weights()
-        t = timing.clock()
-        parity = check_session(
-            session,
-            spec,
-            request.train.optimizer,
-            request.train.learning_rate,
-            request.train.seed,
-            backend=backend,
-            config=request.train,
-            variant=request.variant,
-        )
-        parity["seconds"] = timing.clock() - t
-        session.set_weights(own_weights)  # the check left other weights and optimizer state
-        import gc
-
-        gc.collect()
-        reset_peak_rss()
+    gc.collect()
+    reset_peak_rss()
 
     events.emit(messages.Phase("load_data"))
     t = timing.clock()
@@ -181,7 +161,7 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
         "flops_train_per_sample": spec.flops_train,
         "input_shape": list(spec.input_shape),
     }
-    events.emit(messages.Result(measurement, session.device, parameters, settings, parity, model, data.record))
+    events.emit(messages.Result(measurement, session.device, parameters, settings, model, data.record))
     session.close()
     return 0 if outcome.status == OK else 3
 

@@ -40,7 +40,8 @@ def test_parse_frameworks_expands_all_and_deduplicates():
 def test_every_fault_is_a_row_and_real_results_are_saved(fixture_plugins, numpy_backend, tmp_path):
     fixture_plugins("faulty_backends")
     registry = load_registry()
-    targets = parse_frameworks(f"faulty-import,faulty-raise,faulty-hang,faulty-nan,faulty-kill,{numpy_backend}", registry)
+    faulty = "faulty-import,faulty-raise,faulty-hang,faulty-nan,faulty-kill"
+    targets = parse_frameworks(f"{faulty},{numpy_backend}", registry)
     options = RunOptions(timeout_s=30, results_dir=str(tmp_path))
     result, path = run_benchmark(targets, registry, SMALL_TRAIN, SMALL_DATA, options)
     rows = {row.backend: row for row in result.backends}
@@ -168,3 +169,44 @@ def test_a_worker_that_exits_without_a_result_names_its_last_log_line(tmp_path: 
     status, final = run_worker(MEASURE, dict(os.environ), 60, None, tmp_path / "log", launcher)
     assert status == FAILED and isinstance(final, messages.Error)
     assert final.reason == "worker exited with code 5 without a result: boom: the last words"
+
+
+def test_the_parity_check_runs_once_in_a_worker_of_its_own(numpy_backend: str, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repeats are exchangeable: no measured repeat carries the check's memory, caches or threads."""
+    from cnnbench import runner
+
+    jobs: list[str] = []
+    real_run_worker = runner.run_worker
+
+    def recording(request: messages.Request, *args: object, **kwargs: object) -> tuple[str, messages.Final]:
+        status, final = real_run_worker(request, *args, **kwargs)  # type: ignore[arg-type]
+        jobs.append(request.job)
+        return status, final
+
+    monkeypatch.setattr(runner, "run_worker", recording)
+    options = RunOptions(repeat=2, parity=True, save=False)
+    result, _ = run_benchmark([BackendTarget(numpy_backend)], load_registry(), SMALL_TRAIN, SMALL_DATA, options)
+    row = result.backends[0]
+    assert jobs == ["check", "measure", "measure"]
+    assert row.status == OK and row.parity["status"] == "PASS" and row.parity["seconds"] > 0
+    assert not hasattr(messages.MeasureRequest, "parity")  # a measure job cannot be asked to check
+
+
+def test_a_parity_job_that_dies_is_a_failed_check_not_a_lost_row(numpy_backend: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from cnnbench import runner
+
+    real_run_worker = runner.run_worker
+
+    def dying_check(request: messages.Request, *args: object, **kwargs: object) -> tuple[str, messages.Final]:
+        if isinstance(request, messages.CheckRequest):
+            return FAILED, messages.Error("worker killed by SIGKILL")
+        return real_run_worker(request, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "run_worker", dying_check)
+    options = RunOptions(parity=True, save=False)
+    result, _ = run_benchmark([BackendTarget(numpy_backend)], load_registry(), SMALL_TRAIN, SMALL_DATA, options)
+    row = result.backends[0]
+    assert row.status == OK and row.parity["status"] == "FAIL"
+    assert "parity check did not finish: worker killed by SIGKILL" in row.parity["message"]

@@ -1,8 +1,9 @@
 """``cnnbench check``: every selected backend against the float64 reference, each in its own process.
 
 A process per backend because frameworks read their environment at import (Keras' engine is
-fixed per process) and must not share threads or allocators; the child is
-``python -m cnnbench.parity REQUEST.json RESULT.json`` with the same harness environment as a run.
+fixed per process) and must not share threads or allocators; the child is the worker's check job
+(``messages.CheckRequest``), started by ``runner.run_worker`` with the same harness environment as a run,
+the same job that fills a run's parity column.
 """
 
 from __future__ import annotations
