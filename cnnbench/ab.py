@@ -150,7 +150,10 @@ def _git(repo: Path, *args: str) -> str:
 
 @contextlib.contextmanager
 def prepare_side(
-    spec: str, name: str, env: Mapping[str, str] | None = None, repo: str | os.PathLike[str] | None = None,
+    spec: str,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    repo: str | os.PathLike[str] | None = None,
     workdir: str | os.PathLike[str] | None = None,
 ) -> Iterator[Side]:
     """A side from ``current``, an interpreter path, or ``ref:REV`` (a temporary git worktree, removed afterwards).
@@ -230,7 +233,11 @@ class SubprocessMeasure:
         timeout = max(seconds_left, 60.0)
         with log.open("wb") as handle:
             child = subprocess.Popen(
-                self.command(side, out), cwd=out, env=side.environment(), stdout=handle, stderr=subprocess.STDOUT,
+                self.command(side, out),
+                cwd=out,
+                env=side.environment(),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
             try:
@@ -327,8 +334,13 @@ def verdict(low: float, high: float, threshold: float, bigger_is_better: bool) -
 
 
 def estimate(
-    backend: str, ratios: Sequence[float], metric: Metric, threshold: float,
-    confidence: float = DEFAULT_CONFIDENCE, seed: int = 0, min_rounds: int = DEFAULT_MIN_ROUNDS,
+    backend: str,
+    ratios: Sequence[float],
+    metric: Metric,
+    threshold: float,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+    min_rounds: int = DEFAULT_MIN_ROUNDS,
 ) -> Estimate:
     """The interval of the median ratio and its verdict; undecided before ``min_rounds`` rounds."""
     logs = [math.log(r) for r in ratios]
@@ -403,29 +415,50 @@ class Outcome:
     @property
     def exit_code(self) -> int:
         return {
-            REGRESSION: ExitCode.REGRESSION, INCONCLUSIVE: ExitCode.INCONCLUSIVE, FAILED: ExitCode.BACKEND_FAILED,
+            REGRESSION: ExitCode.REGRESSION,
+            INCONCLUSIVE: ExitCode.INCONCLUSIVE,
+            FAILED: ExitCode.BACKEND_FAILED,
         }.get(self.verdict, ExitCode.OK)
 
     def to_dict(self) -> dict[str, Any]:
         """The whole outcome as JSON-ready data (for CI artifacts and the power benchmark)."""
         return {
-            "verdict": self.verdict, "exit_code": int(self.exit_code), "reason": self.reason,
-            "elapsed_s": round(self.elapsed_s, 3), "failure": self.failure, "differences": list(self.differences),
+            "verdict": self.verdict,
+            "exit_code": int(self.exit_code),
+            "reason": self.reason,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "failure": self.failure,
+            "differences": list(self.differences),
             "sides": {s.name: {"description": s.description, "env": dict(s.env)} for s in (self.base, self.head)},
             "settings": {
-                "metric": self.settings.metric.key, "threshold": self.settings.threshold,
-                "confidence": self.settings.confidence, "budget_s": self.settings.budget_s,
-                "min_rounds": self.settings.min_rounds, "max_rounds": self.settings.max_rounds,
+                "metric": self.settings.metric.key,
+                "threshold": self.settings.threshold,
+                "confidence": self.settings.confidence,
+                "budget_s": self.settings.budget_s,
+                "min_rounds": self.settings.min_rounds,
+                "max_rounds": self.settings.max_rounds,
                 "seed": self.settings.seed,
             },
             "estimates": [
-                {"backend": e.backend, "verdict": e.verdict, "median_ratio": e.median, "low": e.low, "high": e.high,
-                 "p_worse": e.p_worse, "ratios": list(e.ratios)}
+                {
+                    "backend": e.backend,
+                    "verdict": e.verdict,
+                    "median_ratio": e.median,
+                    "low": e.low,
+                    "high": e.high,
+                    "p_worse": e.p_worse,
+                    "ratios": list(e.ratios),
+                }
                 for e in self.estimates
             ],
             "rounds": [
-                {"index": r.index, "order": list(r.order), "base": r.base, "head": r.head,
-                 "seconds": round(r.seconds, 3)}
+                {
+                    "index": r.index,
+                    "order": list(r.order),
+                    "base": r.base,
+                    "head": r.head,
+                    "seconds": round(r.seconds, 3),
+                }
                 for r in self.rounds
             ],
         }
@@ -456,7 +489,11 @@ def round_order(index: int) -> tuple[str, str]:
 
 
 def run_ab(
-    base: Side, head: Side, settings: Settings, measure: Measure, observer: Observer | None = None,
+    base: Side,
+    head: Side,
+    settings: Settings,
+    measure: Measure,
+    observer: Observer | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Outcome:
     """Measure rounds until every framework's verdict is decided, the budget or the round limit is reached."""
@@ -470,8 +507,16 @@ def run_ab(
 
     def finish(verdict_: str, reason: str, failure: str = "") -> Outcome:
         return Outcome(
-            base, head, settings, tuple(rounds), tuple(estimates), verdict_, reason, clock() - start,
-            tuple(differences), failure,
+            base,
+            head,
+            settings,
+            tuple(rounds),
+            tuple(estimates),
+            verdict_,
+            reason,
+            clock() - start,
+            tuple(differences),
+            failure,
         )
 
     while True:
@@ -501,8 +546,15 @@ def run_ab(
         done = Round(index, round_order(index), values[BASE], values[HEAD], clock() - began)
         rounds.append(done)
         estimates = [
-            estimate(name, [r.ratio(name) for r in rounds], settings.metric, settings.threshold,
-                     settings.confidence, settings.seed, settings.min_rounds)
+            estimate(
+                name,
+                [r.ratio(name) for r in rounds],
+                settings.metric,
+                settings.threshold,
+                settings.confidence,
+                settings.seed,
+                settings.min_rounds,
+            )
             for name in sorted(values[BASE])
         ]
         observer.round_done(done, estimates, clock() - start)

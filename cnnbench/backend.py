@@ -108,8 +108,9 @@ class BackendOption:
 def check_data(x: np.ndarray, y: np.ndarray, which: str) -> None:
     """Images [n, H, W, C] and labels [n]: what ``load_data`` refuses before any backend sees it."""
     if np.ndim(x) != 4 or np.ndim(y) != 1 or len(x) != len(y):
-        raise BackendError(f"load_data: {which} images must be [n, H, W, C] and labels [n], "
-                           f"got shapes {np.shape(x)} and {np.shape(y)}")
+        raise BackendError(
+            f"load_data: {which} images must be [n, H, W, C] and labels [n], got shapes {np.shape(x)} and {np.shape(y)}"
+        )
 
 
 def checked_batch_indices(batch_indices: np.ndarray, n_train: int | None) -> np.ndarray:
@@ -125,8 +126,10 @@ def checked_batch_indices(batch_indices: np.ndarray, n_train: int | None) -> np.
         raise BackendError(f"batch_indices is empty (shape {rows.shape}): at least one row of at least one index")
     low, high = int(rows.min()), int(rows.max())
     if low < 0 or high >= n_train:
-        raise BackendError(f"batch_indices out of range: {low if low < 0 else high} is not in [0, {n_train}), "
-                           "the training set given to load_data")
+        raise BackendError(
+            f"batch_indices out of range: {low if low < 0 else high} is not in [0, {n_train}), "
+            "the training set given to load_data"
+        )
     return np.ascontiguousarray(rows, dtype=np.int64)
 
 
@@ -194,7 +197,7 @@ class Session(ABC):
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Load canonical-layout weights (and reset the optimizer state)."""
 
-    def sync(self) -> None:
+    def sync(self) -> None:  # noqa: B027 (optional hook: a synchronous CPU backend has nothing to wait for)
         """Block until all queued device work is done. The harness calls it before reading the clock."""
 
     def peak_device_memory_mb(self) -> float | None:
@@ -205,7 +208,7 @@ class Session(ABC):
         """The settings that matter for speed (threads, precision, JIT, layout...): the fairness manifest."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional hook: most sessions hold nothing to release)
         """Release device memory and threads."""
 
 
@@ -237,7 +240,7 @@ class Backend(ABC):
         """Environment variables for the worker process, set before anything is imported."""
         return {}
 
-    def import_framework(self, variant: str | None = None) -> None:
+    def import_framework(self, variant: str | None = None) -> None:  # noqa: B027 (optional: pure-Python backends)
         """Import the framework. The harness times this call as the import phase."""
 
     def devices_unsupported_reason(self, variant: str | None, config: TrainConfig) -> str | None:

@@ -353,7 +353,11 @@ def require_same_config(comparison: Comparison) -> None:
 
 
 def judge(
-    backend: str, metric: Metric, baseline: Sequence[float], current: Sequence[float], threshold: Threshold | None,
+    backend: str,
+    metric: Metric,
+    baseline: Sequence[float],
+    current: Sequence[float],
+    threshold: Threshold | None,
     alpha: float = DEFAULT_ALPHA,
 ) -> MetricComparison:
     """The verdict for one metric of one framework; gated only when it has a threshold."""
@@ -412,7 +416,11 @@ def compare_runs(
                 rows.append(judge(name, metric, _values(before, metric), _values(after, metric), threshold, alpha))
     warnings = tuple(comparability_warnings(baseline, current))
     return Comparison(
-        baseline_name, current_name, tuple(rows), warnings, alpha,
+        baseline_name,
+        current_name,
+        tuple(rows),
+        warnings,
+        alpha,
         config_changes=tuple(config_changes(baseline, current)),
     )
 
@@ -422,7 +430,9 @@ def _values(row: BackendResult | None, metric: Metric) -> tuple[float, ...]:
 
 
 def _backend_status(
-    before: BackendResult | None, after: BackendResult | None, fail_on_missing: bool,
+    before: BackendResult | None,
+    after: BackendResult | None,
+    fail_on_missing: bool,
 ) -> tuple[str, bool, str] | None:
     """A verdict for the whole framework when it cannot be compared metric by metric; else None."""
     if before is None:

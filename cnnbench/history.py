@@ -101,7 +101,8 @@ def frameworks(runs: Sequence[StoredRun], metric: Metric) -> list[str]:
 
 
 def history_rows(
-    runs: Sequence[StoredRun], metric: Metric,
+    runs: Sequence[StoredRun],
+    metric: Metric,
 ) -> tuple[list[str], list[tuple[StoredRun, dict[str, Point]]]]:
     """(framework names, one (run, {framework: point}) per run)."""
     return frameworks(runs, metric), [(run, points(run, metric)) for run in runs]
@@ -171,7 +172,10 @@ def select_series(series: list[Series], which: str) -> list[Series]:
 
 
 def plot_history(
-    runs: Sequence[StoredRun], metric: Metric, path: str | os.PathLike[str], title: str | None = None,
+    runs: Sequence[StoredRun],
+    metric: Metric,
+    path: str | os.PathLike[str],
+    title: str | None = None,
 ) -> Path:
     """A line per framework and series over the runs, the repeats' IQR as a band; a new series is marked."""
     import matplotlib
@@ -230,7 +234,12 @@ def plot_history(
 
 #: (line style, marker) per series: a change of configuration is seen without colour.
 SERIES_STYLES: tuple[tuple[Any, str], ...] = (
-    ("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 3)), "P"),
+    ("-", "o"),
+    ("--", "s"),
+    (":", "^"),
+    ("-.", "D"),
+    ((0, (5, 1, 1, 1)), "v"),
+    ((0, (1, 3)), "P"),
 )
 
 
@@ -241,28 +250,55 @@ def _mark_series_changes(ax: Any, rows: Sequence[tuple[StoredRun, dict[str, Poin
         now = number[id(rows[i][0])]
         if now != number[id(rows[i - 1][0])]:
             ax.axvline(i - 0.5, color="0.35", linestyle=":", linewidth=1.2)
-            ax.annotate(f"series {now}", (i - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                        textcoords="offset points", fontsize=7, color="0.25")
+            ax.annotate(
+                f"series {now}",
+                (i - 0.5, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.25",
+            )
 
 
 def _legends(
-    ax: Any, names: Sequence[str], series: list[Series], colours: Sequence[str], text: Callable[[object], str],
+    ax: Any,
+    names: Sequence[str],
+    series: list[Series],
+    colours: Sequence[str],
+    text: Callable[[object], str],
 ) -> None:
     """Colour says the framework, line style and marker say the series (with what sets it apart)."""
     from matplotlib.lines import Line2D
 
     frameworks_legend = ax.legend(
         [Line2D([], [], color=colours[i % len(colours)], linewidth=2.5) for i in range(len(names))],
-        [text(name) for name in names], title="framework", fontsize=8, loc="upper left",
-        bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+        [text(name) for name in names],
+        title="framework",
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
     )
     if len(series) > 1:
         ax.add_artist(frameworks_legend)
         handles = [
-            Line2D([], [], color="0.3", linestyle=SERIES_STYLES[i % len(SERIES_STYLES)][0],
-                   marker=SERIES_STYLES[i % len(SERIES_STYLES)][1])
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                linestyle=SERIES_STYLES[i % len(SERIES_STYLES)][0],
+                marker=SERIES_STYLES[i % len(SERIES_STYLES)][1],
+            )
             for i in range(len(series))
         ]
         labels = [text(textwrap.shorten(s.label, 70, placeholder=" ...")) for s in series]
-        ax.legend(handles, labels, title="series (configuration, machine)", fontsize=7, loc="lower left",
-                  bbox_to_anchor=(1.01, 0.0), borderaxespad=0)
+        ax.legend(
+            handles,
+            labels,
+            title="series (configuration, machine)",
+            fontsize=7,
+            loc="lower left",
+            bbox_to_anchor=(1.01, 0.0),
+            borderaxespad=0,
+        )

@@ -229,8 +229,13 @@ def run_worker(
             with _STOP.held():  # a stop signal waits until the worker exists and can be killed
                 proc = subprocess.Popen(
                     [sys.executable, *(launcher or []), "-m", "cnnbench.worker", str(request_path)],
-                    stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=safe_child_environment(env),
-                    text=True, start_new_session=True, cwd=tmp,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    stdin=subprocess.DEVNULL,
+                    env=safe_child_environment(env),
+                    text=True,
+                    start_new_session=True,
+                    cwd=tmp,
                 )
             lines: queue.Queue[str | None] = queue.Queue()
             stdout = proc.stdout
@@ -390,8 +395,13 @@ def _cache_root() -> Path:
 
 
 def measure_backend(
-    target: BackendTarget, registry: Registry, train: TrainConfig, data: DataConfig, options: RunOptions,
-    observer: RunObserver, logs: WorkerLogs,
+    target: BackendTarget,
+    registry: Registry,
+    train: TrainConfig,
+    data: DataConfig,
+    options: RunOptions,
+    observer: RunObserver,
+    logs: WorkerLogs,
 ) -> tuple[BackendResult, dict[str, Any]]:
     """All repeats of one backend. Returns its row and the model/preprocessing records.
 
@@ -410,7 +420,11 @@ def measure_backend(
     manifest.update(target.manifest(train, backend))
     env = {**os.environ, **env_base, **backend.process_environment(target.variant, train), **options.extra_env}
     request = messages.MeasureRequest(
-        target.name, target.variant, train, data, options.target_accuracy,
+        target.name,
+        target.variant,
+        train,
+        data,
+        options.target_accuracy,
         evaluate_each_epoch=options.evaluate_each_epoch,
     )
     measurements: list[Measurement] = []
@@ -437,12 +451,14 @@ def measure_backend(
                 return replace(row, status=UNAVAILABLE, reason=final.reason), {}
             if isinstance(final, messages.Result):
                 measurement = final.measurement
-                row = replace(row, device=final.device, parameters=final.parameters,
-                              settings={**manifest, **final.settings})
+                row = replace(
+                    row, device=final.device, parameters=final.parameters, settings={**manifest, **final.settings}
+                )
                 records = {"model": final.model, "preprocessing": final.preprocessing}
             else:
-                error = final if isinstance(final, messages.Error) else messages.Error(
-                    f"unexpected {final.kind!r} event")
+                error = (
+                    final if isinstance(final, messages.Error) else messages.Error(f"unexpected {final.kind!r} event")
+                )
                 measurement = Measurement(status=status, reason=error.reason, peak_rss_mb=error.peak_rss_mb)
                 if status == FAILED:
                     measurement = replace(measurement, reason=f"{measurement.reason} (log: {logs.keep(log_path)})")
@@ -455,14 +471,21 @@ def measure_backend(
         stop.records = records
         raise stop from None
     failed = next((m for m in measurements if m.status != OK), None)
-    row = replace(row, repeats=tuple(measurements), status=failed.status if failed else OK,
-                  reason=failed.reason if failed else "")
+    row = replace(
+        row, repeats=tuple(measurements), status=failed.status if failed else OK, reason=failed.reason if failed else ""
+    )
     return row, records
 
 
 def parity_job(
-    target: BackendTarget, registry: Registry, train: TrainConfig, data: DataConfig, env: dict[str, str],
-    options: RunOptions, observer: RunObserver, logs: WorkerLogs,
+    target: BackendTarget,
+    registry: Registry,
+    train: TrainConfig,
+    data: DataConfig,
+    env: dict[str, str],
+    options: RunOptions,
+    observer: RunObserver,
+    logs: WorkerLogs,
 ) -> dict[str, Any] | messages.Unavailable:
     """The run's parity column: ``cnnbench check``'s job for this row's optimizer, learning rate, seed and
     init, in a worker of its own, so that no measured repeat carries the check's memory, caches or threads."""
@@ -470,8 +493,17 @@ def parity_job(
 
     dataset = registry.dataset(data.dataset).item
     request = messages.CheckRequest(
-        target.name, target.variant, replace(train, devices=1), tuple(dataset.input_shape), dataset.num_classes,
-        train.dropout, {train.optimizer: train.learning_rate}, train.seed, DEFAULT_STEPS, train.init, DEFAULT_BATCH,
+        target.name,
+        target.variant,
+        replace(train, devices=1),
+        tuple(dataset.input_shape),
+        dataset.num_classes,
+        train.dropout,
+        {train.optimizer: train.learning_rate},
+        train.seed,
+        DEFAULT_STEPS,
+        train.init,
+        DEFAULT_BATCH,
     )
     observer.phase(target, "parity check")
     log_path = logs.path(target, 0)
@@ -577,8 +609,12 @@ def check_ceiling(result: RunResult, threads: int) -> RunResult:
 
 
 def run_benchmark(
-    targets: list[BackendTarget], registry: Registry, train: TrainConfig, data: DataConfig,
-    options: RunOptions | None = None, observer: RunObserver | None = None,
+    targets: list[BackendTarget],
+    registry: Registry,
+    train: TrainConfig,
+    data: DataConfig,
+    options: RunOptions | None = None,
+    observer: RunObserver | None = None,
 ) -> tuple[RunResult, Path | None]:
     """Measure every target; save after each. A stop signal saves what finished, marks it, raises RunInterrupted.
 
@@ -594,8 +630,15 @@ def run_benchmark(
         problem = results.writable_folder_error(options.results_dir)
         if problem:
             raise UsageError(problem)
-    result = RunResult(run_id=results.new_run_id(), created=results.now_iso(), train=train, data=data,
-                       environment=environment.collect(), preset=options.preset, repeat=options.repeat)
+    result = RunResult(
+        run_id=results.new_run_id(),
+        created=results.now_iso(),
+        train=train,
+        data=data,
+        environment=environment.collect(),
+        preset=options.preset,
+        repeat=options.repeat,
+    )
     saver = ResultSaver(options.results_dir, options.save, observer)
     with _STOP.installed():
         with _STOP.held():
@@ -641,8 +684,11 @@ def run_benchmark(
 def _with_row(result: RunResult, row: BackendResult, records: dict[str, Any]) -> RunResult:
     """``result`` with one more row; the first model and preprocessing records are the run's."""
     if records:
-        result = replace(result, model=result.model or records["model"],
-                         preprocessing=result.preprocessing or records["preprocessing"])
+        result = replace(
+            result,
+            model=result.model or records["model"],
+            preprocessing=result.preprocessing or records["preprocessing"],
+        )
     return replace(result, backends=(*result.backends, row))
 
 
@@ -659,8 +705,9 @@ def _cut_row(target: BackendTarget, registry: Registry, signum: int) -> BackendR
 class RunInterrupted(Exception):
     """A run stopped by Ctrl-C, SIGTERM or SIGHUP; carries what finished, where it was saved, and the signal."""
 
-    def __init__(self, result: RunResult, path: Path | None, signum: int = signal.SIGINT,
-                 save_problem: str | None = None) -> None:
+    def __init__(
+        self, result: RunResult, path: Path | None, signum: int = signal.SIGINT, save_problem: str | None = None
+    ) -> None:
         super().__init__(f"interrupted by {_stop_signal_name(signum)}")
         self.result, self.path, self.signum, self.save_problem = result, path, signum, save_problem
 

@@ -41,7 +41,10 @@ EXACT_SIGNED_RANK_LIMIT = 60
 
 
 def bootstrap_median_ci(
-    values: Sequence[float], confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+    values: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the median: seeded, so the same rounds always give the same verdict."""
     if not len(values):

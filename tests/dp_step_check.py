@@ -48,7 +48,14 @@ def main(target: str, devices: int, device: str, out: str) -> None:
     weights = initial_weights(spec, "glorot-uniform", 0)
     rng = np.random.default_rng(7)
     rows = np.stack([rng.permutation(len(y))[: PER_DEVICE_BATCH * devices] for _ in range(2)]).astype(np.int64)
-    config = TrainConfig(optimizer="sgd", learning_rate=LEARNING_RATE, batch_size=PER_DEVICE_BATCH, threads=1, devices=devices, device=device)
+    config = TrainConfig(
+        optimizer="sgd",
+        learning_rate=LEARNING_RATE,
+        batch_size=PER_DEVICE_BATCH,
+        threads=1,
+        devices=devices,
+        device=device,
+    )
     backend.import_framework(variant)
     parallel_weights, parallel_losses, parallel_device = train(backend, spec, config, variant, weights, data, rows)
     single_weights, single_losses, _ = train(backend, spec, replace(config, devices=1), variant, weights, data, rows)

@@ -32,8 +32,13 @@ class FakeMachine:
     """Measures sides without processes: lognormal noise per run, a slow drift shared by both sides, a fake clock."""
 
     def __init__(
-        self, slowdown: float = 0.0, noise: float = 0.03, seed: int = 0, seconds: float = 10.0,
-        backends: tuple[str, ...] = ("torch",), drift: float = 0.01,
+        self,
+        slowdown: float = 0.0,
+        noise: float = 0.03,
+        seed: int = 0,
+        seconds: float = 10.0,
+        backends: tuple[str, ...] = ("torch",),
+        drift: float = 0.01,
     ) -> None:
         self.rng = np.random.default_rng(seed)
         self.slowdown, self.noise, self.seconds, self.backends, self.drift = slowdown, noise, seconds, backends, drift
@@ -226,8 +231,11 @@ def test_different_configurations_are_an_error_unless_allowed() -> None:
 
 def test_settings_are_validated() -> None:
     for changes, message in (
-        ({"threshold": 0.0}, "threshold"), ({"confidence": 1.0}, "--confidence"), ({"min_rounds": 1}, "--min-rounds"),
-        ({"max_rounds": 3}, "--max-rounds"), ({"budget_s": 0.0}, "--budget"),
+        ({"threshold": 0.0}, "threshold"),
+        ({"confidence": 1.0}, "--confidence"),
+        ({"min_rounds": 1}, "--min-rounds"),
+        ({"max_rounds": 3}, "--max-rounds"),
+        ({"budget_s": 0.0}, "--budget"),
     ):
         with pytest.raises(UsageError, match=message):
             settings(**changes).validate()
@@ -281,7 +289,11 @@ def test_a_ref_side_runs_the_worktrees_code_and_leaves_no_worktree(tmp_path: Pat
         assert side.source_paths and "git HEAD" in side.description
         probe = "import cnnbench, os; print(cnnbench.MARK, os.environ['X_AB'])"
         out = subprocess.run(
-            [side.python, "-c", probe], env=side.environment(), cwd=tmp_path, capture_output=True, text=True,
+            [side.python, "-c", probe],
+            env=side.environment(),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
             check=True,
         ).stdout
         assert out.split() == ["old", "1"]
@@ -354,10 +366,35 @@ def test_a_real_injected_slowdown_is_caught_end_to_end(delayed_plugins: None, tm
     """Short rounds of real runs: steps made twice as long must come out as a regression, exit 1."""
     summary, out = tmp_path / "summary.md", tmp_path / "ab.json"
     code, output = invoke(
-        "--base", "current", "--head-env", "CNNBENCH_INJECTED_DELAY=1", "--min-rounds", "2", "--budget", "4m",
-        "--summary", str(summary), "--json", str(out), "--keep", str(tmp_path / "runs"),
-        "--", "-f", "delayed-numpy", "-d", "synthetic", "-e", "2", "--limit-train", "400", "--limit-test", "100",
-        "--threads", "1", "--batch-size", "50",
+        "--base",
+        "current",
+        "--head-env",
+        "CNNBENCH_INJECTED_DELAY=1",
+        "--min-rounds",
+        "2",
+        "--budget",
+        "4m",
+        "--summary",
+        str(summary),
+        "--json",
+        str(out),
+        "--keep",
+        str(tmp_path / "runs"),
+        "--",
+        "-f",
+        "delayed-numpy",
+        "-d",
+        "synthetic",
+        "-e",
+        "2",
+        "--limit-train",
+        "400",
+        "--limit-test",
+        "100",
+        "--threads",
+        "1",
+        "--batch-size",
+        "50",
     )
     data = json.loads(out.read_text())
     assert code == ExitCode.REGRESSION, output
@@ -394,10 +431,34 @@ def test_sigterm_stops_ab_and_its_run_and_leaves_no_folder(delayed_plugins: None
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    command = [sys.executable, "-m", "cnnbench.cli", "ab", "--base", "current", "--", "-f", "delayed-numpy",
-               "-d", "synthetic", "-e", "30", "--limit-train", "400", "--limit-test", "100", "--threads", "1"]
-    child = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(scratch)}, cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    command = [
+        sys.executable,
+        "-m",
+        "cnnbench.cli",
+        "ab",
+        "--base",
+        "current",
+        "--",
+        "-f",
+        "delayed-numpy",
+        "-d",
+        "synthetic",
+        "-e",
+        "30",
+        "--limit-train",
+        "400",
+        "--limit-test",
+        "100",
+        "--threads",
+        "1",
+    ]
+    child = subprocess.Popen(
+        command,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while not list(scratch.glob("cnnbench-ab-*/round000-base/output.log")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -428,9 +489,12 @@ def test_the_power_benchmark_counts_catches_and_false_alarms() -> None:
         return {"slowdown": slowdown, "verdict": verdict, "seconds": 60 * minutes, "rounds": rounds, "ratio": ratio}
 
     trials = [
-        trial(0.0, "unchanged", 2.0, 5, 1.01), trial(0.0, "regression", 4.0, 9, 0.93),
-        trial(0.0, "inconclusive", 10.0, 30, 0.97), trial(0.0, "no regression", 3.0, 7, 1.04),
-        trial(0.1, "regression", 2.5, 6, 0.90), trial(0.1, "inconclusive", 10.0, 31, 0.95),
+        trial(0.0, "unchanged", 2.0, 5, 1.01),
+        trial(0.0, "regression", 4.0, 9, 0.93),
+        trial(0.0, "inconclusive", 10.0, 30, 0.97),
+        trial(0.0, "no regression", 3.0, 7, 1.04),
+        trial(0.1, "regression", 2.5, 6, 0.90),
+        trial(0.1, "inconclusive", 10.0, 31, 0.95),
     ]
     text = "\n".join(gate_power.summarise(trials, [0.0, 0.1]))
     assert "delay 0: A/A: false alarms 1/4 = 25% (target <= 5%)" in text

@@ -16,6 +16,8 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("optax")
 
+import itertools
+
 from cnnbench.config import TrainConfig
 from cnnbench.datasets.synthetic import make_synthetic
 from cnnbench.errors import BackendError, BackendUnavailable, UsageError
@@ -58,7 +60,9 @@ def same_weights(a, b):
 
 def test_framework_init_is_seeded_and_not_the_harness_weights():
     def framework_weights(seed):
-        return JaxBackend().create_session(MNIST_LENET, TrainConfig(threads=2, seed=seed, init="framework")).get_weights()
+        return (
+            JaxBackend().create_session(MNIST_LENET, TrainConfig(threads=2, seed=seed, init="framework")).get_weights()
+        )
 
     first, again, other = framework_weights(3), framework_weights(3), framework_weights(4)
     assert same_weights(first, again)
@@ -108,7 +112,7 @@ def test_batch_order_is_honoured_and_deterministic_across_chunkings():
     for name, order, chunks in (("a", rows, [4]), ("a in chunks", rows, [1, 3]), ("b", rows[::-1], [4])):
         session.set_weights(weights)  # restarts the optimizer and the dropout stream
         bounds = np.cumsum([0, *chunks])
-        losses = np.concatenate([session.train_batches(order[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])])
+        losses = np.concatenate([session.train_batches(order[lo:hi]) for lo, hi in itertools.pairwise(bounds)])
         runs[name] = (losses, session.get_weights())
     np.testing.assert_array_equal(runs["a"][0], runs["a in chunks"][0])
     assert same_weights(runs["a"][1], runs["a in chunks"][1])

@@ -43,7 +43,7 @@ def keras_tf():
         previous = os.environ.get("KERAS_BACKEND")
         os.environ["KERAS_BACKEND"] = "tensorflow"
         try:
-            import keras  # noqa: F401
+            import keras
         finally:
             if previous is None:
                 del os.environ["KERAS_BACKEND"]
@@ -82,7 +82,7 @@ def test_process_environment_selects_the_engine_and_its_threads():
     assert BACKEND.process_environment("torch", TrainConfig(device="cpu"))["CUDA_VISIBLE_DEVICES"] == ""
     with pytest.raises(UsageError, match="unknown Keras engine"):
         BACKEND.process_environment("numpy", TrainConfig())
-    with pytest.raises(UsageError, match="keras.jit_compile"):
+    with pytest.raises(UsageError, match=r"keras\.jit_compile"):
         BACKEND.process_environment("tensorflow", TrainConfig(backend_options={"keras.jit_compile": "maybe"}))
 
 
@@ -113,7 +113,7 @@ def test_settings_record_engine_threads_and_jit_compile(session_for):
     assert settings["intra_op_threads"] >= 1 and settings["precision"] == "float32"
     xla = session_for(MNIST_LENET, TrainConfig(backend_options={"keras.jit_compile": "true"})).settings()
     assert xla["jit_compile"] is True and xla["mode"] == "graph + XLA" and xla["jit_compile_requested"] == "true"
-    with pytest.raises(UsageError, match="keras.jit_compile"):
+    with pytest.raises(UsageError, match=r"keras\.jit_compile"):
         session_for(MNIST_LENET, TrainConfig(backend_options={"keras.jit_compile": "fast"}))
 
 
@@ -132,8 +132,23 @@ def test_engine_passes_the_conformance_engine_in_its_own_worker(tmp_path, engine
     if reason := missing_module_reason(engine, extra=engine):
         pytest.skip(reason)
     out = tmp_path / "check.json"
-    result = CliRunner().invoke(cli, ["check", "-f", f"keras:{engine}", "--dataset", "cifar10", "--steps", "2",
-                                      "--threads", "2", "--json", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "check",
+            "-f",
+            f"keras:{engine}",
+            "--dataset",
+            "cifar10",
+            "--steps",
+            "2",
+            "--threads",
+            "2",
+            "--json",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     (row,) = json.loads(out.read_text())
     assert result.exit_code == 0 and row["status"] == "PASS", row["message"]
     probes = {"adam hyper-parameters: update rule", "optimizer reset by set_weights", "dropout scaling"}
@@ -142,6 +157,3 @@ def test_engine_passes_the_conformance_engine_in_its_own_worker(tmp_path, engine
     assert settings["engine"] == engine and settings["layout"] == "NHWC"
     assert settings["mode"] == {"jax": "jit (XLA)", "torch": "eager"}[engine]
     assert settings["intra_op_threads"] == 2
-
-
-

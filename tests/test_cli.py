@@ -18,7 +18,7 @@ def invoke(*args, env=None):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    ("args", "message"),
     [
         (["run", "--frameworks", "nosuch"], "unknown framework 'nosuch'; valid:"),
         (["run", "--dataset", "nosuch"], "unknown dataset 'nosuch'; valid:"),
@@ -44,7 +44,15 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message):
 
 
 def test_missing_data_files_say_where_to_put_them(tmp_path):
-    result = invoke("run", "-f", "torch", "--data-dir", str(tmp_path), "--offline", env={"CNNBENCH_DATA_DIR": "", "CNNBENCH_CACHE_DIR": str(tmp_path / "cache")})
+    result = invoke(
+        "run",
+        "-f",
+        "torch",
+        "--data-dir",
+        str(tmp_path),
+        "--offline",
+        env={"CNNBENCH_DATA_DIR": "", "CNNBENCH_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert result.exit_code == 2
     assert "train-images-idx3-ubyte" in result.output and "Traceback" not in result.output
 
@@ -75,8 +83,12 @@ HOSTILE_NAMES = ("[/]", "[link=http://x]evil[/link]")
 def hostile_store(folder: Path) -> list[Path]:
     """Two runs of backends named like markup, equal speeds: compare finds no regression."""
     rows = [resultgen.backend(name, [1000.0, 1001.0, 999.0]) for name in HOSTILE_NAMES]
-    return [resultgen.save(resultgen.run(rows, run_id=f"2025010{day}T000000Z",
-                                         created=f"2025-01-0{day}T00:00:00+00:00"), folder) for day in (1, 2)]
+    return [
+        resultgen.save(
+            resultgen.run(rows, run_id=f"2025010{day}T000000Z", created=f"2025-01-0{day}T00:00:00+00:00"), folder
+        )
+        for day in (1, 2)
+    ]
 
 
 def test_compare_shows_markup_in_backend_names_literally(tmp_path: Path) -> None:
@@ -122,15 +134,23 @@ def register_backends(register):
 
 
 def test_list_and_plugins_show_plugin_text_literally_and_survive_system_exit(
-    tmp_path: Path, fixture_plugins: Callable[..., None], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    fixture_plugins: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (tmp_path / "hostile_text.py").write_text(HOSTILE_PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     fixture_plugins("hostile_text")
     listed = invoke("list")
     assert listed.exit_code == ExitCode.OK, listed.output
-    for text in ("[link=http://x]evil[/link]", "unavailable: [/] not here", "SystemExit: [red]exits[/red]",
-                 "hostile.mode", "[/] | plain", "[bold]help[/bold]"):
+    for text in (
+        "[link=http://x]evil[/link]",
+        "unavailable: [/] not here",
+        "SystemExit: [red]exits[/red]",
+        "hostile.mode",
+        "[/] | plain",
+        "[bold]help[/bold]",
+    ):
         assert text in listed.output, text
     plugins = invoke("plugins")
     assert plugins.exit_code == ExitCode.OK, plugins.output

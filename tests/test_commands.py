@@ -73,9 +73,23 @@ def test_run_params_has_a_field_for_every_run_option_and_their_defaults() -> Non
 
 
 def test_run_params_are_typed_as_click_parses_them() -> None:
-    options = parsed(cli.commands["run"], "-f", "torch,jax", "-e", "3", "--lr", "0.01", "--backend-option",
-                     "tf.xla=true", "--backend-option", "jax.scan=false", "--no-standardize", "--timeout", "5",
-                     "--no-save")
+    options = parsed(
+        cli.commands["run"],
+        "-f",
+        "torch,jax",
+        "-e",
+        "3",
+        "--lr",
+        "0.01",
+        "--backend-option",
+        "tf.xla=true",
+        "--backend-option",
+        "jax.scan=false",
+        "--no-standardize",
+        "--timeout",
+        "5",
+        "--no-save",
+    )
     del options["preset"]
     params = common.RunParams.from_options(options)
     assert (params.frameworks, params.epochs, params.learning_rate) == ("torch,jax", 3, 0.01)
@@ -87,8 +101,14 @@ def test_run_params_are_typed_as_click_parses_them() -> None:
 
 def test_build_configs_lets_flags_override_the_preset() -> None:
     preset = presets.get("mnist-sgd")
-    params = common.RunParams(epochs=2, threads=1, backend_options=("tf.xla=true",), dataset_options=("n_train=500",),
-                              dataset="synthetic", offline=True)
+    params = common.RunParams(
+        epochs=2,
+        threads=1,
+        backend_options=("tf.xla=true",),
+        dataset_options=("n_train=500",),
+        dataset="synthetic",
+        offline=True,
+    )
     train, data = common.build_configs(params, preset.train, preset.data)
     assert (train.optimizer, train.learning_rate) == (preset.train.optimizer, preset.train.learning_rate)
     assert (train.epochs, train.threads, train.backend_options["tf.xla"]) == (2, 1, "true")
@@ -117,14 +137,33 @@ def fake_result(train: TrainConfig, data: DataConfig) -> RunResult:
 def test_reproduce_hands_execute_run_real_run_params(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[tuple[common.RunParams, TrainConfig, DataConfig, str | None]] = []
 
-    def execute_run(params: common.RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None,
-                    title: str | None = None, show: bool = True) -> tuple[RunResult, Path]:
+    def execute_run(
+        params: common.RunParams,
+        train: TrainConfig,
+        data: DataConfig,
+        preset: str | None = None,
+        title: str | None = None,
+        show: bool = True,
+    ) -> tuple[RunResult, Path]:
         calls.append((params, train, data, preset))
         return fake_result(train, data), tmp_path / f"{preset}.json"
 
     monkeypatch.setattr("cnnbench.commands.reproduce.execute_run", execute_run)
-    result = invoke("reproduce", "-f", "torch", "--presets", "mnist-adam,mnist-sgd", "--quick", "--threads", "1",
-                    "--timeout", "5", "--offline", "--results-dir", str(tmp_path))
+    result = invoke(
+        "reproduce",
+        "-f",
+        "torch",
+        "--presets",
+        "mnist-adam,mnist-sgd",
+        "--quick",
+        "--threads",
+        "1",
+        "--timeout",
+        "5",
+        "--offline",
+        "--results-dir",
+        str(tmp_path),
+    )
     assert result.exit_code == 0, result.output
     assert [preset for *_, preset in calls] == ["mnist-adam", "mnist-sgd"]
     params, train, data, _ = calls[1]
@@ -137,13 +176,21 @@ def test_reproduce_hands_execute_run_real_run_params(monkeypatch: pytest.MonkeyP
     assert "Reproducing the reference chapter" in result.output
 
 
-@pytest.mark.parametrize(("status", "saved", "code"), [("failed", True, 3), ("diverged", True, 3), ("ok", False, 4),
-                                                       ("failed", False, 4), ("unavailable", True, 0)])
+@pytest.mark.parametrize(
+    ("status", "saved", "code"),
+    [("failed", True, 3), ("diverged", True, 3), ("ok", False, 4), ("failed", False, 4), ("unavailable", True, 0)],
+)
 def test_reproduce_exits_like_run(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, status: str, saved: bool, code: int
 ) -> None:
-    def execute_run(params: common.RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None,
-                    title: str | None = None, show: bool = True) -> tuple[RunResult, Path | None]:
+    def execute_run(
+        params: common.RunParams,
+        train: TrainConfig,
+        data: DataConfig,
+        preset: str | None = None,
+        title: str | None = None,
+        show: bool = True,
+    ) -> tuple[RunResult, Path | None]:
         row = BackendResult(backend="torch", framework="PyTorch", framework_version="2", plugin="x", status=status)
         result = dataclasses.replace(fake_result(train, data), backends=(row,))
         return result, (tmp_path / "r.json" if saved else None)
@@ -162,10 +209,16 @@ def test_run_with_devices_and_scale_hand_run_params_to_the_device_counts(monkeyp
     seen: list[tuple[str, common.RunParams, TrainConfig, str | None]] = []
 
     def recorder(where: str) -> Any:
-        def run_device_counts(params: common.RunParams, train: TrainConfig, data: DataConfig,
-                              preset: str | None = None, counts: list[int] | None = None) -> list[RunResult]:
+        def run_device_counts(
+            params: common.RunParams,
+            train: TrainConfig,
+            data: DataConfig,
+            preset: str | None = None,
+            counts: list[int] | None = None,
+        ) -> list[RunResult]:
             seen.append((where, params, train, preset))
             return []
+
         return run_device_counts
 
     monkeypatch.setattr("cnnbench.commands.run.run_device_counts", recorder("run"))
@@ -181,20 +234,34 @@ def test_run_with_devices_and_scale_hand_run_params_to_the_device_counts(monkeyp
 def test_execute_run_turns_run_params_into_run_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     captured: list[RunOptions] = []
 
-    def run_benchmark(targets: list[Any], registry: Any, train: TrainConfig, data: DataConfig, options: RunOptions,
-                      observer: Any) -> tuple[RunResult, None]:
+    def run_benchmark(
+        targets: list[Any], registry: Any, train: TrainConfig, data: DataConfig, options: RunOptions, observer: Any
+    ) -> tuple[RunResult, None]:
         captured.append(options)
         assert [target.id for target in targets] == ["torch"]
         return fake_result(train, data), None
 
     monkeypatch.setattr(common, "run_benchmark", run_benchmark)
-    params = common.RunParams(frameworks="torch", dataset="synthetic", repeat=3, timeout_s=9.0, no_save=True,
-                              skip_parity=True, allocator="system", results_dir=str(tmp_path), plot="curves.png")
+    params = common.RunParams(
+        frameworks="torch",
+        dataset="synthetic",
+        repeat=3,
+        timeout_s=9.0,
+        no_save=True,
+        skip_parity=True,
+        allocator="system",
+        results_dir=str(tmp_path),
+        plot="curves.png",
+    )
     train, data = common.build_configs(params)
     common.execute_run(params, train, data, preset="p", show=False)
     options = captured[0]
-    assert (options.repeat, options.timeout_s, options.allocator, options.results_dir) == (3, 9.0, "system",
-                                                                                            str(tmp_path))
+    assert (options.repeat, options.timeout_s, options.allocator, options.results_dir) == (
+        3,
+        9.0,
+        "system",
+        str(tmp_path),
+    )
     assert (options.save, options.parity, options.evaluate_each_epoch, options.preset) == (False, False, True, "p")
     common.execute_run(dataclasses.replace(params, plot=None), train, data, show=False)
     assert captured[1].evaluate_each_epoch is False and captured[1].save is False
@@ -235,8 +302,9 @@ def test_every_command_ends_bad_input_with_the_usage_exit_code(name: str, tmp_pa
 def test_compare_exits_with_regression_on_a_regression(tmp_path: Path) -> None:
     import resultgen
 
-    base = resultgen.save(resultgen.run([resultgen.backend("torch", [1000.0, 1001.0, 999.0, 1000.5, 999.5])]),
-                          tmp_path, "base.json")
+    base = resultgen.save(
+        resultgen.run([resultgen.backend("torch", [1000.0, 1001.0, 999.0, 1000.5, 999.5])]), tmp_path, "base.json"
+    )
     slower = resultgen.run([resultgen.backend("torch", [500.0, 501.0, 499.0, 500.5, 499.5])])
     current = resultgen.save(slower, tmp_path, "current.json")
     result = invoke("compare", str(base), str(current))
@@ -260,8 +328,14 @@ def test_check_exits_with_backend_failed_when_a_backend_fails_parity(monkeypatch
 def test_a_scaling_run_with_a_failed_backend_exits_with_backend_failed(monkeypatch: pytest.MonkeyPatch) -> None:
     from cnnbench.results import BackendResult
 
-    def execute_run(params: common.RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None,
-                    title: str | None = None, show: bool = True) -> tuple[RunResult, None]:
+    def execute_run(
+        params: common.RunParams,
+        train: TrainConfig,
+        data: DataConfig,
+        preset: str | None = None,
+        title: str | None = None,
+        show: bool = True,
+    ) -> tuple[RunResult, None]:
         row = BackendResult(backend="torch", framework="PyTorch", status="failed", reason="worker killed")
         return dataclasses.replace(fake_result(train, data), backends=(row,)), None
 
@@ -280,8 +354,9 @@ def test_run_report_writes_the_store_report_with_this_run(monkeypatch: pytest.Mo
     captured: list[RunOptions] = []
     latest = resultgen.run([resultgen.backend("torch", [1000.0, 1010.0])], run_id="20250202T000000Z")
 
-    def run_benchmark(targets: list[Any], registry: Any, train: TrainConfig, data: DataConfig, options: RunOptions,
-                      observer: Any) -> tuple[RunResult, None]:
+    def run_benchmark(
+        targets: list[Any], registry: Any, train: TrainConfig, data: DataConfig, options: RunOptions, observer: Any
+    ) -> tuple[RunResult, None]:
         captured.append(options)
         return latest, None
 
@@ -289,8 +364,9 @@ def test_run_report_writes_the_store_report_with_this_run(monkeypatch: pytest.Mo
     store = tmp_path / "results"
     resultgen.save(resultgen.run([resultgen.backend("jax", [900.0])], run_id="20240101T000000Z"), store)
     out = tmp_path / "site"
-    result = invoke("run", "-f", "torch", "-d", "synthetic", "--no-save", "--results-dir", str(store),
-                    "--report", str(out))
+    result = invoke(
+        "run", "-f", "torch", "-d", "synthetic", "--no-save", "--results-dir", str(store), "--report", str(out)
+    )
     assert result.exit_code == ExitCode.OK, result.output
     assert captured[0].evaluate_each_epoch, "--report draws accuracy curves: evaluate after every epoch"
     page = (out / "index.html").read_text()

@@ -39,7 +39,9 @@ def invoke(*args: str):
 
 def write_pair(tmp_path, baseline_backends, current_backends):
     base = resultgen.save(resultgen.run(baseline_backends, run_id="20250101T000000Z"), tmp_path)
-    cur = resultgen.save(resultgen.run(current_backends, run_id="20250102T000000Z", created="2025-01-02T00:00:00+00:00"), tmp_path)
+    cur = resultgen.save(
+        resultgen.run(current_backends, run_id="20250102T000000Z", created="2025-01-02T00:00:00+00:00"), tmp_path
+    )
     return str(base), str(cur)
 
 
@@ -55,8 +57,11 @@ def lines_with(output: str, *words: str) -> list[str]:
 
 
 def test_twenty_percent_throughput_drop_exits_1_and_marks_the_row(tmp_path):
-    base, cur = write_pair(tmp_path, [resultgen.backend("torch", TIGHT), resultgen.backend("jax", TIGHT)],
-                           [resultgen.backend("torch", [t * 0.8 for t in TIGHT]), resultgen.backend("jax", TIGHT)])
+    base, cur = write_pair(
+        tmp_path,
+        [resultgen.backend("torch", TIGHT), resultgen.backend("jax", TIGHT)],
+        [resultgen.backend("torch", [t * 0.8 for t in TIGHT]), resultgen.backend("jax", TIGHT)],
+    )
     result = invoke(base, cur)
     assert result.exit_code == 1, result.output
     marked = lines_with(result.output, "train throughput", "REGRESSION")
@@ -69,7 +74,9 @@ def test_twenty_percent_throughput_drop_exits_1_and_marks_the_row(tmp_path):
 def test_two_percent_change_within_the_measured_spread_exits_0(tmp_path):
     noisy = (1000.0, 940.0, 1060.0)
     # Even with a threshold tighter than the change, overlapping repeats are not a regression.
-    base, cur = write_pair(tmp_path, [resultgen.backend("torch", noisy)], [resultgen.backend("torch", [t * 0.98 for t in noisy])])
+    base, cur = write_pair(
+        tmp_path, [resultgen.backend("torch", noisy)], [resultgen.backend("torch", [t * 0.98 for t in noisy])]
+    )
     result = invoke(base, cur, "--fail-on", "train_throughput:-1%")
     assert result.exit_code == 0, result.output
     (line,) = lines_with(result.output, "train throughput")
@@ -79,7 +86,9 @@ def test_two_percent_change_within_the_measured_spread_exits_0(tmp_path):
 
 def test_the_same_two_percent_with_a_tight_spread_is_caught(tmp_path):
     # The control for the test above: it is the noise, not the threshold, that saved it.
-    base, cur = write_pair(tmp_path, [resultgen.backend("torch", TIGHT)], [resultgen.backend("torch", [t * 0.98 for t in TIGHT])])
+    base, cur = write_pair(
+        tmp_path, [resultgen.backend("torch", TIGHT)], [resultgen.backend("torch", [t * 0.98 for t in TIGHT])]
+    )
     assert invoke(base, cur, "--fail-on", "train_throughput:-1%").exit_code == 1
     assert invoke(base, cur).exit_code == 0  # and under the default -10% it is within the threshold
 
@@ -191,16 +200,20 @@ def test_too_few_repeats_for_the_test_require_no_overlap():
 def test_off_shows_the_metric_but_never_fails():
     base = resultgen.run([resultgen.backend("torch", TIGHT, peak_rss_mb=600)])
     cur = resultgen.run([resultgen.backend("torch", TIGHT, peak_rss_mb=1200)])
-    row = row_of(compare_runs(base, cur, parse_fail_on("peak_rss:off", compare.DEFAULT_THRESHOLDS)), "torch", "peak_rss_mb")
+    row = row_of(
+        compare_runs(base, cur, parse_fail_on("peak_rss:off", compare.DEFAULT_THRESHOLDS)), "torch", "peak_rss_mb"
+    )
     assert row.verdict == WORSE and not row.regression and row.threshold is None
 
 
 def test_a_framework_that_now_fails_is_a_regression_and_a_missing_one_only_on_request():
     base = resultgen.run([resultgen.backend("torch", TIGHT), resultgen.backend("jax", TIGHT)])
-    cur = resultgen.run([
-        resultgen.backend("torch", TIGHT[:2], status=STATUS_FAILED, reason="worker killed by SIGSEGV"),
-        BackendResult(backend="jax", status=UNAVAILABLE, reason="jax is not installed"),
-    ])
+    cur = resultgen.run(
+        [
+            resultgen.backend("torch", TIGHT[:2], status=STATUS_FAILED, reason="worker killed by SIGSEGV"),
+            BackendResult(backend="jax", status=UNAVAILABLE, reason="jax is not installed"),
+        ]
+    )
     comparison = compare_runs(base, cur)
     torch_row, jax_row = row_of(comparison, "torch", "train_throughput"), row_of(comparison, "jax", "train_throughput")
     assert torch_row.verdict == FAILED and torch_row.regression and "SIGSEGV" in torch_row.evidence
@@ -209,14 +222,19 @@ def test_a_framework_that_now_fails_is_a_regression_and_a_missing_one_only_on_re
 
 
 def test_new_framework_is_listed_without_failing():
-    comparison = compare_runs(resultgen.run([resultgen.backend("torch", TIGHT)]), resultgen.run([resultgen.backend("torch", TIGHT), resultgen.backend("tf", TIGHT)]))
+    comparison = compare_runs(
+        resultgen.run([resultgen.backend("torch", TIGHT)]),
+        resultgen.run([resultgen.backend("torch", TIGHT), resultgen.backend("tf", TIGHT)]),
+    )
     assert row_of(comparison, "tf", "train_throughput").verdict == "new"
     assert not comparison.regressions
 
 
 def test_differences_between_the_runs_are_warned_about():
     base = resultgen.run([resultgen.backend("torch", TIGHT)])
-    cur = resultgen.run([resultgen.backend("torch", TIGHT)], dataset="mnist", environment={**resultgen.ENVIRONMENT, "cores": 4})
+    cur = resultgen.run(
+        [resultgen.backend("torch", TIGHT)], dataset="mnist", environment={**resultgen.ENVIRONMENT, "cores": 4}
+    )
     warnings = compare_runs(base, cur).warnings
     assert any("data.dataset differs" in w for w in warnings)
     assert any("machine cores differs" in w for w in warnings)
@@ -229,10 +247,15 @@ def test_differences_between_the_runs_are_warned_about():
 def test_parse_fail_on():
     parsed = parse_fail_on("train_throughput:-10%,accuracy:-0.5pp,peak_rss:+20%, first_epoch:3")
     assert parsed == {
-        "train_throughput": Threshold(10.0, "%"), "test_accuracy": Threshold(0.5, "pp"),
-        "peak_rss_mb": Threshold(20.0, "%"), "first_epoch_s": Threshold(3.0, ""),
+        "train_throughput": Threshold(10.0, "%"),
+        "test_accuracy": Threshold(0.5, "pp"),
+        "peak_rss_mb": Threshold(20.0, "%"),
+        "first_epoch_s": Threshold(3.0, ""),
     }
-    assert parse_fail_on("eval:5%", {"peak_rss_mb": None}) == {"peak_rss_mb": None, "eval_throughput": Threshold(5.0, "%")}
+    assert parse_fail_on("eval:5%", {"peak_rss_mb": None}) == {
+        "peak_rss_mb": None,
+        "eval_throughput": Threshold(5.0, "%"),
+    }
     for bad in ("train_throughput", "train_throughput:fast", "peak_rss:-20%", "train_throughput:-1pp", "nope:1%"):
         with pytest.raises(UsageError):
             parse_fail_on(bad)
@@ -285,12 +308,18 @@ def test_metric_lookup():
     ("mutate", "field"),
     [
         (lambda d: d.__setitem__("train", None), "train: expected an object, got null"),
-        (lambda d: d["backends"][0]["repeats"].__setitem__(1, None),
-         "backends[0].repeats[1]: expected an object, got null"),
-        (lambda d: d["backends"][0]["repeats"][0].__setitem__("eval_throughput", "8000"),
-         "backends[0].repeats[0].eval_throughput: expected a number or null, got a string"),
-        (lambda d: d["backends"][0].__setitem__("settings", {"threads": json.loads("[" * 40 + "2" + "]" * 40)}),
-         "nested more than 32 levels deep"),
+        (
+            lambda d: d["backends"][0]["repeats"].__setitem__(1, None),
+            "backends[0].repeats[1]: expected an object, got null",
+        ),
+        (
+            lambda d: d["backends"][0]["repeats"][0].__setitem__("eval_throughput", "8000"),
+            "backends[0].repeats[0].eval_throughput: expected a number or null, got a string",
+        ),
+        (
+            lambda d: d["backends"][0].__setitem__("settings", {"threads": json.loads("[" * 40 + "2" + "]" * 40)}),
+            "nested more than 32 levels deep",
+        ),
     ],
 )
 def test_wrongly_typed_result_files_exit_2_naming_the_file_and_the_field(tmp_path, mutate, field):

@@ -3,6 +3,7 @@ engine, accuracy of N=2 against N=1, a killed rank, and the scaling report."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -49,12 +50,17 @@ def test_cluster_comes_from_the_environment():
 def test_torchrun_uses_the_loopback_address_on_one_host_and_static_rendezvous_on_several():
     args = distributed.torchrun_arguments(2, distributed.Cluster())
     assert args[:2] == ["-m", "torch.distributed.run"]
-    option = dict(zip(args[2::2], args[3::2]))
+    option = dict(zip(args[2::2], args[3::2], strict=False))
     assert option["--nproc-per-node"] == "2" and option["--nnodes"] == "1" and option["--max-restarts"] == "0"
     assert option["--master-addr"] == option["--local-addr"] == "127.0.0.1" and 0 < int(option["--master-port"]) < 65536
     where = distributed.Cluster(("10.0.0.1:29500", "10.0.0.2:29500"), 1)
-    option = dict(zip(*[iter(distributed.torchrun_arguments(8, where)[2:])] * 2))
-    assert option["--nnodes"] == "2" and option["--node-rank"] == "1" and option["--master-addr"] == "10.0.0.1" and option["--master-port"] == "29500"
+    option = dict(zip(*[iter(distributed.torchrun_arguments(8, where)[2:])] * 2, strict=False))
+    assert (
+        option["--nnodes"] == "2"
+        and option["--node-rank"] == "1"
+        and option["--master-addr"] == "10.0.0.1"
+        and option["--master-port"] == "29500"
+    )
 
 
 def test_tf_config_makes_every_host_a_worker():
@@ -79,10 +85,13 @@ def test_device_counts():
         TrainConfig(devices=0).validate()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--devices", "0"], "--devices takes positive integers, got '0'"),
-    (["scale", "--devices", "two"], "--devices takes positive integers, got 'two'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--devices", "0"], "--devices takes positive integers, got '0'"),
+        (["scale", "--devices", "two"], "--devices takes positive integers, got 'two'"),
+    ],
+)
 def test_bad_device_counts_are_one_line_errors(args, message):
     out = CliRunner().invoke(cli, [*args, "-f", "torch", "-d", "synthetic"], catch_exceptions=False)
     lines = [line for line in out.output.splitlines() if line.strip()]
@@ -98,7 +107,7 @@ def test_a_bad_host_list_is_a_one_line_error(monkeypatch):
 def test_shards_cover_the_batch_once_and_differ_by_at_most_one():
     for n, parts in [(100, 2), (16, 3), (7, 4)]:
         bounds = [distributed.shard_bounds(n, parts, i) for i in range(parts)]
-        assert bounds[0][0] == 0 and bounds[-1][1] == n and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
         sizes = [stop - start for start, stop in bounds]
         assert max(sizes) - min(sizes) <= 1
 
@@ -135,9 +144,16 @@ def test_a_torchrun_failure_names_the_rank_and_the_signal():
     assert distributed.describe_launcher_failure("Traceback ...\nValueError: boom") is None
     # rank 0 usually fails too, only saying that its peer went away: the dead rank stays the reason
     combined = distributed.describe_launcher_failure(TORCHRUN_FAILURE, "RuntimeError: Connection reset by peer")
-    assert combined.startswith("distributed worker rank 1") and combined.endswith("(local rank 0 then failed: RuntimeError: Connection reset by peer)")
+    assert combined.startswith("distributed worker rank 1") and combined.endswith(
+        "(local rank 0 then failed: RuntimeError: Connection reset by peer)"
+    )
     # when local rank 0 is the root cause, its own error is the better reason
-    assert distributed.describe_launcher_failure(TORCHRUN_FAILURE.replace("(local_rank: 1)", "(local_rank: 0)"), "ValueError: bug") is None
+    assert (
+        distributed.describe_launcher_failure(
+            TORCHRUN_FAILURE.replace("(local_rank: 1)", "(local_rank: 0)"), "ValueError: bug"
+        )
+        is None
+    )
 
 
 @pytest.mark.requires("keras")
@@ -158,14 +174,22 @@ def test_scaling_report_from_saved_runs(tmp_path):
         return replace(run, run_id=f"run{devices}", train=replace(run.train, devices=devices))
 
     one = at(1, [resultgen.backend("torch", [1000.0], accuracy=0.98), resultgen.backend("jax", [500.0], accuracy=0.97)])
-    torch_two = replace(resultgen.backend("torch", [1500.0], accuracy=0.975), device="cpu (2 processes)",
-                        settings={"devices_per_host": 2, "hosts": 1, "global_batch": 200, "data_parallel": "torch DDP"})
+    torch_two = replace(
+        resultgen.backend("torch", [1500.0], accuracy=0.975),
+        device="cpu (2 processes)",
+        settings={"devices_per_host": 2, "hosts": 1, "global_batch": 200, "data_parallel": "torch DDP"},
+    )
     jax_two = resultgen.backend("jax", [], status="unsupported", reason="not here")
     two = at(2, [torch_two, jax_two])
     paths = [resultgen.save(run, tmp_path, f"{run.run_id}.json") for run in (two, one)]
     out = CliRunner().invoke(cli, ["scale", "--from", str(paths[0]), "--from", str(paths[1])], catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    assert "1.50x" in out.output and "75%" in out.output and "-0.50 pt" in out.output and "unsupported: not here" in out.output
+    assert (
+        "1.50x" in out.output
+        and "75%" in out.output
+        and "-0.50 pt" in out.output
+        and "unsupported: not here" in out.output
+    )
     assert "simulated" in out.output  # every data-parallel row ran on CPU devices
     from cnnbench.scaling import baseline, collect, speedup
 
@@ -193,8 +217,18 @@ def check_gradient_averaging(target: str, tmp_path: Path, device: str = "auto") 
         pytest.skip(backend.unavailable_reason())
     config = TrainConfig(devices=2, threads=1, optimizer="sgd", device=device)
     out = tmp_path / "step.npz"
-    command = [sys.executable, *backend.worker_launcher(variant or None, config), str(HERE / "dp_step_check.py"), target, "2", device, str(out)]
-    done = subprocess.run(command, env=worker_environment(backend, variant or None, config), capture_output=True, text=True, timeout=240)
+    command = [
+        sys.executable,
+        *backend.worker_launcher(variant or None, config),
+        str(HERE / "dp_step_check.py"),
+        target,
+        "2",
+        device,
+        str(out),
+    ]
+    done = subprocess.run(
+        command, env=worker_environment(backend, variant or None, config), capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     saved = np.load(out)
     device = str(saved["parallel_device"])
@@ -206,7 +240,9 @@ def check_gradient_averaging(target: str, tmp_path: Path, device: str = "auto") 
         update, parallel_update = single - initial, parallel - initial
         assert np.abs(update).max() > 0, weight
         error = np.abs(parallel_update - update).max()
-        assert error <= 1e-3 * np.abs(update).max() + 1e-7, f"{weight}: update differs by {error:.3g} (max update {np.abs(update).max():.3g})"
+        assert error <= 1e-3 * np.abs(update).max() + 1e-7, (
+            f"{weight}: update differs by {error:.3g} (max update {np.abs(update).max():.3g})"
+        )
     return device
 
 
@@ -229,10 +265,16 @@ def test_two_torch_ranks_train_to_the_accuracy_of_one_device_with_the_same_globa
     registry = load_registry()
     train = TrainConfig(epochs=3, batch_size=40, threads=2, warmup_steps=2)
     one, _ = run_benchmark([BackendTarget("torch")], registry, train, SYNTHETIC, RunOptions(save=False))
-    two, _ = run_benchmark([BackendTarget("torch")], registry, replace(train, batch_size=20, devices=2), SYNTHETIC, RunOptions(save=False))
+    two, _ = run_benchmark(
+        [BackendTarget("torch")], registry, replace(train, batch_size=20, devices=2), SYNTHETIC, RunOptions(save=False)
+    )
     row_one, row_two = one.backends[0], two.backends[0]
     assert row_one.status == row_two.status == "ok", (row_one.reason, row_two.reason)
-    assert row_two.settings["global_batch"] == 40 and row_two.settings["world_size"] == 2 and "DistributedDataParallel" in row_two.settings["data_parallel"]
+    assert (
+        row_two.settings["global_batch"] == 40
+        and row_two.settings["world_size"] == 2
+        and "DistributedDataParallel" in row_two.settings["data_parallel"]
+    )
     accuracy_one, accuracy_two = row_one.median("test_accuracy"), row_two.median("test_accuracy")
     assert accuracy_one > 0.9 and abs(accuracy_two - accuracy_one) <= 0.03, (accuracy_one, accuracy_two)
     losses_one = [e.train_loss for e in row_one.repeats[0].epochs]
@@ -267,7 +309,9 @@ def test_a_killed_rank_ends_the_run_with_a_clear_status_not_a_hang():
     data = DataConfig(dataset="synthetic", options={"n_train": 2000, "n_test": 100})
     train = TrainConfig(epochs=5, batch_size=10, threads=2, devices=2)
     observer = KillRankOne()
-    result, _ = run_benchmark([BackendTarget("torch")], registry, train, data, RunOptions(save=False, timeout_s=180), observer)
+    result, _ = run_benchmark(
+        [BackendTarget("torch")], registry, train, data, RunOptions(save=False, timeout_s=180), observer
+    )
     ended = time.perf_counter()
     row = result.backends[0]
     assert observer.killed_at is not None, "rank 1 was not found"
@@ -282,11 +326,39 @@ def test_a_killed_rank_ends_the_run_with_a_clear_status_not_a_hang():
 @pytest.mark.slow
 def test_cli_scaling_report_for_every_backend(results_dir):
     """`run --devices 2` measures 1 and 2 devices for every backend and prints the scaling table."""
-    args = ["run", "-f", "torch,tf,jax,keras:jax,keras", "--devices", "2", "-d", "synthetic", "--dataset-option", "n_train=1000",
-            "--dataset-option", "n_test=300", "--epochs", "3", "--batch-size", "20", "--threads", "2", "--skip-parity"]
+    args = [
+        "run",
+        "-f",
+        "torch,tf,jax,keras:jax,keras",
+        "--devices",
+        "2",
+        "-d",
+        "synthetic",
+        "--dataset-option",
+        "n_train=1000",
+        "--dataset-option",
+        "n_test=300",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "20",
+        "--threads",
+        "2",
+        "--skip-parity",
+    ]
     out = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    for text in ("Data-parallel scaling", "speed-up", "efficiency", "global batch", "DistributedDataParallel", "MirroredStrategy", "jax.sharding", "DataParallel", "unsupported"):
+    for text in (
+        "Data-parallel scaling",
+        "speed-up",
+        "efficiency",
+        "global batch",
+        "DistributedDataParallel",
+        "MirroredStrategy",
+        "jax.sharding",
+        "DataParallel",
+        "unsupported",
+    ):
         assert text in out.output, text
     saved = sorted((results.load(p) for p in results_dir.glob("*.json")), key=lambda r: r.train.devices)
     assert [r.train.devices for r in saved] == [1, 2]
@@ -303,13 +375,51 @@ def test_cli_scaling_report_for_every_backend(results_dir):
 def run_two_hosts_on_loopback(target: str, tmp_path: Path) -> list:
     """Two cnnbench processes as hosts 0 and 1 of CNNBENCH_HOSTS, both on 127.0.0.1."""
     hosts = ",".join(f"127.0.0.1:{distributed.free_port()}" for _ in range(2))
-    args = ["-m", "cnnbench.cli", "run", "-f", target, "--devices", "1", "-d", "synthetic", "--dataset-option", "n_train=600",
-            "--dataset-option", "n_test=200", "--epochs", "2", "--batch-size", "20", "--threads", "1", "--skip-parity", "--timeout", "240"]
+    args = [
+        "-m",
+        "cnnbench.cli",
+        "run",
+        "-f",
+        target,
+        "--devices",
+        "1",
+        "-d",
+        "synthetic",
+        "--dataset-option",
+        "n_train=600",
+        "--dataset-option",
+        "n_test=200",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "20",
+        "--threads",
+        "1",
+        "--skip-parity",
+        "--timeout",
+        "240",
+    ]
     processes = []
     for index in range(2):
-        env = {**os.environ, "CNNBENCH_HOSTS": hosts, "CNNBENCH_HOST_INDEX": str(index), "GLOO_SOCKET_IFNAME": distributed.loopback_interface() or "lo"}
+        env = {
+            **os.environ,
+            "CNNBENCH_HOSTS": hosts,
+            "CNNBENCH_HOST_INDEX": str(index),
+            "GLOO_SOCKET_IFNAME": distributed.loopback_interface() or "lo",
+        }
         folder = tmp_path / f"host{index}"
-        processes.append((subprocess.Popen([sys.executable, *args, "--results-dir", str(folder)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), folder))
+        processes.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, *args, "--results-dir", str(folder)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                ),
+                folder,
+            )
+        )
     rows = []
     for proc, folder in processes:
         output, _ = proc.communicate(timeout=300)
@@ -319,7 +429,15 @@ def run_two_hosts_on_loopback(target: str, tmp_path: Path) -> list:
     return rows
 
 
-@pytest.mark.parametrize("target", [pytest.param("torch", marks=pytest.mark.requires("torch")), pytest.param("tf", marks=pytest.mark.slow), pytest.param("jax", marks=pytest.mark.slow), pytest.param("keras:jax", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("torch", marks=pytest.mark.requires("torch")),
+        pytest.param("tf", marks=pytest.mark.slow),
+        pytest.param("jax", marks=pytest.mark.slow),
+        pytest.param("keras:jax", marks=pytest.mark.slow),
+    ],
+)
 def test_two_hosts_on_the_loopback_address_train_one_model(target, tmp_path):
     """The multi-host path (torchrun static rendezvous, TF_CONFIG, jax.distributed) with two local processes."""
     rows = run_two_hosts_on_loopback(target, tmp_path)

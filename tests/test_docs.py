@@ -6,10 +6,10 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from cnnbench import hookspecs, plugins, testing
 from cnnbench.backend import Backend, Session, missing_module_reason
@@ -21,7 +21,9 @@ TEXT = DOCS.read_text()
 
 def hooks() -> dict[str, inspect.Signature]:
     marker = f"{hookspecs.PROJECT}_spec"
-    return {name: inspect.signature(obj) for name, obj in vars(hookspecs).items() if callable(obj) and hasattr(obj, marker)}
+    return {
+        name: inspect.signature(obj) for name, obj in vars(hookspecs).items() if callable(obj) and hasattr(obj, marker)
+    }
 
 
 def members(cls: type) -> tuple[list[str], list[str]]:
@@ -49,14 +51,25 @@ def test_every_backend_and_session_method_is_documented(cls):
     methods, attributes = members(cls)
     assert methods, f"no methods found on {cls.__name__}"
     undocumented = [m for m in methods if not re.search(rf"\*\*`{m}\(self", TEXT)]
-    assert not undocumented, f"{cls.__name__} methods missing from docs/plugins.md (as **`name(self, ...)`**): {undocumented}"
+    assert not undocumented, (
+        f"{cls.__name__} methods missing from docs/plugins.md (as **`name(self, ...)`**): {undocumented}"
+    )
     missing = [a for a in attributes if not re.search(rf"^\s+{a}: ", TEXT, re.MULTILINE)]
     assert not missing, f"{cls.__name__} attributes missing from the class sketches in docs/plugins.md: {missing}"
 
 
 def test_errors_variables_and_commands_are_documented():
-    for text in ("BackendError", "BackendUnavailable", plugins.ALLOW_ENV, plugins.BLOCK_ENV, plugins.EXTRA_MODULES_ENV,
-                 "[project.entry-points.cnnbench]", "cnnbench plugins", "cnnbench check", "cnnbench.testing"):
+    for text in (
+        "BackendError",
+        "BackendUnavailable",
+        plugins.ALLOW_ENV,
+        plugins.BLOCK_ENV,
+        plugins.EXTRA_MODULES_ENV,
+        "[project.entry-points.cnnbench]",
+        "cnnbench plugins",
+        "cnnbench check",
+        "cnnbench.testing",
+    ):
         assert text in TEXT, f"docs/plugins.md does not mention {text}"
 
 
@@ -74,12 +87,17 @@ def test_required_settings_are_the_documented_ones():
 
 def example_files() -> dict[str, str]:
     """The fenced blocks of the minimal complete example: ```<lang> file=<path>."""
-    return {path: body for path, body in re.findall(r"^```\w+ file=(\S+)\n(.*?)^```$", TEXT, re.MULTILINE | re.DOTALL)}
+    return dict(re.findall(r"^```\w+ file=(\S+)\n(.*?)^```$", TEXT, re.MULTILINE | re.DOTALL))
 
 
 def test_example_files_are_complete():
     files = example_files()
-    assert set(files) == {"pyproject.toml", "cnnbench_mytorch/__init__.py", "cnnbench_mytorch/backend.py", "tests/test_conformance.py"}
+    assert set(files) == {
+        "pyproject.toml",
+        "cnnbench_mytorch/__init__.py",
+        "cnnbench_mytorch/backend.py",
+        "tests/test_conformance.py",
+    }
     project = tomllib.loads(files["pyproject.toml"])
     assert project["project"]["entry-points"]["cnnbench"] == {"mytorch": "cnnbench_mytorch"}
     for path, source in files.items():
@@ -108,7 +126,9 @@ def test_the_documented_example_passes_the_kits_checks(example_backend):
     with testing.ConformanceKit(example_backend) as kit:
         for model in testing.MODELS:
             built = kit.built(model)
-            testing.check_parameter_count(built.spec, built.created_weights, "after create_session", built.created_error)
+            testing.check_parameter_count(
+                built.spec, built.created_weights, "after create_session", built.created_error
+            )
             testing.check_predict_matches_spec(kit.trial(model))
         mnist = kit.trial("mnist")
         testing.check_loss_and_gradients(mnist)

@@ -24,7 +24,7 @@ EXAMPLE = REPO / "examples" / "cnnbench-numpy"
 
 
 def setuptools_builds_wheels() -> bool:
-    """An offline build needs setuptools 70.1+ (bdist_wheel built in) or the wheel package; a fresh venv's may be older."""
+    """An offline build needs setuptools 70.1+ (built-in bdist_wheel) or the wheel package; a new venv may lack both."""
     try:
         major, minor = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2])
     except (importlib.metadata.PackageNotFoundError, ValueError):
@@ -37,7 +37,9 @@ def example(tmp_path_factory) -> dict[str, Path]:
     """{"source": a clean copy of the example, "site": the folder pip installed it into}."""
     root = tmp_path_factory.mktemp("example-plugin")
     source = root / "cnnbench-numpy"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    shutil.copytree(
+        EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache")
+    )
     site = root / "site"
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(source)]
     if setuptools_builds_wheels():
@@ -48,14 +50,25 @@ def example(tmp_path_factory) -> dict[str, Path]:
 
 
 def subprocess_env(site: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key not in ("CNNBENCH_PLUGIN_MODULES", "CNNBENCH_PLUGINS", "CNNBENCH_DISABLE_PLUGINS")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("CNNBENCH_PLUGIN_MODULES", "CNNBENCH_PLUGINS", "CNNBENCH_DISABLE_PLUGINS")
+    }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     env["OPENBLAS_NUM_THREADS"] = "1"  # the kit checks correctness; one BLAS thread is fastest on a busy machine
     return env
 
 
 def run_python(code: str, example: dict[str, Path]) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=subprocess_env(example["site"]), cwd=example["root"])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(example["site"]),
+        cwd=example["root"],
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -64,7 +77,8 @@ def test_found_through_its_entry_point(example):
     code = (
         "import json\nfrom importlib.metadata import distribution\nfrom cnnbench.plugins import load_registry\n"
         "registered = load_registry().backends['numpy']\np = registered.plugin\n"
-        "print(json.dumps({'distribution': p.distribution, 'version': p.version, 'module': p.module, 'status': p.status,\n"
+        "print(json.dumps({'distribution': p.distribution, 'version': p.version, 'module': p.module,\n"
+        "'status': p.status,\n"
         "    'hooks': p.hooks, 'framework': registered.item.framework,\n"
         "    'location': str(distribution('cnnbench-numpy').locate_file(''))}))"
     )
@@ -83,8 +97,24 @@ def test_cnnbench_plugins_lists_it(example):
 def test_the_example_passes_the_conformance_kit(example):
     """The example's own tests: the whole kit, including a real run through the worker."""
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", str(example["source"] / "tests")],
-        capture_output=True, text=True, timeout=1500, env=subprocess_env(example["site"]), cwd=example["root"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "ignore::DeprecationWarning",
+            str(example["source"] / "tests"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=subprocess_env(example["site"]),
+        cwd=example["root"],
     )
-    assert done.returncode == 0, f"the conformance kit failed on the example:\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
+    assert done.returncode == 0, (
+        f"the conformance kit failed on the example:\n{done.stdout[-6000:]}\n{done.stderr[-2000:]}"
+    )
     assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-2000:]

@@ -13,7 +13,6 @@ import pytest
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.plugins import load_registry
 from cnnbench.runner import BackendTarget, RunOptions, run_benchmark
-
 from test_distributed import check_gradient_averaging
 
 DATA = DataConfig(dataset="synthetic", options={"n_train": 2000, "n_test": 500})
@@ -57,7 +56,9 @@ def target_or_skip(text: str) -> BackendTarget:
 def test_backend_trains_on_the_gpu_and_passes_parity(target):
     registry = load_registry()
     train = TrainConfig(epochs=2, batch_size=50, warmup_steps=2, device="cuda")
-    result, _ = run_benchmark([target_or_skip(target)], registry, train, DATA, RunOptions(save=False, parity=True, timeout_s=240))
+    result, _ = run_benchmark(
+        [target_or_skip(target)], registry, train, DATA, RunOptions(save=False, parity=True, timeout_s=240)
+    )
     row = result.backends[0]
     if row.status == "unavailable":
         pytest.skip(f"{target}: {row.reason}")  # e.g. a CPU-only build of this framework

@@ -36,9 +36,16 @@ def store(tmp_path):
         if jax[i]:
             backends.append(resultgen.backend("jax", [jax[i] * f for f in (0.97, 1.0, 1.01)], accuracy=0.94 + i / 100))
         env = {**resultgen.ENVIRONMENT, "git_commit": f"c0ffee{day}0000"}
-        run = resultgen.run(backends, run_id=f"2025010{day}T120000Z", created=f"2025-01-0{day}T12:00:00+00:00", environment=env)
+        run = resultgen.run(
+            backends, run_id=f"2025010{day}T120000Z", created=f"2025-01-0{day}T12:00:00+00:00", environment=env
+        )
         resultgen.save(run, folder)
-    cifar = resultgen.run([resultgen.backend("torch", [500.0])], run_id="20250106T120000Z", created="2025-01-06T12:00:00+00:00", dataset="synthetic-cifar")
+    cifar = resultgen.run(
+        [resultgen.backend("torch", [500.0])],
+        run_id="20250106T120000Z",
+        created="2025-01-06T12:00:00+00:00",
+        dataset="synthetic-cifar",
+    )
     resultgen.save(cifar, folder)
     return folder
 
@@ -79,7 +86,16 @@ def test_newest_dataset_is_the_default_and_last_limits(store):
 
 
 def test_accuracy_history_in_percent(store, tmp_path):
-    result = invoke("--results-dir", str(store), "--dataset", "synthetic", "--metric", "accuracy", "--plot", str(tmp_path / "acc.png"))
+    result = invoke(
+        "--results-dir",
+        str(store),
+        "--dataset",
+        "synthetic",
+        "--metric",
+        "accuracy",
+        "--plot",
+        str(tmp_path / "acc.png"),
+    )
     assert result.exit_code == 0, result.output
     assert "95.00%" in result.output and "99.00%" in result.output
     assert png_size(tmp_path / "acc.png")[0] > 0
@@ -120,9 +136,13 @@ def hostile_store(folder):
     evil = resultgen.HOSTILE
     env = {**resultgen.ENVIRONMENT, "git_commit": "[link=http://x]c0ffee[/link]\x1b[31m"}
     for day in (1, 2):
-        run = resultgen.run([resultgen.backend(evil, [1000.0 * day, 1010.0 * day]), resultgen.backend("$x$", [900.0])],
-                            run_id=f"2025010{day}T120000Z", created=f"2025-01-0{day}T12:00:00+00:00", environment=env,
-                            dataset="synthetic[/]")
+        run = resultgen.run(
+            [resultgen.backend(evil, [1000.0 * day, 1010.0 * day]), resultgen.backend("$x$", [900.0])],
+            run_id=f"2025010{day}T120000Z",
+            created=f"2025-01-0{day}T12:00:00+00:00",
+            environment=env,
+            dataset="synthetic[/]",
+        )
         resultgen.save(run, folder, name=f"2025010{day}T120000Z_[red]host[link=x].json")
     return folder
 
@@ -184,7 +204,8 @@ def mixed_store(tmp_path):
     folder = tmp_path / "mixed"
     for day in range(1, 7):
         run = resultgen.run(
-            [resultgen.backend("torch", [1000.0 + day, 1010.0, 990.0])], run_id=f"2025010{day}T120000Z",
+            [resultgen.backend("torch", [1000.0 + day, 1010.0, 990.0])],
+            run_id=f"2025010{day}T120000Z",
             created=f"2025-01-0{day}T12:00:00+00:00",
             environment={**resultgen.ENVIRONMENT, "cores": 4 if day >= 5 else 2},
         )
@@ -199,7 +220,8 @@ def test_runs_split_into_series_by_configuration_and_machine(mixed_store):
     series = history.split_series(runs)
     assert [[r.result.run_id[7] for r in s.runs] for s in series] == [["1", "2", "4"], ["3"], ["5", "6"]]
     assert [s.label for s in series] == [
-        "series 1: train.threads=2, machine.cores=2", "series 2: train.threads=1, machine.cores=2",
+        "series 1: train.threads=2, machine.cores=2",
+        "series 2: train.threads=1, machine.cores=2",
         "series 3: train.threads=2, machine.cores=4",
     ]
     assert history.select_series(series, "latest") == [series[2]]

@@ -23,9 +23,16 @@ from cnnbench.frameworks import available_cores
 from cnnbench.plugins import Registry, load_registry
 
 #: The built-in backends' modules, whose ``config.option`` / ``config.flag`` calls must name declared options.
-BUILTIN_BACKEND_MODULES = ("cnnbench_tf.backend", "cnnbench_tf.mirrored", "cnnbench_jax.backend",
-                           "cnnbench_jax.sharded", "cnnbench_keras.backend", "cnnbench_keras.data_parallel",
-                           "cnnbench_torch.backend", "cnnbench_torch.ddp")
+BUILTIN_BACKEND_MODULES = (
+    "cnnbench_tf.backend",
+    "cnnbench_tf.mirrored",
+    "cnnbench_jax.backend",
+    "cnnbench_jax.sharded",
+    "cnnbench_keras.backend",
+    "cnnbench_keras.data_parallel",
+    "cnnbench_torch.backend",
+    "cnnbench_torch.ddp",
+)
 
 
 def invoke(*args: str) -> Result:
@@ -72,8 +79,9 @@ def registry() -> Registry:
         (BackendOption("name", str), " any text ", "any text"),
     ],
 )
-def test_a_declared_option_takes_its_values_in_canonical_form(option: BackendOption, given: str,
-                                                               canonical: str) -> None:
+def test_a_declared_option_takes_its_values_in_canonical_form(
+    option: BackendOption, given: str, canonical: str
+) -> None:
     assert option.parse(given) == canonical
 
 
@@ -124,8 +132,12 @@ def _option_reads(module_name: str) -> set[tuple[str, str]]:
     module = importlib.import_module(module_name)
     found: set[tuple[str, str]] = set()
     for node in ast.walk(ast.parse(inspect.getsource(module))):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("option", "flag") and len(node.args) >= 2):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("option", "flag")
+            and len(node.args) >= 2
+        ):
             continue
         values: list[object] = []
         for arg in node.args[:2]:
@@ -141,8 +153,13 @@ def _option_reads(module_name: str) -> set[tuple[str, str]]:
 
 def test_every_option_a_builtin_backend_reads_is_declared(registry: Registry) -> None:
     reads = set().union(*(_option_reads(name) for name in BUILTIN_BACKEND_MODULES))
-    assert {("tf", "xla"), ("tf", "onednn"), ("jax", "scan"), ("jax", "matmul_precision"),
-            ("keras", "jit_compile")} <= reads
+    assert {
+        ("tf", "xla"),
+        ("tf", "onednn"),
+        ("jax", "scan"),
+        ("jax", "matmul_precision"),
+        ("keras", "jit_compile"),
+    } <= reads
     declared = {(name, o.key) for name, r in registry.backends.items() for o in declared_options(r.item)}
     assert reads <= declared, f"read but not declared in Backend.options: {sorted(reads - declared)}"
 
@@ -150,7 +167,9 @@ def test_every_option_a_builtin_backend_reads_is_declared(registry: Registry) ->
 def test_options_are_validated_and_canonicalised_against_the_registry(registry: Registry) -> None:
     given = {"tf.xla": "On", "jax.matmul_precision": "HIGH", "keras.jit_compile": "auto"}
     assert validate_backend_options(given, registry) == {
-        "tf.xla": "true", "jax.matmul_precision": "high", "keras.jit_compile": "auto",
+        "tf.xla": "true",
+        "jax.matmul_precision": "high",
+        "keras.jit_compile": "auto",
     }
 
 
@@ -165,8 +184,9 @@ def test_options_are_validated_and_canonicalised_against_the_registry(registry: 
         ("xla=true", ("expected NAME.KEY=VALUE",)),
     ],
 )
-def test_bad_backend_options_are_one_line_before_any_worker(option: str, texts: tuple[str, ...],
-                                                            no_worker: None) -> None:
+def test_bad_backend_options_are_one_line_before_any_worker(
+    option: str, texts: tuple[str, ...], no_worker: None
+) -> None:
     one_error_line(invoke("run", "-f", "torch", "-d", "synthetic", "--backend-option", option), *texts)
 
 
@@ -234,8 +254,9 @@ def test_the_cli_refuses_an_out_of_range_seed(command: str, no_worker: None) -> 
         (TrainConfig(), DataConfig(validation=100), 100, 1, "validation hold-out 100 leaves no training data"),
     ],
 )
-def test_sizes_the_training_set_cannot_give_are_refused(train: TrainConfig, data: DataConfig, n_train: int,
-                                                        replicas: int, message: str) -> None:
+def test_sizes_the_training_set_cannot_give_are_refused(
+    train: TrainConfig, data: DataConfig, n_train: int, replicas: int, message: str
+) -> None:
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_sizes(train, data, n_train, replicas)
 
@@ -253,8 +274,9 @@ def test_sizes_that_fit_pass() -> None:
         (("--limit-train", "20", "-b", "32"), "20 images (--limit-train)"),
     ],
 )
-def test_run_refuses_sizes_after_loading_the_dataset_and_before_any_worker(args: tuple[str, ...], text: str,
-                                                                           no_worker: None) -> None:
+def test_run_refuses_sizes_after_loading_the_dataset_and_before_any_worker(
+    args: tuple[str, ...], text: str, no_worker: None
+) -> None:
     one_error_line(invoke("run", "-f", "torch", "-d", "synthetic", *args), text)
 
 
@@ -289,4 +311,3 @@ def test_a_file_given_as_the_report_folder_is_refused_before_running(tmp_path: P
     target = tmp_path / "report.html"
     target.write_text("")
     one_error_line(invoke("run", "-f", "torch", "-d", "synthetic", "--report", str(target)), "is a file")
-

@@ -18,7 +18,7 @@ import cnnbench
 from cnnbench.cli import cli
 
 TEST_PLUGINS = {
-    "plug_missing": '''
+    "plug_missing": """
         from cnnbench import hookimpl
         from cnnbench_numpy.backend import NumpyBackend
 
@@ -30,8 +30,8 @@ TEST_PLUGINS = {
         @hookimpl
         def register_backends(register):
             register(MoonBackend())
-    ''',
-    "plug_half": '''
+    """,
+    "plug_half": """
         from cnnbench import hookimpl
         from cnnbench_numpy.backend import NumpyBackend
 
@@ -47,15 +47,15 @@ TEST_PLUGINS = {
         def register_backends(register):
             register(Here())
             register(Gone())
-    ''',
-    "plug_raises_in_hook": '''
+    """,
+    "plug_raises_in_hook": """
         from cnnbench import hookimpl
 
         @hookimpl
         def register_backends(register):
             raise RuntimeError("registration exploded")
-    ''',
-    "plug_bad_reason": '''
+    """,
+    "plug_bad_reason": """
         from cnnbench import hookimpl
         from cnnbench_numpy.backend import NumpyBackend
 
@@ -67,10 +67,10 @@ TEST_PLUGINS = {
         @hookimpl
         def register_backends(register):
             register(Buggy())
-    ''',
-    "plug_import_error": '''
+    """,
+    "plug_import_error": """
         import moonlib_that_does_not_exist
-    ''',
+    """,
 }
 
 
@@ -97,7 +97,11 @@ def plugins_json(env: dict[str, str] | None = None) -> dict[str, dict]:
 def test_builtin_plugins_with_distribution_module_hooks_and_status():
     rows = plugins_json(env={"CNNBENCH_PLUGINS": None, "CNNBENCH_DISABLE_PLUGINS": None})
     torch = rows["torch"]
-    assert (torch["distribution"], torch["version"], torch["module"]) == ("cnnbench", cnnbench.__version__, "cnnbench_torch")
+    assert (torch["distribution"], torch["version"], torch["module"]) == (
+        "cnnbench",
+        cnnbench.__version__,
+        "cnnbench_torch",
+    )
     assert torch["hooks"] == ["register_backends"] and torch["backends"] == ["torch"]
     assert torch["status"] in ("ok", "unavailable")
     datasets = rows["datasets"]
@@ -108,7 +112,17 @@ def test_builtin_plugins_with_distribution_module_hooks_and_status():
 
 def test_table_names_every_column():
     output = invoke(env={"CNNBENCH_PLUGINS": None, "CNNBENCH_DISABLE_PLUGINS": None}).output
-    for text in ("name", "distribution", "module", "hooks", "registers", "status", "cnnbench_torch", "register_backends", "backends: torch"):
+    for text in (
+        "name",
+        "distribution",
+        "module",
+        "hooks",
+        "registers",
+        "status",
+        "cnnbench_torch",
+        "register_backends",
+        "backends: torch",
+    ):
         assert text in output
 
 
@@ -151,7 +165,9 @@ def test_allow_list_loads_only_the_named_plugins():
     rows = plugins_json(env={"CNNBENCH_PLUGINS": "datasets,torch", "CNNBENCH_DISABLE_PLUGINS": None})
     loaded = {name for name, row in rows.items() if name != "__env__" and row["status"] != "disabled"}
     assert loaded == {"datasets", "torch"}
-    assert all(row["detail"] == "by $CNNBENCH_PLUGINS" for name, row in rows.items() if name not in loaded | {"__env__"})
+    assert all(
+        row["detail"] == "by $CNNBENCH_PLUGINS" for name, row in rows.items() if name not in loaded | {"__env__"}
+    )
 
 
 def test_block_list_wins_over_allow_list():
@@ -165,5 +181,7 @@ def test_listing_plugins_imports_no_framework():
         "result = CliRunner().invoke(cli, ['plugins'])\nassert result.exit_code == 0, result.output\n"
         "print(','.join(m for m in ('torch', 'tensorflow', 'keras', 'jax', 'optax') if m in sys.modules))"
     )
-    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.strip()
     assert imported == "", f"cnnbench plugins imported {imported}: backends must import their framework lazily"

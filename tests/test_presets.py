@@ -10,7 +10,12 @@ from cnnbench.errors import UsageError
 
 def test_presets_carry_the_chapters_settings():
     adam = presets.get("mnist-adam")
-    assert (adam.train.optimizer, adam.train.learning_rate, adam.train.epochs, adam.train.batch_size) == ("adam", 0.001, 10, 100)
+    assert (adam.train.optimizer, adam.train.learning_rate, adam.train.epochs, adam.train.batch_size) == (
+        "adam",
+        0.001,
+        10,
+        100,
+    )
     assert adam.train.init == "normal" and adam.data.validation == 5_000 and adam.published_accuracy == 0.9884
     sgd = presets.get("mnist-sgd")
     assert (sgd.train.optimizer, sgd.train.learning_rate, sgd.train.init) == ("sgd", 0.01, "glorot-uniform")
@@ -29,8 +34,28 @@ def test_quick_shortens_and_unknown_names_fail():
 
 def test_explicit_flags_override_a_preset(results_dir, numpy_backend):
     out = CliRunner().invoke(
-        cli, ["run", "--preset", "mnist-adam", "-f", numpy_backend, "-d", "synthetic", "--epochs", "1", "--limit-train", "500",
-              "--limit-test", "100", "--validation", "0", "--threads", "1", "--skip-parity"], catch_exceptions=False,
+        cli,
+        [
+            "run",
+            "--preset",
+            "mnist-adam",
+            "-f",
+            numpy_backend,
+            "-d",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "500",
+            "--limit-test",
+            "100",
+            "--validation",
+            "0",
+            "--threads",
+            "1",
+            "--skip-parity",
+        ],
+        catch_exceptions=False,
     )
     assert out.exit_code == 0, out.output
     from cnnbench import results
@@ -46,7 +71,19 @@ def test_explicit_flags_override_a_preset(results_dir, numpy_backend):
 def test_reproduce_quick_prints_published_and_measured_and_plots(data_dir, results_dir, tmp_path):
     plot = tmp_path / "repro.png"
     out = CliRunner().invoke(
-        cli, ["reproduce", "-f", "torch", "--presets", "mnist-sgd", "--quick", "--data-dir", str(data_dir), "--plot", str(plot)],
+        cli,
+        [
+            "reproduce",
+            "-f",
+            "torch",
+            "--presets",
+            "mnist-sgd",
+            "--quick",
+            "--data-dir",
+            str(data_dir),
+            "--plot",
+            str(plot),
+        ],
         catch_exceptions=False,
     )
     assert out.exit_code == 0, out.output

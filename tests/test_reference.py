@@ -44,7 +44,7 @@ def test_same_padding_is_tensorflows_one_before_two_after_for_kernel_4():
     assert ref.same_padding(8, 2, 2) == (0, 0)
 
 
-@pytest.mark.parametrize("padding, stride", [("SAME", 1), ("VALID", 1), ("SAME", 2)])
+@pytest.mark.parametrize(("padding", "stride"), [("SAME", 1), ("VALID", 1), ("SAME", 2)])
 def test_convolution_matches_direct_loops(padding, stride):
     rng = np.random.default_rng(3)
     x, kernel, bias = rng.normal(size=(2, 7, 6, 3)), rng.normal(size=(4, 4, 3, 5)), rng.normal(size=5)
@@ -57,10 +57,12 @@ def test_convolution_matches_direct_loops(padding, stride):
 def test_forward_shapes_follow_the_spec():
     for spec in (lenet((28, 28, 1)), lenet((32, 32, 3), dropout=0.2)):
         tape: list = []
-        logits = ref.forward(spec, initial_weights(spec, "glorot-uniform", 0), np.zeros((2, *spec.input_shape)), tape=tape)
+        logits = ref.forward(
+            spec, initial_weights(spec, "glorot-uniform", 0), np.zeros((2, *spec.input_shape)), tape=tape
+        )
         infos = [info for info in spec.layer_infos() if type(info.layer).__name__ != "Dropout"]
         assert len(tape) == len(infos)
-        for (layer, cache), info in zip(tape, infos):
+        for (layer, cache), info in zip(tape, infos, strict=False):
             assert layer is info.layer
             if "z" in cache:
                 assert cache["z"].shape[1:] == info.output_shape
@@ -84,7 +86,9 @@ def test_flatten_conventions_are_a_permutation_of_dense1_rows():
     h, w, c = 2, 2, 64  # after two 2x2 pools of 8x8, 64 filters
     hwc_index = np.arange(h * w * c).reshape(h, w, c)
     permuted = dict(weights, **{"dense1/kernel": weights["dense1/kernel"][hwc_index.transpose(2, 0, 1).ravel()]})
-    np.testing.assert_allclose(ref.forward(spec, permuted, x, ref.Conventions(flatten="CHW")), ref.forward(spec, weights, x), rtol=1e-12)
+    np.testing.assert_allclose(
+        ref.forward(spec, permuted, x, ref.Conventions(flatten="CHW")), ref.forward(spec, weights, x), rtol=1e-12
+    )
     assert not np.allclose(ref.forward(spec, weights, x, ref.Conventions(flatten="CHW")), ref.forward(spec, weights, x))
 
 
@@ -93,7 +97,7 @@ def test_gradients_match_finite_differences():
     weights = _random_weights(spec, 1)
     rng = np.random.default_rng(1)
     x, y = rng.random((4, *spec.input_shape)), rng.integers(0, 10, 4)
-    loss, grads, logits = ref.loss_and_gradients(spec, weights, x, y)
+    loss, grads, _logits = ref.loss_and_gradients(spec, weights, x, y)
     assert loss == pytest.approx(ref.softmax_cross_entropy(ref.forward(spec, weights, x), y)[0], rel=1e-14)
     eps = 1e-6
 
@@ -103,9 +107,12 @@ def test_gradients_match_finite_differences():
     for name, grad in grads.items():
         assert grad.shape == spec.param_shapes()[name]
         direction = rng.normal(size=grad.shape)
-        numeric = (loss_at({**weights, name: weights[name] + eps * direction}) - loss_at({**weights, name: weights[name] - eps * direction})) / (2 * eps)
+        numeric = (
+            loss_at({**weights, name: weights[name] + eps * direction})
+            - loss_at({**weights, name: weights[name] - eps * direction})
+        ) / (2 * eps)
         assert numeric == pytest.approx(float((grad * direction).sum()), rel=1e-6, abs=1e-10), name
-        for index in list(zip(*np.unravel_index(rng.choice(grad.size, 3, replace=False), grad.shape))):
+        for index in list(zip(*np.unravel_index(rng.choice(grad.size, 3, replace=False), grad.shape), strict=False)):
             bumped = weights[name].copy()
             bumped[index] += eps
             lowered = weights[name].copy()
@@ -131,19 +138,29 @@ def test_reference_matches_pytorch_in_float64():
             module.bias.copy_(torch.from_numpy(weights[f"{layer}/bias"]))
     logits = model(torch.from_numpy(x).permute(0, 3, 1, 2))
     torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)).backward()
-    loss, grads, expected_logits = ref.loss_and_gradients(spec, weights, x, y)
+    _loss, grads, expected_logits = ref.loss_and_gradients(spec, weights, x, y)
     np.testing.assert_allclose(logits.detach().numpy(), expected_logits, rtol=1e-12, atol=1e-13)
     for layer, module in weighted.items():
-        np.testing.assert_allclose(from_native(f"{layer}/kernel", module.weight.grad.numpy()), grads[f"{layer}/kernel"], rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(
+            from_native(f"{layer}/kernel", module.weight.grad.numpy()), grads[f"{layer}/kernel"], rtol=1e-10, atol=1e-14
+        )
         np.testing.assert_allclose(module.bias.grad.numpy(), grads[f"{layer}/bias"], rtol=1e-10, atol=1e-14)
 
 
 # --- near-tie allowances ---------------------------------------------------------------------
 
 #: One 2x2 convolution (only its top-left tap non-zero, so z = x), a pool, a dense layer: inputs set activations.
-TINY = ModelSpec("tiny", (4, 4, 1), 2, (
-    Conv2D("conv1", filters=1, kernel_size=2, activation="relu"), MaxPool2D("pool1"), Flatten(), Dense("dense1", units=2, activation=None),
-))
+TINY = ModelSpec(
+    "tiny",
+    (4, 4, 1),
+    2,
+    (
+        Conv2D("conv1", filters=1, kernel_size=2, activation="relu"),
+        MaxPool2D("pool1"),
+        Flatten(),
+        Dense("dense1", units=2, activation=None),
+    ),
+)
 
 
 def _tiny_weights():
@@ -155,16 +172,20 @@ def _tiny_weights():
 
 def _tiny_input():
     """Window (0, 0) ties at 0.7 (top-left chosen); window (0, 1) is all dead with z exactly 0 at its top-left."""
-    image = np.array([
-        [0.7, 0.7, 0.0, -0.3],
-        [0.1, 0.2, -0.2, -0.4],
-        [0.9, 0.15, 0.35, 0.6],
-        [0.05, 0.45, 0.8, 0.55],
-    ])
+    image = np.array(
+        [
+            [0.7, 0.7, 0.0, -0.3],
+            [0.1, 0.2, -0.2, -0.4],
+            [0.9, 0.15, 0.35, 0.6],
+            [0.05, 0.45, 0.8, 0.55],
+        ]
+    )
     return image.reshape(1, 4, 4, 1)
 
 
-@pytest.mark.parametrize("nudge, what", [((0, 1), "pool tie resolved to the other element"), ((0, 2), "ReLU kink at 0 resolved to pass")])
+@pytest.mark.parametrize(
+    ("nudge", "what"), [((0, 1), "pool tie resolved to the other element"), ((0, 2), "ReLU kink at 0 resolved to pass")]
+)
 def test_near_tie_allowance_covers_the_other_side_of_a_tie(nudge, what):
     weights, x, y = _tiny_weights(), _tiny_input(), np.array([1])
     _, grads, _, allowance, count = ref.gradients_and_kinks(TINY, weights, x, y, rel=1e-6)

@@ -83,12 +83,32 @@ def test_time_to_accuracy_counts_training_time_only(numpy_backend, tmp_path):
 
 
 def test_cli_run_prints_the_table_and_saves(results_dir, numpy_backend):
-    args = ["run", "-f", numpy_backend, "-d", "synthetic", "--threads", "1",
-            "--dataset-option", "n_train=600", "--dataset-option", "n_test=200"]
+    args = [
+        "run",
+        "-f",
+        numpy_backend,
+        "-d",
+        "synthetic",
+        "--threads",
+        "1",
+        "--dataset-option",
+        "n_train=600",
+        "--dataset-option",
+        "n_test=200",
+    ]
     out = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    columns = ("framework", "version", "device", "params", "test acc", "train samples/s", "eval samples/s",
-               "first epoch s", "total s")
+    columns = (
+        "framework",
+        "version",
+        "device",
+        "params",
+        "test acc",
+        "train samples/s",
+        "eval samples/s",
+        "first epoch s",
+        "total s",
+    )
     for column in columns:
         assert column in out.output
     assert "3,255,914" in out.output
@@ -111,14 +131,17 @@ def stand_in(tmp_path: Path, body: str) -> list[str]:
 
 
 def test_stray_lines_are_skipped_and_events_arrive_typed(tmp_path: Path) -> None:
-    launcher = stand_in(tmp_path, """
+    launcher = stand_in(
+        tmp_path,
+        """
         import json
         from cnnbench import messages
         print("launcher chatter, not a message")
         print(messages.encode(messages.Phase("import")))
         print(messages.encode(messages.Progress(1, 2, 3)))
         print(messages.encode(messages.CheckResult({"status": "PASS", "message": "ok", "checks": {}})))
-    """)
+    """,
+    )
     seen: list[messages.Phase | messages.Progress] = []
     status, final = run_worker(CHECK, dict(os.environ), 60, seen.append, tmp_path / "log", launcher)
     assert status == OK and final == messages.CheckResult({"status": "PASS", "message": "ok", "checks": {}})
@@ -126,21 +149,27 @@ def test_stray_lines_are_skipped_and_events_arrive_typed(tmp_path: Path) -> None
 
 
 def test_a_job_answered_with_the_wrong_final_event_fails(tmp_path: Path) -> None:
-    launcher = stand_in(tmp_path, """
+    launcher = stand_in(
+        tmp_path,
+        """
         from cnnbench import messages
         print(messages.encode(messages.CheckResult({"status": "PASS"})))
-    """)
+    """,
+    )
     status, final = run_worker(MEASURE, dict(os.environ), 60, None, tmp_path / "log", launcher)
     assert status == FAILED and isinstance(final, messages.Error)
     assert "measure job answered with a 'check_result'" in final.reason
 
 
 def test_a_worker_of_an_older_cnnbench_is_killed_with_a_clear_reason(tmp_path: Path) -> None:
-    launcher = stand_in(tmp_path, """
+    launcher = stand_in(
+        tmp_path,
+        """
         import json, time
         print(json.dumps({"event": "phase", "name": "import"}), flush=True)
         time.sleep(120)
-    """)
+    """,
+    )
     started = time.monotonic()
     status, final = run_worker(MEASURE, dict(os.environ), 100, None, tmp_path / "log", launcher)
     assert status == FAILED and isinstance(final, messages.Error)
@@ -171,8 +200,9 @@ def test_a_worker_that_exits_without_a_result_names_its_last_log_line(tmp_path: 
     assert final.reason == "worker exited with code 5 without a result: boom: the last words"
 
 
-def test_the_parity_check_runs_once_in_a_worker_of_its_own(numpy_backend: str, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_parity_check_runs_once_in_a_worker_of_its_own(
+    numpy_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Repeats are exchangeable: no measured repeat carries the check's memory, caches or threads."""
     from cnnbench import runner
 
@@ -193,8 +223,9 @@ def test_the_parity_check_runs_once_in_a_worker_of_its_own(numpy_backend: str, t
     assert not hasattr(messages.MeasureRequest, "parity")  # a measure job cannot be asked to check
 
 
-def test_a_parity_job_that_dies_is_a_failed_check_not_a_lost_row(numpy_backend: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_parity_job_that_dies_is_a_failed_check_not_a_lost_row(
+    numpy_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cnnbench import runner
 
     real_run_worker = runner.run_worker

@@ -13,7 +13,13 @@ from cnnbench.runner import BackendTarget, RunOptions, run_benchmark
 def test_one_epoch_of_mnist_reaches_the_issue_bar(data_dir, tmp_path):
     registry = load_registry()
     train = TrainConfig(optimizer="adam", learning_rate=0.001, batch_size=100, epochs=1)
-    result, path = run_benchmark([BackendTarget("torch")], registry, train, DataConfig(dataset="mnist", data_dir=str(data_dir)), RunOptions(results_dir=str(tmp_path)))
+    result, path = run_benchmark(
+        [BackendTarget("torch")],
+        registry,
+        train,
+        DataConfig(dataset="mnist", data_dir=str(data_dir)),
+        RunOptions(results_dir=str(tmp_path)),
+    )
     row = result.backends[0]
     assert row.status == "ok", row.reason
     assert row.parameters == 3_255_914

@@ -29,10 +29,12 @@ def ceiling_command(threads: int | None, refresh: bool) -> None:
     if not value:
         raise UsageError("could not measure the matmul ceiling (neither NumPy nor PyTorch ran the probe)")
     libraries = ", ".join(f"{name} {gflops:,.0f}" for name, gflops in value["per_library"].items())
-    console.print(literal(
-        f"fp32 matmul ceiling, {value['size']}x{value['size']}, {value['threads']} threads: {value['gflops']:,.0f} "
-        f"GFLOP/s ({libraries}); cached in {ceiling.cache_file()}"
-    ))
+    console.print(
+        literal(
+            f"fp32 matmul ceiling, {value['size']}x{value['size']}, {value['threads']} threads: {value['gflops']:,.0f} "
+            f"GFLOP/s ({libraries}); cached in {ceiling.cache_file()}"
+        )
+    )
 
 
 command: click.Command = ceiling_command

@@ -29,10 +29,11 @@ from cnnbench.config import DEVICES, TrainConfig, check_threads, check_timeout, 
 from cnnbench.errors import ExitCode, UsageError
 from cnnbench.frameworks import available_cores
 from cnnbench.messages import CheckRequest
+from cnnbench.modes import BackendTarget
 from cnnbench.plugins import Registry, load_registry
 from cnnbench.report import literal
 from cnnbench.results import UNAVAILABLE
-from cnnbench.runner import BackendTarget, harness_environment, parse_frameworks, run_worker
+from cnnbench.runner import harness_environment, parse_frameworks, run_worker
 from cnnbench.spec import spec_for
 
 
@@ -60,8 +61,12 @@ def run_check_process(
 
 
 def check_targets(
-    targets: list[BackendTarget], registry: Registry, request_base: dict[str, Any], train: TrainConfig,
-    timeout_s: float | None, on_start: Callable[[BackendTarget], object] = lambda target: None,
+    targets: list[BackendTarget],
+    registry: Registry,
+    request_base: dict[str, Any],
+    train: TrainConfig,
+    timeout_s: float | None,
+    on_start: Callable[[BackendTarget], object] = lambda target: None,
 ) -> list[tuple[BackendTarget, dict[str, Any]]]:
     """The parity result of every target, in order (UNAVAILABLE rows for missing frameworks)."""
     log_dir = Path(tempfile.mkdtemp(prefix="cnnbench-check-logs-"))
@@ -106,53 +111,126 @@ def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) 
     took = f", {result['elapsed_s']:.1f} s" if result.get("elapsed_s") is not None else ""
     version = result.get("framework_version", "")
     title = Text.assemble(literal(f"{target.id} ({framework} {version}){where}{took}: "), literal(status, colour))
-    table = Table(title=title, title_justify="left", caption=literal(result.get("message", "")),
-                  caption_justify="left")
+    table = Table(title=title, title_justify="left", caption=literal(result.get("message", "")), caption_justify="left")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("check", "left"), ("max abs diff", "right"), ("max rel diff", "right"), ("tolerance", "right"),
-        ("diff/tol", "right"), ("result", "center"), ("note", "left"),
+        ("check", "left"),
+        ("max abs diff", "right"),
+        ("max rel diff", "right"),
+        ("tolerance", "right"),
+        ("diff/tol", "right"),
+        ("result", "center"),
+        ("note", "left"),
     )
     for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
     for name, check in result.get("checks", {}).items():
         verdict = Text("PASS", style="green") if check["passed"] else Text("FAIL", style="red")
-        table.add_row(literal(name), _number(check.get("max_abs")), _number(check.get("max_rel")), _tolerance(check),
-                      _ratio(check), verdict, literal(check.get("detail", "")))
+        table.add_row(
+            literal(name),
+            _number(check.get("max_abs")),
+            _number(check.get("max_rel")),
+            _tolerance(check),
+            _ratio(check),
+            verdict,
+            literal(check.get("detail", "")),
+        )
     return table
 
 
 @click.command("check")
-@click.option("--frameworks", "-f", default="all", show_default=True,
-              help="Comma list of backends (name or name:variant), or 'all'.")
-@click.option("--dataset", "-d", default="mnist", show_default=True,
-              help="Dataset whose input shape and classes choose the model variant; its files are not read "
-              "(seeded synthetic images of that shape are used).")
-@click.option("--dropout", type=float, default=None,
-              help="Dropout of the variant (default: 0.2 for colour datasets). "
-              "Training steps are always checked without dropout.")
-@click.option("--optimizer", type=click.Choice(("adam", "sgd", "both")), default="both", show_default=True,
-              help="Optimizer(s) whose steps are checked.")
-@click.option("--adam-lr", type=float, default=parity.DEFAULT_LEARNING_RATES["adam"], show_default=True,
-              help="Learning rate of the Adam steps.")
-@click.option("--sgd-lr", type=float, default=parity.DEFAULT_LEARNING_RATES["sgd"], show_default=True,
-              help="Learning rate of the SGD steps.")
+@click.option(
+    "--frameworks",
+    "-f",
+    default="all",
+    show_default=True,
+    help="Comma list of backends (name or name:variant), or 'all'.",
+)
+@click.option(
+    "--dataset",
+    "-d",
+    default="mnist",
+    show_default=True,
+    help="Dataset whose input shape and classes choose the model variant; its files are not read "
+    "(seeded synthetic images of that shape are used).",
+)
+@click.option(
+    "--dropout",
+    type=float,
+    default=None,
+    help="Dropout of the variant (default: 0.2 for colour datasets). "
+    "Training steps are always checked without dropout.",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(("adam", "sgd", "both")),
+    default="both",
+    show_default=True,
+    help="Optimizer(s) whose steps are checked.",
+)
+@click.option(
+    "--adam-lr",
+    type=float,
+    default=parity.DEFAULT_LEARNING_RATES["adam"],
+    show_default=True,
+    help="Learning rate of the Adam steps.",
+)
+@click.option(
+    "--sgd-lr",
+    type=float,
+    default=parity.DEFAULT_LEARNING_RATES["sgd"],
+    show_default=True,
+    help="Learning rate of the SGD steps.",
+)
 @click.option("--steps", type=int, default=parity.DEFAULT_STEPS, show_default=True, help="Optimizer steps compared.")
 @click.option("--batch-size", type=int, default=parity.DEFAULT_BATCH, show_default=True, help="Images per batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and images.")
-@click.option("--init", type=click.Choice(("glorot-uniform", "normal")), default="glorot-uniform", show_default=True,
-              help="Weight-init scheme of the shared weights.")
+@click.option(
+    "--init",
+    type=click.Choice(("glorot-uniform", "normal")),
+    default="glorot-uniform",
+    show_default=True,
+    help="Weight-init scheme of the shared weights.",
+)
 @click.option("--threads", type=int, default=None, help="Intra-op threads per framework [all cores].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="Device.")
-@click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE",
-              help="Backend switch, e.g. tf.xla=true (repeatable).")
-@click.option("--timeout", "timeout_s", type=float, default=600, show_default=True,
-              help="Seconds before a backend's check is killed.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write the results to this JSON file.")
+@click.option(
+    "--backend-option",
+    "backend_options",
+    multiple=True,
+    metavar="NAME.KEY=VALUE",
+    help="Backend switch, e.g. tf.xla=true (repeatable).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=float,
+    default=600,
+    show_default=True,
+    help="Seconds before a backend's check is killed.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the results to this JSON file.",
+)
 def check(
-    frameworks: str, dataset: str, dropout: float | None, optimizer: str, adam_lr: float, sgd_lr: float, steps: int,
-    batch_size: int, seed: int, init: str, threads: int | None, device: str, backend_options: tuple[str, ...],
-    timeout_s: float, json_path: str | None,
+    frameworks: str,
+    dataset: str,
+    dropout: float | None,
+    optimizer: str,
+    adam_lr: float,
+    sgd_lr: float,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    init: str,
+    threads: int | None,
+    device: str,
+    backend_options: tuple[str, ...],
+    timeout_s: float,
+    json_path: str | None,
 ) -> None:
     """Check that every backend computes the same function as a float64 NumPy reference.
 
@@ -172,12 +250,24 @@ def check(
     data_source = registry.dataset(dataset).item
     chosen_options = parse_key_values(backend_options, "--backend-option")
     checked_options = checked_backend_options(chosen_options) if chosen_options else {}
-    train = TrainConfig(seed=seed, init=init, dropout=dropout, threads=threads or os.cpu_count() or 1, device=device,
-                        backend_options=checked_options).validate()
+    train = TrainConfig(
+        seed=seed,
+        init=init,
+        dropout=dropout,
+        threads=threads or os.cpu_count() or 1,
+        device=device,
+        backend_options=checked_options,
+    ).validate()
     spec = spec_for(data_source.input_shape, data_source.num_classes, dropout)
     request = {
-        "train": asdict(train), "input_shape": list(spec.input_shape), "num_classes": spec.num_classes,
-        "dropout": dropout, "learning_rates": learning_rates, "seed": seed, "steps": steps, "init": init,
+        "train": asdict(train),
+        "input_shape": list(spec.input_shape),
+        "num_classes": spec.num_classes,
+        "dropout": dropout,
+        "learning_rates": learning_rates,
+        "seed": seed,
+        "steps": steps,
+        "init": init,
         "batch": batch_size,
     }
     console.print(
@@ -188,13 +278,23 @@ def check(
         highlight=False,
     )
     with console.status("") as status:
-        outcomes = check_targets(targets, registry, request, train, timeout_s,
-                                 on_start=lambda target: status.update(f"checking {escape(target.id)}..."))
+        outcomes = check_targets(
+            targets,
+            registry,
+            request,
+            train,
+            timeout_s,
+            on_start=lambda target: status.update(f"checking {escape(target.id)}..."),
+        )
     for target, result in outcomes:
         framework = registry.backend(target.name).item.framework
         if result["status"] == parity.UNAVAILABLE:
-            console.print(Text.assemble(literal(f"{target.id} ({framework}): "), ("not checked", "yellow"), ": ",
-                                        literal(result["message"])), highlight=False)
+            console.print(
+                Text.assemble(
+                    literal(f"{target.id} ({framework}): "), ("not checked", "yellow"), ": ", literal(result["message"])
+                ),
+                highlight=False,
+            )
             continue
         console.print(result_table(target, framework, result))
     summary = ", ".join(f"{target.id} {result['status']}" for target, result in outcomes)

@@ -35,13 +35,12 @@ from cnnbench.config import (
 )
 from cnnbench.errors import ExitCode, UsageError
 from cnnbench.frameworks import available_cores
-from cnnbench.modes import MODES_CHOICES
+from cnnbench.modes import MODES_CHOICES, BackendTarget
 from cnnbench.plugins import Registry, load_registry
 from cnnbench.report import literal
 from cnnbench.results import OK, UNAVAILABLE, UNSUPPORTED, BackendResult, RunResult
 from cnnbench.runner import (
     ALLOCATORS,
-    BackendTarget,
     RunInterrupted,
     RunObserver,
     RunOptions,
@@ -62,60 +61,134 @@ F = TypeVar("F", bound=Callable[..., Any])
 def run_options(func: F) -> F:
     """Options shared by ``run`` and commands built on it; each is a field of ``RunParams``."""
     options = [
-        click.option("--frameworks", "-f", default="all", show_default=True,
-                     help="Comma list of backends (name, name:variant, name:mode, name:variant+mode), or 'all'."),
-        click.option("--modes", type=click.Choice(MODES_CHOICES), default="default", show_default=True,
-                     help="default: each framework's default execution mode; all: every mode it declares, a row each."),
+        click.option(
+            "--frameworks",
+            "-f",
+            default="all",
+            show_default=True,
+            help="Comma list of backends (name, name:variant, name:mode, name:variant+mode), or 'all'.",
+        ),
+        click.option(
+            "--modes",
+            type=click.Choice(MODES_CHOICES),
+            default="default",
+            show_default=True,
+            help="default: each framework's default execution mode; all: every mode it declares, a row each.",
+        ),
         click.option("--dataset", "-d", default=None, help="Registered dataset name (see 'cnnbench list') [mnist]."),
         click.option("--epochs", "-e", type=int, default=None, help="Training epochs [1]."),
         click.option("--batch-size", "-b", type=int, default=None, help="Training batch size [100]."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [adam]."),
         click.option("--lr", "learning_rate", type=float, default=None, help="Learning rate [0.001]."),
         click.option("--seed", type=int, default=None, help="Seed for weights, batch order and dropout [0]."),
-        click.option("--init", type=click.Choice(INIT_SCHEMES), default=None,
-                     help="Weight-init scheme [glorot-uniform]."),
-        click.option("--dropout", type=float, default=None,
-                     help="Dropout rate (default: 0.2 for colour datasets, none for grayscale)."),
+        click.option(
+            "--init", type=click.Choice(INIT_SCHEMES), default=None, help="Weight-init scheme [glorot-uniform]."
+        ),
+        click.option(
+            "--dropout",
+            type=float,
+            default=None,
+            help="Dropout rate (default: 0.2 for colour datasets, none for grayscale).",
+        ),
         click.option("--threads", type=int, default=None, help="Intra-op threads per framework [all cores]."),
-        click.option("--warmup-steps", type=int, default=None,
-                     help="Batches excluded from steady state when running one epoch [10]."),
+        click.option(
+            "--warmup-steps",
+            type=int,
+            default=None,
+            help="Batches excluded from steady state when running one epoch [10].",
+        ),
         click.option("--eval-batch-size", type=int, default=None, help="Evaluation batch size [1000]."),
         click.option("--device", type=click.Choice(DEVICES), default=None, help="Device [auto]."),
-        click.option("--devices", default=None, metavar="N|N1,N2,...",
-                     help="Data-parallel devices per host (global batch = batch size x devices); "
-                     "N measures 1, 2, 4 ... N and prints a scaling table; see docs/distributed.md."),
-        click.option("--backend-option", "backend_options", multiple=True, metavar="NAME.KEY=VALUE",
-                     help="Backend switch, e.g. tf.xla=true (repeatable)."),
-        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                     help="Folder holding dataset files (else $CNNBENCH_DATA_DIR, the cache...)."),
+        click.option(
+            "--devices",
+            default=None,
+            metavar="N|N1,N2,...",
+            help="Data-parallel devices per host (global batch = batch size x devices); "
+            "N measures 1, 2, 4 ... N and prints a scaling table; see docs/distributed.md.",
+        ),
+        click.option(
+            "--backend-option",
+            "backend_options",
+            multiple=True,
+            metavar="NAME.KEY=VALUE",
+            help="Backend switch, e.g. tf.xla=true (repeatable).",
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Folder holding dataset files (else $CNNBENCH_DATA_DIR, the cache...).",
+        ),
         click.option("--offline", is_flag=True, default=False, help="Never download datasets."),
-        click.option("--limit-train", type=int, default=None,
-                     help="Use a seeded, stratified subset of N training images."),
+        click.option(
+            "--limit-train", type=int, default=None, help="Use a seeded, stratified subset of N training images."
+        ),
         click.option("--limit-test", type=int, default=None, help="Use a seeded, stratified subset of N test images."),
         click.option("--validation", type=int, default=None, help="Hold out N training images (seeded)."),
-        click.option("--standardize/--no-standardize", default=None,
-                     help="Per-channel standardisation with training statistics."),
-        click.option("--dataset-option", "dataset_options", multiple=True, metavar="KEY=VALUE",
-                     help="Dataset-specific option (repeatable)."),
-        click.option("--repeat", type=int, default=1, show_default=True,
-                     help="Repeat the whole measurement N times (fresh process each)."),
-        click.option("--timeout", "timeout_s", type=float, default=None,
-                     help="Seconds before a backend's worker is killed [no limit]."),
-        click.option("--target-accuracy", type=float, default=None,
-                     help="Evaluate after each epoch and report training time until this accuracy (0..1)."),
-        click.option("--allocator", type=click.Choice(ALLOCATORS), default="auto", show_default=True,
-                     help="Memory allocator for every backend (auto: the fastest installed; docs/performance.md)."),
-        click.option("--results-dir", type=click.Path(file_okay=False), default=None,
-                     help="Where result JSON files go [$CNNBENCH_RESULTS_DIR or ./results]."),
+        click.option(
+            "--standardize/--no-standardize", default=None, help="Per-channel standardisation with training statistics."
+        ),
+        click.option(
+            "--dataset-option",
+            "dataset_options",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Dataset-specific option (repeatable).",
+        ),
+        click.option(
+            "--repeat",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Repeat the whole measurement N times (fresh process each).",
+        ),
+        click.option(
+            "--timeout",
+            "timeout_s",
+            type=float,
+            default=None,
+            help="Seconds before a backend's worker is killed [no limit].",
+        ),
+        click.option(
+            "--target-accuracy",
+            type=float,
+            default=None,
+            help="Evaluate after each epoch and report training time until this accuracy (0..1).",
+        ),
+        click.option(
+            "--allocator",
+            type=click.Choice(ALLOCATORS),
+            default="auto",
+            show_default=True,
+            help="Memory allocator for every backend (auto: the fastest installed; docs/performance.md).",
+        ),
+        click.option(
+            "--results-dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Where result JSON files go [$CNNBENCH_RESULTS_DIR or ./results].",
+        ),
         click.option("--no-save", is_flag=True, default=False, help="Do not write a result file."),
-        click.option("--skip-parity", is_flag=True, default=False,
-                     help="Skip the parity check against the float64 reference (on by default)."),
-        click.option("--plot", type=click.Path(dir_okay=False), default=None,
-                     help="Write loss / accuracy curves and throughput bars to FILE.png "
-                     "(evaluates after every epoch)."),
-        click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
-                     help="Also write the HTML report of the result store (this run included) to DIR/index.html "
-                     "(evaluates after every epoch)."),
+        click.option(
+            "--skip-parity",
+            is_flag=True,
+            default=False,
+            help="Skip the parity check against the float64 reference (on by default).",
+        ),
+        click.option(
+            "--plot",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Write loss / accuracy curves and throughput bars to FILE.png (evaluates after every epoch).",
+        ),
+        click.option(
+            "--report",
+            "report_dir",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Also write the HTML report of the result store (this run included) to DIR/index.html "
+            "(evaluates after every epoch).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -172,14 +245,23 @@ class RunParams:
 
 
 def build_configs(
-    params: RunParams, base_train: TrainConfig | None = None, base_data: DataConfig | None = None,
+    params: RunParams,
+    base_train: TrainConfig | None = None,
+    base_data: DataConfig | None = None,
 ) -> tuple[TrainConfig, DataConfig]:
     """Configs from the run options; explicit flags override the base (a preset or the defaults)."""
     train = override(
         base_train or TrainConfig(),
-        epochs=params.epochs, batch_size=params.batch_size, optimizer=params.optimizer,
-        learning_rate=params.learning_rate, seed=params.seed, init=params.init, dropout=params.dropout,
-        threads=params.threads, warmup_steps=params.warmup_steps, eval_batch_size=params.eval_batch_size,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        optimizer=params.optimizer,
+        learning_rate=params.learning_rate,
+        seed=params.seed,
+        init=params.init,
+        dropout=params.dropout,
+        threads=params.threads,
+        warmup_steps=params.warmup_steps,
+        eval_batch_size=params.eval_batch_size,
         device=params.device,
     )
     if params.backend_options:
@@ -189,8 +271,12 @@ def build_configs(
         train = replace(train, backend_options=checked_backend_options(train.backend_options))
     data = override(
         base_data or DataConfig(),
-        dataset=params.dataset, data_dir=params.data_dir, limit_train=params.limit_train,
-        limit_test=params.limit_test, validation=params.validation, standardize=params.standardize,
+        dataset=params.dataset,
+        data_dir=params.data_dir,
+        limit_train=params.limit_train,
+        limit_test=params.limit_test,
+        validation=params.validation,
+        standardize=params.standardize,
         offline=params.offline or None,
     )
     if params.dataset_options:
@@ -210,16 +296,23 @@ def backend_options_table(registry: Registry) -> Table | None:
     """Every ``--backend-option`` the backends declare, with its values and default; None when none declares one."""
     from cnnbench.backend_options import declared_options
 
-    rows = [(name, option) for name, registered in sorted(registry.backends.items())
-            for option in declared_options(registered.item)]
+    rows = [
+        (name, option)
+        for name, registered in sorted(registry.backends.items())
+        for option in declared_options(registered.item)
+    ]
     if not rows:
         return None
     table = Table(title="Backend options (--backend-option NAME.KEY=VALUE)", title_justify="left")
     for column in ("option", "values", "default", "what it does"):
         table.add_column(column, overflow="fold")
     for name, option in rows:  # plugin text: shown literally
-        table.add_row(literal(f"{name}.{option.key}"), literal(option.describe_values()),
-                      literal(option.describe_default()), literal(option.help))
+        table.add_row(
+            literal(f"{name}.{option.key}"),
+            literal(option.describe_values()),
+            literal(option.describe_default()),
+            literal(option.help),
+        )
     return table
 
 
@@ -249,8 +342,12 @@ class ProgressObserver(RunObserver):
 
     def progress(self, target: BackendTarget, epoch: int, done: int, total: int) -> None:
         if self.task is not None:
-            self.bar.update(self.task, description=f"{self.label}: epoch {epoch}/{self.epochs}",
-                            completed=(epoch - 1) * total + done, total=self.epochs * total)
+            self.bar.update(
+                self.task,
+                description=f"{self.label}: epoch {epoch}/{self.epochs}",
+                completed=(epoch - 1) * total + done,
+                total=self.epochs * total,
+            )
 
     def backend_finished(self, result: BackendResult) -> None:
         if self.task is None:
@@ -274,7 +371,11 @@ class RunProgress(ProgressObserver):
 
 
 def execute_run(
-    params: RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None, title: str | None = None,
+    params: RunParams,
+    train: TrainConfig,
+    data: DataConfig,
+    preset: str | None = None,
+    title: str | None = None,
     show: bool = True,
 ) -> tuple[RunResult, Path | None]:
     """Validate, prepare the dataset once, run every backend in its own process, print and save.
@@ -292,13 +393,25 @@ def execute_run(
         arrays = dataset.load(data)  # locate, download, verify and cache once, in the parent
     check_sizes(train, data, len(arrays.y_train), distributed.replicas(train))  # one line, not a failed row each
     options = RunOptions(
-        repeat=params.repeat, timeout_s=params.timeout_s, target_accuracy=params.target_accuracy,
-        allocator=params.allocator, results_dir=params.results_dir, save=not params.no_save, preset=preset,
-        measure_ceiling=True, parity=not params.skip_parity,
+        repeat=params.repeat,
+        timeout_s=params.timeout_s,
+        target_accuracy=params.target_accuracy,
+        allocator=params.allocator,
+        results_dir=params.results_dir,
+        save=not params.no_save,
+        preset=preset,
+        measure_ceiling=True,
+        parity=not params.skip_parity,
         evaluate_each_epoch=params.evaluate_each_epoch or bool(params.plot or params.report_dir),
     )
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=False)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
     observer = RunProgress(progress, train.epochs)
     stopped: RunInterrupted | None = None
     try:
@@ -315,8 +428,9 @@ def execute_run(
             report.print_result(stopped.result, console, title)
             _warn_if_not_saved(observer)
             where = Text.assemble("; finished results saved to ", report.literal(stopped.path)) if stopped.path else ""
-            err_console.print(Text.assemble(("interrupted", "yellow"), f" by {stopped.signal_name}", where),
-                              soft_wrap=True)
+            err_console.print(
+                Text.assemble(("interrupted", "yellow"), f" by {stopped.signal_name}", where), soft_wrap=True
+            )
         sys.exit(stopped.exit_code)
     if show:
         report.print_result(result, console, title)
@@ -334,8 +448,9 @@ def _warn_if_not_saved(observer: RunProgress) -> None:
         where = Text.assemble("; the whole run was saved to ", report.literal(observer.saved_instead), " instead")
     else:
         where = Text("; no fallback folder was writable either: the result is only in the table above")
-    err_console.print(Text.assemble(("warning:", "yellow"), " ", report.literal(observer.save_problem), where),
-                      soft_wrap=True)
+    err_console.print(
+        Text.assemble(("warning:", "yellow"), " ", report.literal(observer.save_problem), where), soft_wrap=True
+    )
 
 
 def not_saved(params: RunParams, path: Path | None) -> bool:
@@ -374,7 +489,11 @@ def targets_for_count(params: RunParams, train: TrainConfig, counts: list[int], 
 
 
 def run_device_counts(
-    params: RunParams, train: TrainConfig, data: DataConfig, preset: str | None = None, counts: list[int] | None = None,
+    params: RunParams,
+    train: TrainConfig,
+    data: DataConfig,
+    preset: str | None = None,
+    counts: list[int] | None = None,
 ) -> list[RunResult]:
     """A run per device count (each printed and saved), then the scaling table; exits 3 on a failed row.
 
@@ -392,8 +511,13 @@ def run_device_counts(
             continue
         hosts = f", {where.describe()}" if where.multi_host else ""
         console.rule(f"{count} device{'s' if count != 1 else ''} per host{hosts}")
-        result, path = execute_run(replace(params, frameworks=",".join(ids)), train_n, data, preset=preset,
-                                   title=run_title(train_n, data, where))
+        result, path = execute_run(
+            replace(params, frameworks=",".join(ids)),
+            train_n,
+            data,
+            preset=preset,
+            title=run_title(train_n, data, where),
+        )
         runs.append(result)
         unsaved = unsaved or not_saved(params, path)
     print_scaling(runs)

@@ -25,25 +25,57 @@ from cnnbench.errors import ExitCode, UsageError
 @click.argument("baseline")
 @click.argument("current", default="latest")
 @click.option(
-    "--fail-on", default="", metavar="METRIC:THRESHOLD,...",
+    "--fail-on",
+    default="",
+    metavar="METRIC:THRESHOLD,...",
     help=f"Per-metric regression thresholds, merged over the defaults [{DEFAULT_FAIL_ON}]. "
     "Units: % (relative), pp (accuracy points) or none (the metric's unit); 'METRIC:off' stops gating a metric.",
 )
-@click.option("--metrics", default=",".join(m.key for m in METRICS), show_default=True,
-              help="Comma list of metrics to compare.")
-@click.option("--alpha", type=float, default=DEFAULT_ALPHA, show_default=True,
-              help="Significance level of the Mann-Whitney noise test.")
-@click.option("--fail-on-missing", is_flag=True, default=False,
-              help="A framework of the baseline that is absent or unavailable now is a regression.")
-@click.option("--allow-config-change", is_flag=True, default=False,
-              help="Compare runs of different configurations (dataset, epochs, batch size...) instead of exit 2.")
-@click.option("--summary", "summary_path", type=click.Path(dir_okay=False), default=None,
-              help="Append the comparison as markdown to this file (e.g. $GITHUB_STEP_SUMMARY).")
-@click.option("--results-dir", type=click.Path(file_okay=False), default=None,
-              help="Result store for names like latest~1 [$CNNBENCH_RESULTS_DIR or ./results].")
+@click.option(
+    "--metrics", default=",".join(m.key for m in METRICS), show_default=True, help="Comma list of metrics to compare."
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=DEFAULT_ALPHA,
+    show_default=True,
+    help="Significance level of the Mann-Whitney noise test.",
+)
+@click.option(
+    "--fail-on-missing",
+    is_flag=True,
+    default=False,
+    help="A framework of the baseline that is absent or unavailable now is a regression.",
+)
+@click.option(
+    "--allow-config-change",
+    is_flag=True,
+    default=False,
+    help="Compare runs of different configurations (dataset, epochs, batch size...) instead of exit 2.",
+)
+@click.option(
+    "--summary",
+    "summary_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append the comparison as markdown to this file (e.g. $GITHUB_STEP_SUMMARY).",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Result store for names like latest~1 [$CNNBENCH_RESULTS_DIR or ./results].",
+)
 def compare_command(
-    baseline: str, current: str, fail_on: str, metrics: str, alpha: float, fail_on_missing: bool,
-    allow_config_change: bool, summary_path: str | None, results_dir: str | None,
+    baseline: str,
+    current: str,
+    fail_on: str,
+    metrics: str,
+    alpha: float,
+    fail_on_missing: bool,
+    allow_config_change: bool,
+    summary_path: str | None,
+    results_dir: str | None,
 ) -> None:
     """Compare CURRENT (default: latest) against BASELINE, per framework and metric.
 
@@ -57,8 +89,14 @@ def compare_command(
         raise UsageError("--metrics is empty")
     base_path, cur_path = results.resolve(baseline, results_dir), results.resolve(current, results_dir)
     comparison = compare_runs(
-        results.load(base_path), results.load(cur_path), thresholds, chosen, alpha, fail_on_missing,
-        baseline_name=base_path.name, current_name=cur_path.name,
+        results.load(base_path),
+        results.load(cur_path),
+        thresholds,
+        chosen,
+        alpha,
+        fail_on_missing,
+        baseline_name=base_path.name,
+        current_name=cur_path.name,
     )
     if not allow_config_change:
         require_same_config(comparison)

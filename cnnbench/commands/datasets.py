@@ -58,13 +58,22 @@ def _location(status: dict[str, Any]) -> Text:
 
 @click.command("datasets")
 @click.argument("names", nargs=-1)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder searched first (holding e.g. mnist/ and cifar10/).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder searched first (holding e.g. mnist/ and cifar10/).",
+)
 @click.option("--offline", is_flag=True, default=False, help="Never download (also $CNNBENCH_OFFLINE=1).")
-@click.option("--verify", is_flag=True, default=False,
-              help="Load each dataset found now: check every sha256, parse and fill the cache. Never downloads.")
-@click.option("--download", is_flag=True, default=False,
-              help="Like --verify, and download missing datasets into the cache.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    default=False,
+    help="Load each dataset found now: check every sha256, parse and fill the cache. Never downloads.",
+)
+@click.option(
+    "--download", is_flag=True, default=False, help="Like --verify, and download missing datasets into the cache."
+)
 def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool, verify: bool, download: bool) -> None:
     """Where each dataset (or each of NAMES) is, its size, and whether it was verified."""
     registry = load_registry()
@@ -72,8 +81,13 @@ def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool
     chosen = [registry.dataset(name) for name in names] if names else every
     table = Table(title="Datasets", title_justify="left")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("name", "left"), ("train / test", "right"), ("shape", "left"), ("classes", "right"), ("location", "left"),
-        ("size", "right"), ("verified", "left"),
+        ("name", "left"),
+        ("train / test", "right"),
+        ("shape", "left"),
+        ("classes", "right"),
+        ("location", "left"),
+        ("size", "right"),
+        ("verified", "left"),
     )
     for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
@@ -108,8 +122,9 @@ def datasets_command(names: tuple[str, ...], data_dir: str | None, offline: bool
     console.print(table)
     for name, note in notes:
         err_console.print(Text.assemble(literal(name, "bold"), ": ", note), highlight=False, soft_wrap=True)
-    err_console.print(literal(f"cache: {cache_root()} (set ${CACHE_DIR_ENV} to move it)"), highlight=False,
-                      soft_wrap=True)
+    err_console.print(
+        literal(f"cache: {cache_root()} (set ${CACHE_DIR_ENV} to move it)"), highlight=False, soft_wrap=True
+    )
     if failed:
         raise DatasetError(f"{len(failed)} dataset(s) failed: {', '.join(failed)} (reasons in the table)")
 

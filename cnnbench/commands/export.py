@@ -15,14 +15,22 @@ from cnnbench.exporters import DIRECTIONS, FORMATS, export
 @click.argument("result", default="latest")
 @click.option("--format", "-F", "fmt", type=click.Choice(FORMATS), required=True, help="Output format.")
 @click.option(
-    "--direction", type=click.Choice(DIRECTIONS), default="bigger", show_default=True,
+    "--direction",
+    type=click.Choice(DIRECTIONS),
+    default="bigger",
+    show_default=True,
     help="github-action-benchmark only: throughput and accuracy (tool customBiggerIsBetter) "
     "or first-epoch time and memory (customSmallerIsBetter).",
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
-              help="Write to this file instead of stdout.")
-@click.option("--results-dir", type=click.Path(file_okay=False), default=None,
-              help="Result store for names like latest~1 [$CNNBENCH_RESULTS_DIR or ./results].")
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write to this file instead of stdout."
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Result store for names like latest~1 [$CNNBENCH_RESULTS_DIR or ./results].",
+)
 def export_command(result: str, fmt: str, direction: str, output: str | None, results_dir: str | None) -> None:
     """Export RESULT (a file, a store name or latest / latest~N; default latest).
 

@@ -15,20 +15,45 @@ from cnnbench.errors import UsageError
 
 @click.command("history")
 @click.argument("runs", nargs=-1)
-@click.option("--metric", "-m", default="train_throughput", show_default=True,
-              help="Metric: train_throughput, eval_throughput, first_epoch, accuracy, peak_rss, or any result field.")
+@click.option(
+    "--metric",
+    "-m",
+    default="train_throughput",
+    show_default=True,
+    help="Metric: train_throughput, eval_throughput, first_epoch, accuracy, peak_rss, or any result field.",
+)
 @click.option("--dataset", default=None, help="Only runs on this dataset [the newest run's].")
 @click.option("--last", type=int, default=None, help="Only the newest N runs.")
-@click.option("--series", "which_series", default="all", show_default=True, metavar="all|latest|N",
-              help="Runs of one configuration and machine form a series: all of them (a table each), "
-              "the newest run's, or series N.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write a PNG plot, one line per framework and series.")
-@click.option("--results-dir", type=click.Path(file_okay=False), default=None,
-              help="Result store [$CNNBENCH_RESULTS_DIR or ./results].")
+@click.option(
+    "--series",
+    "which_series",
+    default="all",
+    show_default=True,
+    metavar="all|latest|N",
+    help="Runs of one configuration and machine form a series: all of them (a table each), "
+    "the newest run's, or series N.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write a PNG plot, one line per framework and series.",
+)
+@click.option(
+    "--results-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Result store [$CNNBENCH_RESULTS_DIR or ./results].",
+)
 def history_command(
-    runs: tuple[str, ...], metric: str, dataset: str | None, last: int | None, which_series: str,
-    plot_path: str | None, results_dir: str | None,
+    runs: tuple[str, ...],
+    metric: str,
+    dataset: str | None,
+    last: int | None,
+    which_series: str,
+    plot_path: str | None,
+    results_dir: str | None,
 ) -> None:
     """Show METRIC across RUNS (result files or store names; default: every run in the store)."""
     chosen = metric_for(metric)

@@ -31,8 +31,11 @@ def list_command() -> None:
         backend = registered.item
         reason = _safe(backend.unavailable_reason)
         backends.add_row(
-            literal(name), literal(backend.framework), literal(", ".join(backend.variants) or "-"),
-            literal(_safe(backend.framework_version) or "-"), _plugin(registered.plugin),
+            literal(name),
+            literal(backend.framework),
+            literal(", ".join(backend.variants) or "-"),
+            literal(_safe(backend.framework_version) or "-"),
+            _plugin(registered.plugin),
             Text("available", style="green") if not reason else literal(f"unavailable: {reason}", "dim"),
         )
     console.print(backends)
@@ -48,8 +51,11 @@ def list_command() -> None:
         status = _safe(partial(dataset.status, DataConfig(dataset=name)))
         location = status.get("location", "?") if isinstance(status, dict) else status
         datasets.add_row(
-            literal(name), literal("x".join(map(str, dataset.input_shape))), literal(dataset.num_classes),
-            _plugin(registered.plugin), literal(location),
+            literal(name),
+            literal("x".join(map(str, dataset.input_shape))),
+            literal(dataset.num_classes),
+            _plugin(registered.plugin),
+            literal(location),
         )
     console.print(datasets)
     broken = [p for p in registry.plugins if p.status != "ok"]

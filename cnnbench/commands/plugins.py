@@ -56,28 +56,35 @@ def describe(registry: Registry) -> list[dict[str, Any]]:
     rows = []
     for record in registry.plugins:
         status, detail = plugin_status(record, registry)
-        rows.append({
-            "name": record.name,
-            "distribution": record.distribution,
-            "version": record.version,
-            "module": record.module,
-            "hooks": list(record.hooks),
-            "backends": sorted(name for name, r in registry.backends.items() if r.plugin is record),
-            "datasets": sorted(name for name, r in registry.datasets.items() if r.plugin is record),
-            "options": {
-                name: [_option(option) for option in declared_options(r.item)]
-                for name, r in sorted(registry.backends.items()) if r.plugin is record and declared_options(r.item)
-            },
-            "status": status,
-            "detail": detail,
-        })
+        rows.append(
+            {
+                "name": record.name,
+                "distribution": record.distribution,
+                "version": record.version,
+                "module": record.module,
+                "hooks": list(record.hooks),
+                "backends": sorted(name for name, r in registry.backends.items() if r.plugin is record),
+                "datasets": sorted(name for name, r in registry.datasets.items() if r.plugin is record),
+                "options": {
+                    name: [_option(option) for option in declared_options(r.item)]
+                    for name, r in sorted(registry.backends.items())
+                    if r.plugin is record and declared_options(r.item)
+                },
+                "status": status,
+                "detail": detail,
+            }
+        )
     return rows
 
 
 def _option(option: BackendOption) -> dict[str, Any]:
     """A declared backend option as plain JSON."""
-    return {"key": option.key, "values": option.describe_values(), "default": option.describe_default(),
-            "help": option.help}
+    return {
+        "key": option.key,
+        "values": option.describe_values(),
+        "default": option.describe_default(),
+        "help": option.help,
+    }
 
 
 def _environment() -> dict[str, str]:
@@ -86,8 +93,13 @@ def _environment() -> dict[str, str]:
 
 
 @click.command("plugins")
-@click.option("--json", "as_json", is_flag=True, default=False,
-              help="Print JSON (plugins and the plugin environment variables) instead of a table.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    default=False,
+    help="Print JSON (plugins and the plugin environment variables) instead of a table.",
+)
 def plugins_command(as_json: bool) -> None:
     """Every plugin found: name, distribution and version, module, hooks, what it registers, status.
 
@@ -110,9 +122,9 @@ def plugins_command(as_json: bool) -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         distribution = f"{row['distribution']} {row['version']}".strip() or "-"
-        registers = "; ".join(
-            f"{kind}: {', '.join(row[kind])}" for kind in ("backends", "datasets") if row[kind]
-        ) or "-"
+        registers = (
+            "; ".join(f"{kind}: {', '.join(row[kind])}" for kind in ("backends", "datasets") if row[kind]) or "-"
+        )
         style = STATUS_STYLE.get(row["status"], "")
         status = row["status"] + (f": {row['detail']}" if row["detail"] else "")
         cells = (row["name"], distribution, row["module"], ", ".join(row["hooks"]) or "-", registers)

@@ -19,9 +19,13 @@ def presets_command() -> None:
     for p in presets.PRESETS.values():
         data = p.data.dataset + (f", {p.data.validation:,} held out" if p.data.validation else "")
         table.add_row(
-            p.name, f"{100 * p.published_accuracy:.2f}% ({p.published_with})",
-            f"{p.train.optimizer} {p.train.learning_rate:g}", str(p.train.epochs), p.train.init,
-            f"{p.train.dropout:g}" if p.train.dropout else "-", data,
+            p.name,
+            f"{100 * p.published_accuracy:.2f}% ({p.published_with})",
+            f"{p.train.optimizer} {p.train.learning_rate:g}",
+            str(p.train.epochs),
+            p.train.init,
+            f"{p.train.dropout:g}" if p.train.dropout else "-",
+            data,
             p.description + (f". {p.notes}" if p.notes else ""),
         )
     console.print(table)

@@ -23,11 +23,22 @@ from cnnbench.results import RunResult
 @click.option("--threads", type=int, default=None, help="Intra-op threads per framework [all cores].")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds before a backend's worker is killed.")
 @click.option("--results-dir", type=click.Path(file_okay=False), default=None, help="Where result JSON files go.")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="Write curves and throughput bars for every preset to FILE.png.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write curves and throughput bars for every preset to FILE.png.",
+)
 def reproduce_command(
-    frameworks: str, preset_names: str, quick: bool, data_dir: str | None, offline: bool, threads: int | None,
-    timeout_s: float | None, results_dir: str | None, plot: str | None,
+    frameworks: str,
+    preset_names: str,
+    quick: bool,
+    data_dir: str | None,
+    offline: bool,
+    threads: int | None,
+    timeout_s: float | None,
+    results_dir: str | None,
+    plot: str | None,
 ) -> None:
     """Run the chapter's experiments in every framework; published vs measured accuracy side by side.
 
@@ -38,8 +49,15 @@ def reproduce_command(
 
     chosen = presets.parse(preset_names)
     # Every preset is evaluated after each epoch: the optional plot of all presets is drawn at the end.
-    params = RunParams(frameworks=frameworks, threads=threads, data_dir=data_dir, offline=offline, timeout_s=timeout_s,
-                       results_dir=results_dir, evaluate_each_epoch=True)
+    params = RunParams(
+        frameworks=frameworks,
+        threads=threads,
+        data_dir=data_dir,
+        offline=offline,
+        timeout_s=timeout_s,
+        results_dir=results_dir,
+        evaluate_each_epoch=True,
+    )
     runs: list[tuple[presets.Preset, RunResult]] = []
     unsaved = False
     started = time.perf_counter()

@@ -18,8 +18,13 @@ from cnnbench.commands.common import RunParams, build_configs, print_scaling, ru
 
 @click.command("scale")
 @run_options
-@click.option("--from", "from_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Report saved runs (one per device count) instead of running; repeatable.")
+@click.option(
+    "--from",
+    "from_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Report saved runs (one per device count) instead of running; repeatable.",
+)
 def scale_command(from_files: tuple[str, ...], **options: Any) -> None:
     """Data-parallel scaling: a run per device count (--devices, default 1,2), then speed-up and efficiency.
 

@@ -184,7 +184,8 @@ def _partial_batch_hint(per_sample: Array, batch_size: int, loss: float) -> str:
     mistakes = {
         f"the partial last batch ({left} of {batch_size} images) is dropped": dropped,
         f"the batch means are averaged, so the partial last batch ({left} images) weighs as a full one": float(
-            np.mean(means)),
+            np.mean(means)
+        ),
     }
     for meaning, value in mistakes.items():
         if math.isfinite(value) and abs(loss - value) <= LOSS_REL * abs(value):
@@ -464,8 +465,10 @@ def judge_steps(
         check.rule = _step_rule(optimizer)
         n_capped = int(np.sum(form.capped.get(name, False)))
         if n_capped:
-            check.detail += (f"; Adam allowance capped at 2 lr for {n_capped} of {weights[name].size} elements "
-                             "(|g| within its tolerance of 0)")
+            check.detail += (
+                f"; Adam allowance capped at 2 lr for {n_capped} of {weights[name].size} elements "
+                "(|g| within its tolerance of 0)"
+            )
         checks.append(check)
     if len(records) > 1:
         checks.extend(_one_call(session, spec, prefix, weights, records, form.allowances, rows))

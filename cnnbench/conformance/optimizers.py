@@ -153,16 +153,20 @@ def _sgd_hint(records: list[StepRecord], learning_rate: float) -> str:
             residual = np.abs(moved[heavy] - grads[heavy] - decay * before[heavy])
             if decay > 1e-6 and float(np.median(residual)) < 0.01 * float(np.median(np.abs(grads[heavy]))):
                 return f"SGD applies weight decay {decay:.2g}: cnnbench's SGD is plain (w <- w - lr g)"
-        return (f"the first SGD update is {ratio:.4g} x lr x gradient: learning rate {ratio * learning_rate:.3g} "
-                f"instead of {learning_rate:g}?")
+        return (
+            f"the first SGD update is {ratio:.4g} x lr x gradient: learning rate {ratio * learning_rate:.3g} "
+            f"instead of {learning_rate:g}?"
+        )
     if len(records) < 2:
         return ""
     g2, u2, _ = _update(records[1])
     moved2 = -u2 / learning_rate
     momentum = float(np.median((moved2[large] - g2[large]) / grads[large]))
     if abs(momentum) > 0.02:
-        return (f"SGD with momentum {momentum:.2g}: the second update carries {momentum:.2g} x the first gradient; "
-                "cnnbench's SGD is plain")
+        return (
+            f"SGD with momentum {momentum:.2g}: the second update carries {momentum:.2g} x the first gradient; "
+            "cnnbench's SGD is plain"
+        )
     return ""
 
 

@@ -78,11 +78,15 @@ class ConvLayer:
         if not need_input_grad:
             return None
         n = y.shape[0]
-        d_columns = (dz @ params[f"{self.name}/kernel"].reshape(-1, self.out_c).T).reshape(n, self.out_h, self.out_w, self.k, self.k, self.in_c)
+        d_columns = (dz @ params[f"{self.name}/kernel"].reshape(-1, self.out_c).T).reshape(
+            n, self.out_h, self.out_w, self.k, self.k, self.in_c
+        )
         d_padded = np.zeros(padded_shape, dtype=np.float32)
         for i in range(self.k):  # col2im: add each kernel offset's share back where it came from
             for j in range(self.k):
-                d_padded[:, i : i + self.s * (self.out_h - 1) + 1 : self.s, j : j + self.s * (self.out_w - 1) + 1 : self.s, :] += d_columns[:, :, :, i, j, :]
+                d_padded[
+                    :, i : i + self.s * (self.out_h - 1) + 1 : self.s, j : j + self.s * (self.out_w - 1) + 1 : self.s, :
+                ] += d_columns[:, :, :, i, j, :]
         top, left = self.pad_h[0], self.pad_w[0]
         return d_padded[:, top : top + self.in_h, left : left + self.in_w, :]
 
@@ -98,7 +102,11 @@ class PoolLayer:
         self.pad_w = _padding(layer.padding, self.in_w, self.p, self.s)
 
     def forward(self, params, x, train, rng):
-        padded = np.pad(x, ((0, 0), self.pad_h, self.pad_w, (0, 0)), constant_values=-np.inf) if any(self.pad_h + self.pad_w) else x
+        padded = (
+            np.pad(x, ((0, 0), self.pad_h, self.pad_w, (0, 0)), constant_values=-np.inf)
+            if any(self.pad_h + self.pad_w)
+            else x
+        )
         windows = _windows(padded, self.p, self.s, self.out_h, self.out_w)  # N, OH, OW, C, p, p
         flat = windows.reshape(*windows.shape[:4], self.p * self.p)
         winner = flat.argmax(axis=-1)
@@ -110,7 +118,9 @@ class PoolLayer:
         d_padded = np.zeros(padded_shape, dtype=np.float32)
         for i in range(self.p):
             for j in range(self.p):
-                d_padded[:, i : i + self.s * (self.out_h - 1) + 1 : self.s, j : j + self.s * (self.out_w - 1) + 1 : self.s, :] += dy * (winner == i * self.p + j)
+                d_padded[
+                    :, i : i + self.s * (self.out_h - 1) + 1 : self.s, j : j + self.s * (self.out_w - 1) + 1 : self.s, :
+                ] += dy * (winner == i * self.p + j)
         top, left = self.pad_h[0], self.pad_w[0]
         return d_padded[:, top : top + self.in_h, left : left + self.in_w, :]
 
@@ -280,7 +290,9 @@ class NumpySession(Session):
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
-        parts = [self._forward(x[i : i + MAX_IMAGES_PER_PASS], train=False)[0] for i in range(0, len(x), MAX_IMAGES_PER_PASS)]
+        parts = [
+            self._forward(x[i : i + MAX_IMAGES_PER_PASS], train=False)[0] for i in range(0, len(x), MAX_IMAGES_PER_PASS)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, self.spec.num_classes), np.float32)
 
     # --- the Session interface ---
@@ -331,11 +343,10 @@ class NumpySession(Session):
         self.optimizer.reset(self.params)
 
     def settings(self) -> dict[str, Any]:
-        blas = "unknown"
         try:
             blas = np.__config__.CONFIG["Build Dependencies"]["blas"]["name"]
-        except (AttributeError, KeyError, TypeError):
-            pass
+        except (AttributeError, KeyError, TypeError):  # numpy builds describe their BLAS differently, or not at all
+            blas = "unknown"
         threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
         return {
             "intra_op_threads": int(threads) if threads and threads.isdigit() else os.cpu_count(),
