@@ -161,6 +161,7 @@ class JaxSession(Session):
         self.use_scan = config.flag("jax", OPTION_SCAN, default=False)
         self.param_shapes = spec.param_shapes()
         self.pool = config.option("jax", OPTION_POOL) or POOL_CHOICES[0]
+        self.donate = self.dev.platform != "cpu"
         self.forward = build_forward(spec, precision, self.pool)
         if config.optimizer == "adam":
             self.optimizer = optax.adam(config.learning_rate, b1=ADAM_BETA1, b2=ADAM_BETA2, eps=ADAM_EPSILON)
@@ -209,8 +210,11 @@ class JaxSession(Session):
             total = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
             return total, (jnp.argmax(logits, axis=1) == y).sum()
 
-        self._step = jax.jit(step, donate_argnums=(0, 1))
-        self._scan_chunk = jax.jit(scan_chunk, donate_argnums=(0, 1))  # retraced per chunk length
+        # Donating params and optimizer state saves device memory; on XLA CPU it makes the step copy the donated
+        # weights first (the dense kernel: 12.8 MB a step), ~7% of the step: docs/performance.md#jax.
+        donate = (0, 1) if self.donate else ()
+        self._step = jax.jit(step, donate_argnums=donate)
+        self._scan_chunk = jax.jit(scan_chunk, donate_argnums=donate)  # retraced per chunk length
         self._eval_batch = jax.jit(eval_batch, static_argnums=4)
         self._predict = jax.jit(forward)
         self._loss_and_grads = jax.jit(jax.value_and_grad(mean_loss))
@@ -308,7 +312,7 @@ class JaxSession(Session):
             "matmul_precision": self.precision_name,
             "jax.default_matmul_precision": self.jax.config.jax_default_matmul_precision,
             "mode": "jit + scan" if self.use_scan else "jit",
-            "donated_buffers": "params, optimizer state",
+            "donated_buffers": "params, optimizer state" if self.donate else "none (XLA CPU would copy them)",
             "layout": "NHWC, HWIO kernels",
             "max_pool": "reshape + max" if self.pool == "reshape" else "lax.reduce_window",
             "dropout_rng": f"{self.jax.config.jax_default_prng_impl} key from (seed, step)",
