@@ -40,9 +40,16 @@ def torch_loop(x, y, epochs):
 
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
     model = nn.Sequential(
-        nn.Conv2d(1, 32, 4, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 4, padding="same"), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(3136, 1024), nn.ReLU(), nn.Linear(1024, 10),
+        nn.Conv2d(1, 32, 4, padding="same"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 4, padding="same"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3136, 1024),
+        nn.ReLU(),
+        nn.Linear(1024, 10),
     ).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
@@ -88,7 +95,7 @@ def tf_loop(x, y, epochs):
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, forward(xb)))
         grads = tape.gradient(loss, params)
         t.assign_add(1.0)
-        for p, g, m, v in zip(params, grads, ms, vs):
+        for p, g, m, v in zip(params, grads, ms, vs, strict=True):
             m.assign(0.9 * m + 0.1 * g)
             v.assign(0.999 * v + 0.001 * g * g)
             m_hat = m / (1 - 0.9**t)
@@ -113,10 +120,14 @@ def jax_loop(x, y, epochs):
 
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
     params = {
-        "c1": jax.random.normal(keys[0], (4, 4, 1, 32)) * 0.05, "b1": jnp.zeros(32),
-        "c2": jax.random.normal(keys[1], (4, 4, 32, 64)) * 0.05, "b2": jnp.zeros(64),
-        "d1": jax.random.normal(keys[2], (3136, 1024)) * 0.02, "e1": jnp.zeros(1024),
-        "d2": jax.random.normal(keys[3], (1024, 10)) * 0.05, "e2": jnp.zeros(10),
+        "c1": jax.random.normal(keys[0], (4, 4, 1, 32)) * 0.05,
+        "b1": jnp.zeros(32),
+        "c2": jax.random.normal(keys[1], (4, 4, 32, 64)) * 0.05,
+        "b2": jnp.zeros(64),
+        "d1": jax.random.normal(keys[2], (3136, 1024)) * 0.02,
+        "e1": jnp.zeros(1024),
+        "d2": jax.random.normal(keys[3], (1024, 10)) * 0.05,
+        "e2": jnp.zeros(10),
     }
     opt = optax.adam(LR)
     state = opt.init(params)

@@ -26,7 +26,9 @@ N_TRAIN, N_TEST, BATCH, EVAL_BATCH = 2000, 1000, 100, 1000
 def pytest_addoption(parser):
     group = parser.getgroup("cnnbench")
     group.addoption("--bench-rounds", type=int, default=30, help="Timed train steps per backend (one round each) [30].")
-    group.addoption("--bench-warmup", type=int, default=10, help="Untimed warm-up steps before timing (compile, JIT, caches) [10].")
+    group.addoption(
+        "--bench-warmup", type=int, default=10, help="Untimed warm-up steps before timing (compile, JIT, caches) [10]."
+    )
 
 
 def _train_config():
@@ -56,7 +58,9 @@ def pytest_configure(config):
         variant = backend.variants[0] if backend.variants else None
         for key, value in backend.process_environment(variant, train).items():
             if key in wanted and wanted[key] != value:
-                warnings.warn(f"{name} wants {key}={value}, another backend {wanted[key]}; keeping the first")
+                warnings.warn(
+                    f"{name} wants {key}={value}, another backend {wanted[key]}; keeping the first", stacklevel=2
+                )
                 continue
             wanted[key] = value
     for key, value in wanted.items():
@@ -88,7 +92,10 @@ class BenchSession:
         self.variant = self.backend.variants[0] if self.backend.variants else None
         train = _train_config()
         dataset = registry.dataset("synthetic").item
-        data = preprocess.prepare(dataset.load(DataConfig(dataset="synthetic", options={"n_train": N_TRAIN, "n_test": N_TEST})), DataConfig(dataset="synthetic"))
+        data = preprocess.prepare(
+            dataset.load(DataConfig(dataset="synthetic", options={"n_train": N_TRAIN, "n_test": N_TEST})),
+            DataConfig(dataset="synthetic"),
+        )
         spec = spec_for(dataset.input_shape, dataset.num_classes, train.dropout)
         self.backend.import_framework(self.variant)
         self.session = self.backend.create_session(spec, train, self.variant)

@@ -66,13 +66,21 @@ def row_figures(row: BackendResult) -> dict[str, float | None]:
     if row.status != OK or not row.repeats:
         return {"train": None, "eval": None, "compile": None}
     measurement = row.repeats[0]
-    return {"train": measurement.train_throughput, "eval": measurement.eval_throughput,
-            "compile": warmup_seconds(measurement)}
+    return {
+        "train": measurement.train_throughput,
+        "eval": measurement.eval_throughput,
+        "compile": warmup_seconds(measurement),
+    }
 
 
 def allocator_matrix(
-    targets: list[BackendTarget], allocators: Sequence[str], registry: Registry, train: TrainConfig,
-    data: DataConfig, rounds: int, console: Console,
+    targets: list[BackendTarget],
+    allocators: Sequence[str],
+    registry: Registry,
+    train: TrainConfig,
+    data: DataConfig,
+    rounds: int,
+    console: Console,
 ) -> dict[str, dict[str, list[dict[str, float | None]]]]:
     """allocator -> row id -> one figures dict per round; the allocator order reverses every other round."""
     figures: dict[str, dict[str, list[dict[str, float | None]]]] = {name: {} for name in allocators}
@@ -94,8 +102,9 @@ def paired_ratio(values: Sequence[float | None], baseline: Sequence[float | None
 
 def matrix_table(figures: Mapping[str, Mapping[str, list[dict[str, float | None]]]], baseline: str) -> Table:
     """Rows: framework; columns: allocator, train / eval samples/s and the paired ratio to ``baseline``."""
-    table = Table(title=f"Allocator matrix: train / eval samples/s, median of rounds (x {baseline}, paired)",
-                  title_justify="left")
+    table = Table(
+        title=f"Allocator matrix: train / eval samples/s, median of rounds (x {baseline}, paired)", title_justify="left"
+    )
     table.add_column("framework")
     for name in figures:
         table.add_column(name, justify="right")
@@ -126,8 +135,16 @@ def modes_table(result: RunResult, ceiling_gflops: float | None) -> Table:
 
     flops = result.model.get("flops_train_per_sample")
     table = Table(title="Execution modes (--allocator auto; * = the default mode)", title_justify="left")
-    for column in ("framework", "mode", "train samples/s", "% of ceiling", "x default", "eval samples/s",
-                   "compile s", "status"):
+    for column in (
+        "framework",
+        "mode",
+        "train samples/s",
+        "% of ceiling",
+        "x default",
+        "eval samples/s",
+        "compile s",
+        "status",
+    ):
         table.add_column(column, justify="left" if column in ("framework", "mode", "status") else "right")
     defaults: dict[str, float | None] = {}
     for row in result.backends:
@@ -138,11 +155,16 @@ def modes_table(result: RunResult, ceiling_gflops: float | None) -> Table:
         group, mode = group_and_mode(row.backend, row.settings)
         f = row_figures(row)
         base = defaults.get(group)
-        share = f"{100 * f['train'] * flops / 1e9 / ceiling_gflops:.0f}%" if (
-            f["train"] and flops and ceiling_gflops) else "-"
+        share = (
+            f"{100 * f['train'] * flops / 1e9 / ceiling_gflops:.0f}%"
+            if (f["train"] and flops and ceiling_gflops)
+            else "-"
+        )
         table.add_row(
-            group, mode + (" *" if row.settings.get(MODE_DEFAULT_KEY) is True else ""),
-            f"{f['train']:,.0f}" if f["train"] else "-", share,
+            group,
+            mode + (" *" if row.settings.get(MODE_DEFAULT_KEY) is True else ""),
+            f"{f['train']:,.0f}" if f["train"] else "-",
+            share,
             f"x{f['train'] / base:.2f}" if f["train"] and base else "-",
             f"{f['eval']:,.0f}" if f["eval"] else "-",
             f"{f['compile']:.1f}" if f["compile"] is not None else "-",
@@ -152,7 +174,12 @@ def modes_table(result: RunResult, ceiling_gflops: float | None) -> Table:
 
 
 def bare_ratios(
-    frameworks: Sequence[str], epochs: int, n_train: int, rounds: int, registry: Registry, threads: int,
+    frameworks: Sequence[str],
+    epochs: int,
+    n_train: int,
+    rounds: int,
+    registry: Registry,
+    threads: int,
     console: Console,
 ) -> dict[str, dict[str, float | None]]:
     """framework -> bare loop and cnnbench steady samples/s (median of epochs 2..E over rounds) and their ratio."""
@@ -192,8 +219,20 @@ def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | No
     (a measured ``python -c 'import cnnbench.worker'``; 0 when not given), and the parent (CLI start,
     dataset, ceiling, saving: the remainder).
     """
-    parts = dict.fromkeys(("process start", "worker setup", "import", "build", "parity", "data", "compile",
-                           "steady training", "evaluation"), 0.0)
+    parts = dict.fromkeys(
+        (
+            "process start",
+            "worker setup",
+            "import",
+            "build",
+            "parity",
+            "data",
+            "compile",
+            "steady training",
+            "evaluation",
+        ),
+        0.0,
+    )
     workers = 0
     inside = 0.0
     for row in result.backends:
@@ -206,9 +245,13 @@ def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | No
             compile_s = warmup_seconds(measurement) or 0.0
             train = phases.train_s or 0.0
             known = {
-                "import": phases.import_s or 0.0, "build": phases.build_s or 0.0, "parity": parity,
-                "data": phases.load_data_s or 0.0, "compile": min(compile_s, train),
-                "steady training": max(0.0, train - compile_s), "evaluation": phases.eval_s or 0.0,
+                "import": phases.import_s or 0.0,
+                "build": phases.build_s or 0.0,
+                "parity": parity,
+                "data": phases.load_data_s or 0.0,
+                "compile": min(compile_s, train),
+                "steady training": max(0.0, train - compile_s),
+                "evaluation": phases.eval_s or 0.0,
             }
             for key, value in known.items():
                 parts[key] += value
@@ -225,11 +268,16 @@ def breakdown_table(parts: Mapping[str, float], wall_s: float) -> Table:
     for column in ("part", "seconds", "% of wall", "whose"):
         table.add_column(column, justify="right" if column in ("seconds", "% of wall") else "left")
     for part, seconds in parts.items():
-        table.add_row(part, f"{seconds:.1f}", f"{100 * seconds / wall_s:.1f}%",
-                      "framework" if part in FRAMEWORK_PARTS else "cnnbench")
+        table.add_row(
+            part,
+            f"{seconds:.1f}",
+            f"{100 * seconds / wall_s:.1f}%",
+            "framework" if part in FRAMEWORK_PARTS else "cnnbench",
+        )
     harness = sum(s for p, s in parts.items() if p not in FRAMEWORK_PARTS)
-    table.add_row("cnnbench's own (all but the framework parts)", f"{harness:.1f}", f"{100 * harness / wall_s:.1f}%",
-                  "")
+    table.add_row(
+        "cnnbench's own (all but the framework parts)", f"{harness:.1f}", f"{100 * harness / wall_s:.1f}%", ""
+    )
     return table
 
 
@@ -248,8 +296,9 @@ def timed_cli_run(extra: Sequence[str], folder: Path) -> tuple[RunResult, float]
     script = shutil.which("cnnbench", path=str(Path(sys.executable).parent)) or shutil.which("cnnbench")
     command = [script] if script else [sys.executable, "-c", "from cnnbench.cli import main; main()"]
     start = time.perf_counter()
-    subprocess.run([*command, *WALL_COMMAND, "--results-dir", str(folder), *extra], check=False,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*command, *WALL_COMMAND, "--results-dir", str(folder), *extra], check=False, stdout=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - start
     saved = sorted(folder.glob("*.json"))
     if not saved:
@@ -261,8 +310,11 @@ def machine_line(environment: Mapping[str, Any]) -> str:
     """Date, CPU, cores, memory, OS and Python of this machine, for the tables' captions."""
     cpu = environment.get("cpu") or platform.processor() or platform.machine()
     memory = environment.get("memory_gb") or environment.get("memory")
-    return (f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {cpu}, {os.cpu_count()} cores"
-            + (f", {memory} GB" if memory else "") + f", {platform.platform()}, Python {platform.python_version()}")
+    return (
+        f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {cpu}, {os.cpu_count()} cores"
+        + (f", {memory} GB" if memory else "")
+        + f", {platform.platform()}, Python {platform.python_version()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,9 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         targets = parse_frameworks(MODES_FRAMEWORKS, registry, "all")
         result, _ = run_benchmark(targets, registry, train, data, RunOptions(save=False, measure_ceiling=True))
         ceiling = (result.environment.get("matmul_ceiling") or {}).get("gflops")
-        report["modes"] = {row.backend: {**row_figures(row), "mode": row.settings.get(MODE_KEY),
-                                         "default": row.settings.get(MODE_DEFAULT_KEY), "status": row.status}
-                           for row in result.backends}
+        report["modes"] = {
+            row.backend: {
+                **row_figures(row),
+                "mode": row.settings.get(MODE_KEY),
+                "default": row.settings.get(MODE_DEFAULT_KEY),
+                "status": row.status,
+            }
+            for row in result.backends
+        }
         report["ceiling_gflops"] = ceiling
         console.print(modes_table(result, ceiling))
     if "bare" not in skip:
@@ -317,13 +375,16 @@ def main(argv: list[str] | None = None) -> int:
         epochs = 2 if args.quick else 3
         ratios = bare_ratios(["torch", "tf", "jax"], epochs, args.n_train, args.rounds, registry, threads, console)
         report["bare"] = ratios
-        table = Table(title=f"Bare loop vs cnnbench: steady samples/s, epochs 2..{epochs}, {args.rounds} ABBA rounds",
-                      title_justify="left")
+        table = Table(
+            title=f"Bare loop vs cnnbench: steady samples/s, epochs 2..{epochs}, {args.rounds} ABBA rounds",
+            title_justify="left",
+        )
         for column in ("framework", "bare loop", "cnnbench", "cnnbench / bare"):
             table.add_column(column, justify="right")
         for framework, r in ratios.items():
-            table.add_row(framework, f"{r['bare'] or 0:,.0f}", f"{r['cnnbench'] or 0:,.0f}",
-                          f"{100 * (r['ratio'] or 0):.1f}%")
+            table.add_row(
+                framework, f"{r['bare'] or 0:,.0f}", f"{r['cnnbench'] or 0:,.0f}", f"{100 * (r['ratio'] or 0):.1f}%"
+            )
         console.print(table)
     if "wall" not in skip:
         console.rule("4. wall time of the README's command")
@@ -331,8 +392,12 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="cnnbench-fresh-") as folder:
             result, wall = timed_cli_run(args.wall_args.split(), Path(folder))
         parts = wall_breakdown(result, wall, start_s)
-        report["wall"] = {"seconds": wall, "process_start_each_s": start_s, "parts": parts,
-                          "rows": {row.backend: row_figures(row) for row in result.backends}}
+        report["wall"] = {
+            "seconds": wall,
+            "process_start_each_s": start_s,
+            "parts": parts,
+            "rows": {row.backend: row_figures(row) for row in result.backends},
+        }
         console.print(breakdown_table(parts, wall))
     report["load_after"] = load_average()
     report["elapsed_s"] = time.perf_counter() - started

@@ -60,17 +60,41 @@ def plugin_env() -> dict[str, str]:
 
 
 def one_trial(
-    slowdown: float, trial: int, args: argparse.Namespace, folder: Path, cpus: set[int] | None = None,
+    slowdown: float,
+    trial: int,
+    args: argparse.Namespace,
+    folder: Path,
+    cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     """One `cnnbench ab` comparison with the head slowed by ``slowdown``; its verdict, time and estimate."""
     out = folder / f"trial{trial:03d}-delay{slowdown:g}.json"
     command = [
-        sys.executable, "-m", "cnnbench.cli", "ab", "--base", "current", "--head", "current",
-        "--head-env", f"CNNBENCH_INJECTED_DELAY={slowdown:g}", "--threshold", args.threshold, "--budget", args.budget,
-        "--seed", str(trial), "--json", str(out), *shlex.split(args.ab_args),
-        "--", "-f", args.framework, *shlex.split(args.run_args),
+        sys.executable,
+        "-m",
+        "cnnbench.cli",
+        "ab",
+        "--base",
+        "current",
+        "--head",
+        "current",
+        "--head-env",
+        f"CNNBENCH_INJECTED_DELAY={slowdown:g}",
+        "--threshold",
+        args.threshold,
+        "--budget",
+        args.budget,
+        "--seed",
+        str(trial),
+        "--json",
+        str(out),
+        *shlex.split(args.ab_args),
+        "--",
+        "-f",
+        args.framework,
+        *shlex.split(args.run_args),
     ]
     start = time.monotonic()
+
     def pin() -> None:
         if cpus:
             os.sched_setaffinity(0, cpus)  # inherited by ab, its runs and their workers
@@ -79,13 +103,24 @@ def one_trial(
     seconds = time.monotonic() - start
     if not out.exists():
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
-        return {"slowdown": slowdown, "verdict": "error", "exit_code": done.returncode, "seconds": seconds,
-                "rounds": 0, "ratio": None, "output": tail}
+        return {
+            "slowdown": slowdown,
+            "verdict": "error",
+            "exit_code": done.returncode,
+            "seconds": seconds,
+            "rounds": 0,
+            "ratio": None,
+            "output": tail,
+        }
     data = json.loads(out.read_text())
     estimate = data["estimates"][0] if data["estimates"] else {}
     return {
-        "slowdown": slowdown, "verdict": data["verdict"], "exit_code": done.returncode, "seconds": seconds,
-        "rounds": len(data["rounds"]), "ratio": estimate.get("median_ratio"),
+        "slowdown": slowdown,
+        "verdict": data["verdict"],
+        "exit_code": done.returncode,
+        "seconds": seconds,
+        "rounds": len(data["rounds"]),
+        "ratio": estimate.get("median_ratio"),
         "interval": [estimate.get("low"), estimate.get("high")],
     }
 
@@ -140,9 +175,11 @@ def main() -> None:
         needed = f"--jobs {args.jobs} x --cpus-per-job {args.cpus_per_job}"
         parser.error(f"{needed} needs more than the {len(available)} CPUs here")
     before = uptime()
-    print(f"gate power: {args.framework}, run args '{args.run_args}', threshold {args.threshold}, "
-          f"budget {args.budget}, {args.trials} trials x {len(slowdowns)} slowdowns, {args.jobs} at a time; "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"gate power: {args.framework}, run args '{args.run_args}', threshold {args.threshold}, "
+        f"budget {args.budget}, {args.trials} trials x {len(slowdowns)} slowdowns, {args.jobs} at a time; "
+        f"{os.cpu_count()} CPUs"
+    )
     print(f"load average before: {before}", flush=True)
     trials: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -151,7 +188,7 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         # Interleaved (trial 1 at every slowdown, then trial 2 ...): a load change hits every slowdown alike.
         plan = list(itertools.product(range(args.trials), slowdowns))
-        slots = [set(available[i * args.cpus_per_job:(i + 1) * args.cpus_per_job]) for i in range(args.jobs)]
+        slots = [set(available[i * args.cpus_per_job : (i + 1) * args.cpus_per_job]) for i in range(args.jobs)]
         free = list(range(args.jobs))
 
         def run(trial: int, slowdown: float) -> dict[str, Any]:
@@ -167,9 +204,12 @@ def main() -> None:
                 result = future.result()
                 trials.append(result)
                 ratio = "-" if result["ratio"] is None else f"{result['ratio']:.3f}"
-                print(f"trial {futures[future] + 1}/{args.trials} delay {result['slowdown']:g}: {result['verdict']} "
-                      f"(exit {result['exit_code']}, {result['rounds']} rounds, {result['seconds'] / 60:.1f} min, "
-                      f"ratio {ratio}); load {uptime()}", flush=True)
+                print(
+                    f"trial {futures[future] + 1}/{args.trials} delay {result['slowdown']:g}: {result['verdict']} "
+                    f"(exit {result['exit_code']}, {result['rounds']} rounds, {result['seconds'] / 60:.1f} min, "
+                    f"ratio {ratio}); load {uptime()}",
+                    flush=True,
+                )
                 if result["verdict"] == "error":
                     print(result["output"], file=sys.stderr)
     after = uptime()
@@ -177,8 +217,10 @@ def main() -> None:
     print("\n".join(summarise(trials, slowdowns)))
     print(f"load average before: {before}; after: {after}; wall time {(time.monotonic() - started) / 60:.1f} min")
     if args.json:
-        Path(args.json).write_text(json.dumps({"load_before": before, "load_after": after, "args": vars(args),
-                                               "trials": trials}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"load_before": before, "load_after": after, "args": vars(args), "trials": trials}, indent=2)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

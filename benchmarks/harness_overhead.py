@@ -36,8 +36,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def bare(framework: str, epochs: int, n_train: int, env: dict) -> list[float]:
-    out = subprocess.run([sys.executable, str(HERE / "bare_loops.py"), framework, str(epochs), str(n_train)],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, str(HERE / "bare_loops.py"), framework, str(epochs), str(n_train)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"][1:]
 
 
@@ -81,7 +86,9 @@ def protocol_overhead(n_train: int, threads: int, rounds: int) -> list[float]:
         return batches.size / (time.perf_counter() - start)
 
     def through_protocol() -> float:
-        outcome = timing.measure(session, data, config, progress=lambda e, d, t: events.write(json.dumps({"e": e, "d": d, "t": t}) + "\n"))
+        outcome = timing.measure(
+            session, data, config, progress=lambda e, d, t: events.write(json.dumps({"e": e, "d": d, "t": t}) + "\n")
+        )
         return outcome.epochs[0].samples_per_s
 
     overheads = []
@@ -100,7 +107,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n-train", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--protocol-rounds", type=int, default=8, help="ABBA rounds of the protocol-overhead measurement")
+    parser.add_argument(
+        "--protocol-rounds", type=int, default=8, help="ABBA rounds of the protocol-overhead measurement"
+    )
     parser.add_argument("--skip-bare", action="store_true", help="only measure the protocol overhead")
     args = parser.parse_args()
     console = Console(width=160)
@@ -108,16 +117,25 @@ def main() -> None:
     threads = os.cpu_count() or 1
     harness_env, manifest = harness_environment(TrainConfig(threads=threads), "auto")
     env = {**os.environ, **harness_env}
-    console.print(f"{threads} threads, allocator {manifest['allocator']}, MNIST subset {args.n_train:,}, {args.epochs} epochs (first excluded), {args.rounds} alternating rounds")
+    console.print(
+        f"{threads} threads, allocator {manifest['allocator']}, MNIST subset {args.n_train:,}, "
+        f"{args.epochs} epochs (first excluded), {args.rounds} alternating rounds"
+    )
 
-    table = Table(title="Bare loop vs cnnbench (steady-state training samples/s, median of epochs 2..E over rounds)", title_justify="left")
+    table = Table(
+        title="Bare loop vs cnnbench (steady-state training samples/s, median of epochs 2..E over rounds)",
+        title_justify="left",
+    )
     for column in ("framework", "bare loop", "cnnbench", "cnnbench / bare"):
         table.add_column(column, justify="right")
     for framework in [] if args.skip_bare else [f.strip() for f in args.frameworks.split(",") if f.strip()]:
         if framework not in registry.backends or registry.backends[framework].item.unavailable_reason():
             table.add_row(framework, "-", "-", "unavailable")
             continue
-        backend_env = {**env, **registry.backends[framework].item.process_environment(None, TrainConfig(threads=threads))}
+        backend_env = {
+            **env,
+            **registry.backends[framework].item.process_environment(None, TrainConfig(threads=threads)),
+        }
         bare_rates, cnn_rates = [], []
         for _ in range(args.rounds):
             bare_rates += bare(framework, args.epochs, args.n_train, backend_env)
@@ -128,9 +146,11 @@ def main() -> None:
 
     overheads = protocol_overhead(args.n_train, threads, args.protocol_rounds)
     q1, q3 = np.percentile(overheads, [25, 75])
-    console.print(f"protocol overhead (PyTorch, one epoch of {args.n_train:,}, {len(overheads)} ABBA rounds): "
-                  f"median {100 * stats.median(overheads):+.2f}% (IQR {100 * q1:+.2f}% .. {100 * q3:+.2f}%); "
-                  f"per round: {', '.join(f'{100 * o:+.1f}%' for o in overheads)}")
+    console.print(
+        f"protocol overhead (PyTorch, one epoch of {args.n_train:,}, {len(overheads)} ABBA rounds): "
+        f"median {100 * stats.median(overheads):+.2f}% (IQR {100 * q1:+.2f}% .. {100 * q3:+.2f}%); "
+        f"per round: {', '.join(f'{100 * o:+.1f}%' for o in overheads)}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,11 @@ def main() -> None:
     train = TrainConfig(epochs=args.epochs)
     data = DataConfig(dataset="mnist", limit_train=args.n_train, limit_test=2000)
     result, path = run_benchmark(targets, registry, train, data, RunOptions(repeat=args.repeat))
-    table = Table(title=f"Steady-state train samples/s over {args.repeat} fresh-process repeats (MNIST subset {args.n_train:,}, {args.epochs} epochs)", title_justify="left")
+    table = Table(
+        title=f"Steady-state train samples/s over {args.repeat} fresh-process repeats "
+        f"(MNIST subset {args.n_train:,}, {args.epochs} epochs)",
+        title_justify="left",
+    )
     for column in ("framework", "median", "IQR", "CV", "per repeat"):
         table.add_column(column, justify="right")
     for row in result.backends:
@@ -39,8 +43,13 @@ def main() -> None:
             table.add_row(row.backend, "-", "-", "-", row.status)
             continue
         cv = stats.cv(values)
-        table.add_row(row.backend, f"{stats.median(values):,.0f}", f"{stats.iqr(values):,.0f}", "-" if cv is None else f"{100 * cv:.1f}%",
-                      ", ".join(f"{v:,.0f}" for v in values))
+        table.add_row(
+            row.backend,
+            f"{stats.median(values):,.0f}",
+            f"{stats.iqr(values):,.0f}",
+            "-" if cv is None else f"{100 * cv:.1f}%",
+            ", ".join(f"{v:,.0f}" for v in values),
+        )
     Console(width=160).print(table)
     print(f"saved {path}")
 

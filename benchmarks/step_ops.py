@@ -77,8 +77,9 @@ def jax_ops(nchw: bool, repeats: int) -> dict[str, float]:
     x1, k1, a1, x2, k2, h, w1, w2 = (jnp.asarray(a[k]) for k in ("x1", "k1", "a1", "x2", "k2", "h", "w1", "w2"))
 
     def conv(x: Any, k: Any) -> Any:
-        return lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=numbers,
-                                        precision=lax.Precision.HIGHEST)
+        return lax.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=numbers, precision=lax.Precision.HIGHEST
+        )
 
     def pool_window(x: Any) -> Any:
         return lax.reduce_window(x, -jnp.inf, lax.max, window, window, "VALID")
@@ -159,8 +160,19 @@ def tf_ops(repeats: int) -> dict[str, float]:
     @tf.function
     def adam(grads: Any) -> Any:
         for var, (m, v), grad in zip(variables, slots, grads, strict=True):
-            tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=0.9, beta2_power=0.999,
-                                         lr=1e-3, beta1=0.9, beta2=0.999, epsilon=1e-8, grad=grad, use_locking=False)
+            tf.raw_ops.ResourceApplyAdam(
+                var=var.handle,
+                m=m.handle,
+                v=v.handle,
+                beta1_power=0.9,
+                beta2_power=0.999,
+                lr=1e-3,
+                beta1=0.9,
+                beta2=0.999,
+                epsilon=1e-8,
+                grad=grad,
+                use_locking=False,
+            )
         return variables[0].read_value()
 
     ops: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
@@ -186,11 +198,15 @@ def main(argv: list[str]) -> int:
         print("usage: python benchmarks/step_ops.py jax|jax-nchw|tf [REPEATS]", file=sys.stderr)
         return 2
     seconds = tf_ops(repeats) if which == "tf" else jax_ops(which == "jax-nchw", repeats)
-    print(json.dumps({
-        "framework": which,
-        "ms": {name: round(1e3 * s, 3) for name, s in seconds.items()},
-        "gflops": {name: round(FLOPS[name] / s / 1e9, 1) for name, s in seconds.items() if name in FLOPS},
-    }))
+    print(
+        json.dumps(
+            {
+                "framework": which,
+                "ms": {name: round(1e3 * s, 3) for name, s in seconds.items()},
+                "gflops": {name: round(FLOPS[name] / s / 1e9, 1) for name, s in seconds.items() if name in FLOPS},
+            }
+        )
+    )
     return 0
 
 

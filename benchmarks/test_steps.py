@@ -20,7 +20,9 @@ def test_train_step(benchmark, bench_session, rounds):
         return losses
 
     benchmark.extra_info.update(bench_session.info(), samples_per_round=bench_session.batch)
-    losses = benchmark.pedantic(step, setup=lambda: ((bench_session.next_batch(),), {}), rounds=timed, warmup_rounds=warmup, iterations=1)
+    losses = benchmark.pedantic(
+        step, setup=lambda: ((bench_session.next_batch(),), {}), rounds=timed, warmup_rounds=warmup, iterations=1
+    )
     assert len(losses) == 1 and losses[0] == losses[0]  # one finite-or-not-NaN loss per step
     benchmark.extra_info["samples_per_s_median"] = bench_session.batch / benchmark.stats.stats.median
 
@@ -36,6 +38,8 @@ def test_eval_batch(benchmark, bench_session, rounds):
         return result
 
     benchmark.extra_info.update(bench_session.info(), samples_per_round=bench_session.eval_batch)
-    loss, accuracy = benchmark.pedantic(evaluate, rounds=max(3, timed // 3), warmup_rounds=max(1, warmup // 3), iterations=1)
+    loss, accuracy = benchmark.pedantic(
+        evaluate, rounds=max(3, timed // 3), warmup_rounds=max(1, warmup // 3), iterations=1
+    )
     assert 0.0 <= accuracy <= 1.0 and loss == loss
     benchmark.extra_info["samples_per_s_median"] = bench_session.eval_batch / benchmark.stats.stats.median

@@ -117,7 +117,8 @@ def glibc_available() -> bool:
 
 
 def available(
-    libraries: Mapping[str, tuple[str, str | None]] | None = None, glibc: bool | None = None,
+    libraries: Mapping[str, tuple[str, str | None]] | None = None,
+    glibc: bool | None = None,
 ) -> dict[str, Allocator]:
     """The allocators a worker can get here, by name (``libraries``/``glibc``: what to assume instead of looking)."""
     libraries = find_libraries() if libraries is None else libraries
@@ -144,7 +145,8 @@ def resolve(choice: str, find: Callable[[], dict[str, Allocator]] | None = None)
 
 
 def environment(
-    allocator: Allocator, inherited: Mapping[str, str] | None = None,
+    allocator: Allocator,
+    inherited: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """The worker's allocator variables and manifest entries; an inherited LD_PRELOAD is kept after ours, and said."""
     inherited = os.environ if inherited is None else inherited

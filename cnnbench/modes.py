@@ -128,7 +128,10 @@ class BackendTarget:
 
 
 def mode_matching(
-    backend: object, variant: str | None, options: Mapping[str, str], name: str,
+    backend: object,
+    variant: str | None,
+    options: Mapping[str, str],
+    name: str,
 ) -> ExecutionMode | None:
     """The first mode of ``variant`` whose options all hold in ``options`` (keys ``NAME.KEY``), else None."""
     for mode in modes_for(backend, variant):

@@ -56,7 +56,15 @@ def literal(text: object, style: str = "") -> Text:
     return Text(visible_controls(text), style=style)
 
 
-STATUS_STYLE = {"ok": "green", "failed": "red", "timeout": "red", "diverged": "yellow", "interrupted": "yellow", "unavailable": "dim", "unsupported": "dim"}
+STATUS_STYLE = {
+    "ok": "green",
+    "failed": "red",
+    "timeout": "red",
+    "diverged": "yellow",
+    "interrupted": "yellow",
+    "unavailable": "dim",
+    "unsupported": "dim",
+}
 
 
 def fmt_number(value: float | None, digits: int = 0, suffix: str = "") -> str:
@@ -89,9 +97,19 @@ def results_table(result: RunResult, title: str | None = None) -> Table:
     )
     table = Table(title=literal(title or default_title), title_justify="left")
     columns: list[tuple[str, JustifyMethod]] = [
-        ("framework", "left"), ("mode", "left"), ("version", "left"), ("device", "left"), ("params", "right"),
-        ("test acc", "right"), ("train samples/s", "right"), ("GFLOP/s (% peak)", "right"), ("compile s", "right"),
-        ("first epoch s", "right"), ("eval samples/s", "right"), ("total s", "right"), ("parity", "left"),
+        ("framework", "left"),
+        ("mode", "left"),
+        ("version", "left"),
+        ("device", "left"),
+        ("params", "right"),
+        ("test acc", "right"),
+        ("train samples/s", "right"),
+        ("GFLOP/s (% peak)", "right"),
+        ("compile s", "right"),
+        ("first epoch s", "right"),
+        ("eval samples/s", "right"),
+        ("total s", "right"),
+        ("parity", "left"),
         ("status", "left"),
     ]
     for name, justify in columns:
@@ -213,17 +231,28 @@ def print_result(result: RunResult, console: Console | None = None, title: str |
     console = console or Console()
     console.print(results_table(result, title))
     if any(label.endswith(DEFAULT_MODE_MARK) for _, label, _ in grouped_rows(result.backends)):
-        console.print(Text("* the framework's default mode (what --frameworks all runs); compile s: the first epoch's "
-                           "time beyond its steady-state rate", style="dim"))
+        console.print(
+            Text(
+                "* the framework's default mode (what --frameworks all runs); compile s: the first epoch's "
+                "time beyond its steady-state rate",
+                style="dim",
+            )
+        )
     if any(parity_status(row) == "FAIL" for row in result.backends):
-        console.print("[red]![/red] this backend failed the parity check: its speed is not for a model equal to the others' (see 'cnnbench check')")
+        console.print(
+            "[red]![/red] this backend failed the parity check: its speed is not for a model equal to the others' "
+            "(see 'cnnbench check')"
+        )
     if _any_above_ceiling(result):
         remeasured = (result.environment.get("matmul_ceiling") or {}).get("remeasured") is True
-        console.print(Text.assemble(
-            ("!", "red"), " GFLOP/s above the machine's measured matmul ceiling"
-            + (" (measured again after the run)" if remeasured else "")
-            + ": the ceiling understates this machine (measured under load?), so that % is not an efficiency",
-        ))
+        console.print(
+            Text.assemble(
+                ("!", "red"),
+                " GFLOP/s above the machine's measured matmul ceiling"
+                + (" (measured again after the run)" if remeasured else "")
+                + ": the ceiling understates this machine (measured under load?), so that % is not an efficiency",
+            )
+        )
     differing = differing_settings(result)
     if differing:
         console.print(settings_table(differing))
@@ -263,7 +292,9 @@ def reproduce_table(runs: list[tuple[Any, RunResult]], quick: bool, wall_s: floa
         for row in run.backends:
             if row.backend not in backends:
                 backends.append(row.backend)
-    title = "Reproducing the reference chapter" + (" - QUICK: fewer epochs and subsets, not comparable with the published figures" if quick else "")
+    title = "Reproducing the reference chapter" + (
+        " - QUICK: fewer epochs and subsets, not comparable with the published figures" if quick else ""
+    )
     if wall_s is not None:
         title += f" (wall time {wall_s / 60:.1f} min)"
     table = Table(title=title, title_justify="left")
@@ -300,8 +331,15 @@ def comparison_table(comparison: Comparison) -> Table:
     title = f"cnnbench compare: {comparison.baseline_name} -> {comparison.current_name}"
     table = Table(title=literal(title), title_justify="left")
     columns: list[tuple[str, JustifyMethod]] = [
-        ("framework", "left"), ("metric", "left"), ("baseline", "right"), ("current", "right"), ("change", "right"),
-        ("change %", "right"), ("fails at", "right"), ("verdict", "left"), ("evidence", "left"),
+        ("framework", "left"),
+        ("metric", "left"),
+        ("baseline", "right"),
+        ("current", "right"),
+        ("change", "right"),
+        ("change %", "right"),
+        ("fails at", "right"),
+        ("verdict", "left"),
+        ("evidence", "left"),
     ]
     for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
@@ -339,7 +377,10 @@ def comparison_outcome(comparison: Comparison) -> Text:
 
 
 def history_table(
-    names: Sequence[str], rows: Sequence[tuple[StoredRun, dict[str, Point]]], metric: Metric, dataset: str | None,
+    names: Sequence[str],
+    rows: Sequence[tuple[StoredRun, dict[str, Point]]],
+    metric: Metric,
+    dataset: str | None,
 ) -> Table:
     """One row per stored run, one column per framework: the median ± half IQR of its repeats."""
     from cnnbench.compare import format_spread

@@ -25,8 +25,15 @@ def fresh() -> ModuleType:
 
 def measured(first: float, rate: float, import_s: float, build_s: float, eval_s: float, total: float) -> Measurement:
     """One epoch of 1,000 samples taking ``first`` seconds, steady at ``rate`` samples/s."""
-    phases = Phases(import_s=import_s, build_s=build_s, load_data_s=0.5, first_epoch_s=first, train_s=first,
-                    eval_s=eval_s, total_s=total)
+    phases = Phases(
+        import_s=import_s,
+        build_s=build_s,
+        load_data_s=0.5,
+        first_epoch_s=first,
+        train_s=first,
+        eval_s=eval_s,
+        total_s=total,
+    )
     return Measurement(epochs=(EpochRecord(1, 0.3, first, 1000, 1000 / first),), phases=phases, train_throughput=rate)
 
 

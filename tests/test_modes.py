@@ -78,13 +78,16 @@ def test_variant_and_mode_combine_in_either_order():
     assert ids("engines:b+jit") == ["engines:b"]  # jit is b's default
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("plain:turbo", r"unknown variant 'turbo' of framework 'plain', nor a mode; variants: none; modes: slow, fast"),
-    ("engines:b+nojit", r"mode 'nojit' of engines does not apply to variant 'b'; its modes: jit"),
-    ("engines:a+b", r"names two variants"),
-    ("plain:fast+slow", r"names two modes"),
-    ("nothing", r"nothing"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("plain:turbo", r"unknown variant 'turbo' of framework 'plain', nor a mode; variants: none; modes: slow, fast"),
+        ("engines:b+nojit", r"mode 'nojit' of engines does not apply to variant 'b'; its modes: jit"),
+        ("engines:a+b", r"names two variants"),
+        ("plain:fast+slow", r"names two modes"),
+        ("nothing", r"nothing"),
+    ],
+)
 def test_bad_selections_are_one_line_usage_errors(text, message):
     with pytest.raises(UsageError, match=message):
         parse_targets(text, registry())
@@ -92,7 +95,12 @@ def test_bad_selections_are_one_line_usage_errors(text, message):
 
 def test_modes_all_gives_every_mode_default_first_and_no_duplicates():
     assert ids("plain,engines:a,engines:b,modeless", "all") == [
-        "plain", "plain:fast", "engines:a", "engines:a+jit", "engines:b", "modeless",
+        "plain",
+        "plain:fast",
+        "engines:a",
+        "engines:a+jit",
+        "engines:b",
+        "modeless",
     ]
     assert ids("plain:fast,plain", "all") == ["plain", "plain:fast"]
     with pytest.raises(UsageError, match="unknown --modes"):
@@ -105,8 +113,10 @@ def test_all_takes_each_backend_s_default_variant_and_mode():
 
 def test_a_named_mode_wins_over_a_backend_option_and_the_default_mode_yields():
     given = TrainConfig(backend_options={"plain.fast": "true"})
-    default, named = parse_targets("plain,plain:slow", registry())[0], BackendTarget(
-        "plain", None, "slow", (("plain.fast", "false"),), "slow")
+    default, named = (
+        parse_targets("plain,plain:slow", registry())[0],
+        BackendTarget("plain", None, "slow", (("plain.fast", "false"),), "slow"),
+    )
     assert default.configure(given).backend_options == {"plain.fast": "true"}
     assert named.configure(given).backend_options == {"plain.fast": "false"}
     assert BackendTarget("plain").configure(given) is given  # rows built without modes change nothing
@@ -138,7 +148,9 @@ def test_the_builtin_backends_declare_a_default_mode_each():
     targets = {target.id: target for target in parse_targets("tf,torch,jax,keras", real)}
     assert {key: targets[key].mode_name for key in expected} == expected
     assert [t.id for t in parse_targets("keras:jax,keras:torch", real, "all")] == [
-        "keras:jax", "keras:torch", "keras:torch+jit",
+        "keras:jax",
+        "keras:torch",
+        "keras:torch+jit",
     ]
 
 
@@ -157,11 +169,19 @@ def test_group_and_mode_read_the_id_and_the_manifest():
 
 
 def test_the_table_groups_modes_under_their_framework_default_first():
-    rows = (row("tf:xla", "xla", False), row("torch", "eager", True), row("tf", "graph", True),
-            row("torch:compile", "compile", False))
+    rows = (
+        row("tf:xla", "xla", False),
+        row("torch", "eager", True),
+        row("tf", "graph", True),
+        row("torch:compile", "compile", False),
+    )
     grouped = [(group, label, r.backend) for group, label, r in report.grouped_rows(rows)]
-    assert grouped == [("tf", "graph *", "tf"), ("tf", "xla", "tf:xla"), ("torch", "eager *", "torch"),
-                       ("torch", "compile", "torch:compile")]
+    assert grouped == [
+        ("tf", "graph *", "tf"),
+        ("tf", "xla", "tf:xla"),
+        ("torch", "eager *", "torch"),
+        ("torch", "compile", "torch:compile"),
+    ]
 
 
 def test_compile_seconds_is_the_first_epoch_beyond_its_steady_rate():

@@ -7,7 +7,8 @@ jax and optax are imported inside functions only, so listing backends never pays
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,10 +67,17 @@ def build_forward(spec: ModelSpec, precision, pool_how: str = POOL_CHOICES[0]):
             act = _activation(jax, layer.activation)
 
             def conv(params, x, key, layer=layer, act=act):
-                y = lax.conv_general_dilated(
-                    x, params[f"{layer.name}/kernel"], (layer.stride, layer.stride), layer.padding,
-                    dimension_numbers=DIMENSION_NUMBERS, precision=precision,
-                ) + params[f"{layer.name}/bias"]
+                y = (
+                    lax.conv_general_dilated(
+                        x,
+                        params[f"{layer.name}/kernel"],
+                        (layer.stride, layer.stride),
+                        layer.padding,
+                        dimension_numbers=DIMENSION_NUMBERS,
+                        precision=precision,
+                    )
+                    + params[f"{layer.name}/bias"]
+                )
                 return act(y) if act else y
 
             steps.append(conv)
@@ -171,8 +179,11 @@ class JaxSession(Session):
         self.x_train = self.y_train = self.x_test = self.y_test = None
         # The harness loads its own weights next unless the scheme is "framework": then jax.random's compiles
         # (~4 s of the build phase on 2 cores) would be thrown away, so a NumPy draw stands in.
-        self.set_weights(framework_initial_params(spec, config.seed) if config.init == "framework"
-                         else placeholder_params(spec, config.seed))
+        self.set_weights(
+            framework_initial_params(spec, config.seed)
+            if config.init == "framework"
+            else placeholder_params(spec, config.seed)
+        )
 
     # -- compiled functions -------------------------------------------------------------------
 
@@ -334,10 +345,18 @@ class JaxBackend(Backend):
     deterministic = True
     options = (
         BackendOption(OPTION_SCAN, bool, False, "true: one jitted lax.scan per chunk of batches, not a Python loop"),
-        BackendOption(OPTION_PRECISION, ("default", "high", "highest"), DEFAULT_PRECISION,
-                      "lax.Precision of convolutions and matmuls (highest: true fp32 on GPUs, no TF32)"),
-        BackendOption(OPTION_POOL, POOL_CHOICES, POOL_CHOICES[0],
-                      "max pooling as reshape + max (fast gradient on CPU) or lax.reduce_window (select-and-scatter)"),
+        BackendOption(
+            OPTION_PRECISION,
+            ("default", "high", "highest"),
+            DEFAULT_PRECISION,
+            "lax.Precision of convolutions and matmuls (highest: true fp32 on GPUs, no TF32)",
+        ),
+        BackendOption(
+            OPTION_POOL,
+            POOL_CHOICES,
+            POOL_CHOICES[0],
+            "max pooling as reshape + max (fast gradient on CPU) or lax.reduce_window (select-and-scatter)",
+        ),
     )
     modes = (
         ExecutionMode("jit", {OPTION_SCAN: "false"}, "a Python loop over one jax.jit step", default=True),

@@ -22,7 +22,6 @@ from cnnbench.config import TrainConfig
 from cnnbench.distributed import Cluster
 from cnnbench.frameworks import JAX, mesh_label
 from cnnbench.spec import ModelSpec
-
 from cnnbench_jax.backend import JaxSession
 
 AXIS = "data"

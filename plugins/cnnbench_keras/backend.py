@@ -197,7 +197,7 @@ class KerasSession(Session):
             else:
                 loss, grads = self._torch_gradients(images, labels, [v for _, v in named])
         to_numpy = self.ops.convert_to_numpy
-        gradients = {name: np.array(to_numpy(g), dtype=np.float32) for (name, _), g in zip(named, grads)}
+        gradients = {name: np.array(to_numpy(g), dtype=np.float32) for (name, _), g in zip(named, grads, strict=True)}
         return float(to_numpy(loss)), gradients
 
     def _tf_gradients(self, images, labels, variables):
@@ -299,18 +299,30 @@ class KerasBackend(Backend):
     variants = ENGINES
     deterministic = True
     options = (
-        BackendOption("jit_compile", tuple(JIT_COMPILE_CHOICES), None,
-                      "model.compile(jit_compile=...); default per engine: "
-                      + ", ".join(f"{engine} {str(value).lower()}" for engine, value in DEFAULT_JIT_COMPILE.items())),
+        BackendOption(
+            "jit_compile",
+            tuple(JIT_COMPILE_CHOICES),
+            None,
+            "model.compile(jit_compile=...); default per engine: "
+            + ", ".join(f"{engine} {str(value).lower()}" for engine, value in DEFAULT_JIT_COMPILE.items()),
+        ),
     )
     #: jit_compile on / off per engine, each engine's default as DEFAULT_JIT_COMPILE; "nojit" on JAX would run op
     #: by op, which no Keras-on-JAX user runs, so it is not a mode there (the option still reaches it).
     modes = (
-        ExecutionMode("jit", {"jit_compile": "true"}, "jit_compile=True: XLA on tensorflow and jax, torch.compile",
-                      default=tuple(e for e, on in DEFAULT_JIT_COMPILE.items() if on is True)),
-        ExecutionMode("nojit", {"jit_compile": "false"}, "jit_compile=False: tf.function graphs, torch eager",
-                      variants=("tensorflow", "torch"),
-                      default=tuple(e for e, on in DEFAULT_JIT_COMPILE.items() if on is False)),
+        ExecutionMode(
+            "jit",
+            {"jit_compile": "true"},
+            "jit_compile=True: XLA on tensorflow and jax, torch.compile",
+            default=tuple(e for e, on in DEFAULT_JIT_COMPILE.items() if on is True),
+        ),
+        ExecutionMode(
+            "nojit",
+            {"jit_compile": "false"},
+            "jit_compile=False: tf.function graphs, torch eager",
+            variants=("tensorflow", "torch"),
+            default=tuple(e for e, on in DEFAULT_JIT_COMPILE.items() if on is False),
+        ),
     )
 
     def unavailable_reason(self) -> str | None:

@@ -20,7 +20,6 @@ from cnnbench.distributed import Cluster, SharedLifetime, shard_bounds
 from cnnbench.errors import BackendUnavailable
 from cnnbench.frameworks import JAX, mesh_label
 from cnnbench.spec import ModelSpec
-
 from cnnbench_keras.backend import KerasSession
 
 #: The Keras engines whose ``keras.distribution`` is implemented.

@@ -171,7 +171,7 @@ class TFRawSession(Session):
         tf = self.tf
         lr = tf.constant(self.config.learning_rate, tf.float32)
         if self.config.optimizer == "sgd":
-            for var, grad in zip(self.variables.values(), grads):
+            for var, grad in zip(self.variables.values(), grads, strict=True):
                 tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=grad, use_locking=False)
             return
         step = tf.cast(self.adam_step.assign_add(1), tf.float64)
@@ -180,11 +180,20 @@ class TFRawSession(Session):
         epsilon = tf.cast(ADAM_EPSILON * tf.sqrt(1.0 - beta2_power), tf.float32)
         beta1_power, beta2_power = tf.cast(beta1_power, tf.float32), tf.cast(beta2_power, tf.float32)
         beta1, beta2 = tf.constant(ADAM_BETA1, tf.float32), tf.constant(ADAM_BETA2, tf.float32)
-        for (name, var), grad in zip(self.variables.items(), grads):
+        for (name, var), grad in zip(self.variables.items(), grads, strict=True):
             m, v = self.slots[name]
             tf.raw_ops.ResourceApplyAdam(
-                var=var.handle, m=m.handle, v=v.handle, beta1_power=beta1_power, beta2_power=beta2_power,
-                lr=lr, beta1=beta1, beta2=beta2, epsilon=epsilon, grad=grad, use_locking=False,
+                var=var.handle,
+                m=m.handle,
+                v=v.handle,
+                beta1_power=beta1_power,
+                beta2_power=beta2_power,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                epsilon=epsilon,
+                grad=grad,
+                use_locking=False,
             )
 
     def _reset_optimizer(self) -> None:
@@ -278,7 +287,7 @@ class TFRawSession(Session):
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray):
         with self.tf.device(self.device_name):
             loss, grads = self._loss_and_gradients(self._images(x), self._labels(y))
-        return float(loss), {name: grad.numpy() for name, grad in zip(self.variables, grads)}
+        return float(loss), {name: grad.numpy() for name, grad in zip(self.variables, grads, strict=True)}
 
     def get_weights(self) -> dict[str, np.ndarray]:
         return {name: var.numpy().copy() for name, var in self.variables.items()}
@@ -332,7 +341,7 @@ def _onednn_enabled() -> bool | None:
         from tensorflow.python.util import _pywrap_util_port  # private, hence the guard
 
         return bool(_pywrap_util_port.IsMklEnabled())
-    except Exception:
+    except (ImportError, AttributeError, RuntimeError):  # a private API: absent or changed in another TF
         return None
 
 

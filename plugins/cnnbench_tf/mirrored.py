@@ -21,7 +21,6 @@ from cnnbench.distributed import Cluster
 from cnnbench.errors import BackendError, BackendUnavailable
 from cnnbench.frameworks import TENSORFLOW
 from cnnbench.spec import ModelSpec
-
 from cnnbench_tf.backend import TFRawSession, resolve_device
 
 

@@ -221,9 +221,7 @@ class TorchBackend(Backend):
     name = "torch"
     framework = "PyTorch"
     deterministic = True
-    options = (
-        BackendOption("compile", bool, False, "torch.compile the model (inductor): the 'compile' mode"),
-    )
+    options = (BackendOption("compile", bool, False, "torch.compile the model (inductor): the 'compile' mode"),)
     modes = (
         ExecutionMode("eager", {"compile": "false"}, "eager PyTorch, channels_last", default=True),
         ExecutionMode("compile", {"compile": "true"}, "torch.compile(model), inductor backend"),

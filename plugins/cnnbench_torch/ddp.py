@@ -21,7 +21,6 @@ from cnnbench.distributed import SharedLifetime, shard_bounds
 from cnnbench.errors import BackendUnavailable
 from cnnbench.frameworks import TORCH
 from cnnbench.spec import ModelSpec
-
 from cnnbench_torch.backend import TorchSession
 
 #: How long a collective may wait for a missing rank. torchrun normally stops the group within a
