@@ -35,11 +35,12 @@ SYSTEM_LIBRARIES: dict[str, tuple[str, ...]] = {
 #: The PyPI wheel that ships mimalloc's shared library (no Python module: found through its file list).
 MIMALLOC_DISTRIBUTION = "cmeel-mimalloc"
 MIMALLOC_LIBRARY_NAMES = ("libmimalloc.so.3", "libmimalloc.so.2", "libmimalloc.so")
-#: glibc malloc without returning memory to the kernel between steps: a fixed, high mmap threshold (32 MiB,
-#: glibc's maximum) and no trimming, so a step's large buffers are reused instead of mapped and zeroed afresh.
-GLIBC_TUNABLES = (
-    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=67108864"
-)
+#: glibc malloc that keeps freed memory instead of handing it back to the kernel: no mmap'd chunks (buffers over
+#: 32 MiB, glibc's highest mmap threshold, are otherwise mapped and zeroed afresh on every call, e.g. PyTorch's
+#: batch-1000 evaluation), no trimming, 64 MiB of padding per heap growth (docs/performance.md#allocator).
+GLIBC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295:glibc.malloc.top_pad=67108864"
+#: mimalloc keeps freed pages too (its default purges them after 10 ms, to be faulted in again by the next step).
+MIMALLOC_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
 #: How to install each library, for the error when it was asked for and is missing.
 INSTALL_HINTS = {
     MIMALLOC: "pip install cmeel-mimalloc (in cnnbench's 'all' and 'fast-malloc' extras)",
@@ -127,7 +128,8 @@ def available(
     if glibc:
         choices[GLIBC_TUNED] = Allocator(GLIBC_TUNED, {"GLIBC_TUNABLES": GLIBC_TUNABLES})
     for name, (path, version) in libraries.items():
-        choices[name] = Allocator(name, {"LD_PRELOAD": path}, path, version)
+        extra = MIMALLOC_ENV if name == MIMALLOC else {}
+        choices[name] = Allocator(name, {"LD_PRELOAD": path, **extra}, path, version)
     return choices
 
 

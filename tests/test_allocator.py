@@ -47,14 +47,14 @@ def test_a_library_is_preloaded_and_described_with_its_version(tmp_path):
     mi = fake_library(tmp_path, "libmimalloc.so.3")
     chosen = allocator.resolve("mimalloc", finder({allocator.MIMALLOC: (mi, "3.4.3")}))
     env, manifest = allocator.environment(chosen, inherited={})
-    assert env == {"LD_PRELOAD": mi}
+    assert env == {"LD_PRELOAD": mi, "MIMALLOC_PURGE_DELAY": "-1"}
     assert manifest["allocator"] == f"mimalloc 3.4.3 ({mi})" and manifest["allocator_name"] == "mimalloc"
-    assert manifest["allocator_env"] == {"LD_PRELOAD": mi}
+    assert manifest["allocator_env"] == env
 
 
 def test_glibc_tuned_sets_tunables_and_nothing_to_preload():
     env, manifest = allocator.environment(allocator.resolve("glibc-tuned", finder({})), inherited={})
-    assert set(env) == {"GLIBC_TUNABLES"} and "glibc.malloc.mmap_threshold=" in env["GLIBC_TUNABLES"]
+    assert set(env) == {"GLIBC_TUNABLES"} and "glibc.malloc.mmap_max=0" in env["GLIBC_TUNABLES"]
     assert manifest["allocator"].startswith("glibc malloc, GLIBC_TUNABLES=glibc.malloc.")
     assert allocator.environment(Allocator("system"), inherited={})[0] == {}
 
