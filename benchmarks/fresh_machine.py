@@ -1,18 +1,19 @@
 """Each framework at its best on this machine, in one run: the figures docs/performance.md and the README quote.
 
 1. Allocator matrix: each framework's default mode under every allocator this machine has (glibc as it
-   comes, glibc with tunables, mimalloc from the cmeel-mimalloc wheel, Debian's tcmalloc and jemalloc when
-   installed), in ABBA rounds (the allocator order reversed every other round, each run a fresh worker), so
-   a ratio to glibc is taken within a round. Train and eval samples/s, compile seconds.
+   comes, glibc with tunables, mimalloc from the cmeel-mimalloc wheel, Debian's tcmalloc when installed;
+   jemalloc too with --all-allocators), in ABBA rounds (the allocator order reversed every other round, each
+   run a fresh worker), so a ratio to glibc is taken within a round. Train and eval samples/s, compile seconds.
 2. Modes: every execution mode of tf, torch, jax and Keras on each engine, with ``--allocator auto``.
 3. Bare loops: ``benchmarks/bare_loops.py`` against the same framework through cnnbench, alternating.
 4. Wall time of ``cnnbench run --frameworks all --dataset mnist --epochs 1`` (the README's command, run
    as a user runs it), split into process start, import, build, parity, data, compile, steady training,
    evaluation and the harness's own remainder.
 
-Usage: python benchmarks/fresh_machine.py [--n-train 8000] [--rounds 2] [--skip matrix,modes,bare,wall]
-       [--json OUT.json] [--quick]
-About 17 minutes on a quiet 2-core machine with the defaults (``--quick``: a few minutes, figures not for keeping).
+Usage: python benchmarks/fresh_machine.py [--n-train 6000] [--rounds 2] [--skip matrix,modes,bare,wall]
+       [--json OUT.json] [--all-allocators] [--quick]
+About 15 minutes on a quiet 2-core machine with the defaults (docs/performance.md); ``--quick`` only tries the
+script (one steady batch per row: its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -320,11 +321,13 @@ def machine_line(environment: Mapping[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the parts asked for, print each table as it is ready, and write everything to ``--json``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-train", type=int, default=8000, help="MNIST training images for the matrix and modes")
+    parser.add_argument("--n-train", type=int, default=6000, help="MNIST training images for the matrix and modes")
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds of the allocator matrix and bare loops")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: matrix, modes, bare, wall")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to try the script (figures not kept)")
+    parser.add_argument("--all-allocators", action="store_true",
+                        help="also allocators auto never picks (jemalloc), when installed")
     parser.add_argument("--wall-args", default="", help="extra arguments for the timed run (e.g. '--limit-train 5000')")
     args = parser.parse_args(argv)
     if args.quick:
@@ -351,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     if "matrix" not in skip:
         console.rule("1. allocator matrix")
         targets = parse_frameworks(MATRIX_FRAMEWORKS, registry)
-        figures = allocator_matrix(targets, list(available), registry, train, data, args.rounds, console)
+        names = [n for n in available if args.all_allocators or n in (allocator.SYSTEM, *allocator.AUTO_ORDER)]
+        figures = allocator_matrix(targets, names, registry, train, data, args.rounds, console)
         report["matrix"] = figures
         console.print(matrix_table(figures, allocator.SYSTEM))
     if "modes" not in skip:
