@@ -79,8 +79,9 @@ def check_targets(
             outcomes.append((target, {"status": parity.UNAVAILABLE, "message": reason, "checks": {}}))
             continue
         on_start(target)
-        env = {**os.environ, **env_base, **backend.process_environment(target.variant, train)}
-        request = {**request_base, "backend": target.name, "variant": target.variant}
+        configured = target.configure(train)  # the row's execution mode (-f torch:compile), as backend options
+        env = {**os.environ, **env_base, **backend.process_environment(target.variant, configured)}
+        request = {**request_base, "backend": target.name, "variant": target.variant, "train": asdict(configured)}
         result = run_check_process(request, env, timeout_s, log_dir / f"{target.id.replace(':', '-')}.log")
         result.setdefault("framework_version", backend.framework_version(target.variant))
         outcomes.append((target, result))
