@@ -30,7 +30,7 @@ from rich.table import Table
 from cnnbench import stats
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.plugins import load_registry
-from cnnbench.runner import BackendTarget, RunOptions, harness_environment, run_benchmark
+from cnnbench.runner import RunOptions, harness_environment, parse_frameworks, run_benchmark
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,7 +49,8 @@ def bare(framework: str, epochs: int, n_train: int, env: dict) -> list[float]:
 def through_cnnbench(framework: str, epochs: int, n_train: int, registry, threads: int) -> list[float]:
     train = TrainConfig(epochs=epochs, threads=threads)
     data = DataConfig(dataset="mnist", limit_train=n_train, limit_test=1000)
-    result, _ = run_benchmark([BackendTarget(framework)], registry, train, data, RunOptions(save=False))
+    targets = parse_frameworks(framework, registry)  # its default mode, recorded as in a run
+    result, _ = run_benchmark(targets, registry, train, data, RunOptions(save=False))
     row = result.backends[0]
     if row.status != "ok":
         raise RuntimeError(f"{framework}: {row.reason}")
