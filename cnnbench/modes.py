@@ -72,6 +72,31 @@ def declared_modes(backend: object) -> tuple[ExecutionMode, ...]:
     return tuple(mode for mode in modes if isinstance(mode, ExecutionMode))
 
 
+def declaration_problems(backend: object) -> list[str]:
+    """What is wrong with a backend's mode declarations (for plugin checks): names, option keys, defaults."""
+    from cnnbench.backend_options import declared_options
+
+    problems: list[str] = []
+    modes = declared_modes(backend)
+    variants = tuple(getattr(backend, "variants", ()) or ())
+    keys = {option.key for option in declared_options(backend)}
+    names = [mode.name for mode in modes]
+    for mode in modes:
+        if names.count(mode.name) > 1:
+            problems.append(f"mode {mode.name!r} is declared twice")
+        if mode.name in variants:
+            problems.append(f"mode {mode.name!r} has the name of a variant: -f cannot tell them apart")
+        problems.extend(f"mode {mode.name!r} sets {key!r}, which is not a declared option"
+                        for key in mode.options if key not in keys)
+        problems.extend(f"mode {mode.name!r} names unknown variant {v!r}" for v in mode.variants if v not in variants)
+    for variant in variants or (None,):
+        defaults = [mode.name for mode in modes_for(backend, variant) if mode.is_default(variant)]
+        if len(defaults) > 1:
+            where = f" of variant {variant!r}" if variant else ""
+            problems.append(f"modes {', '.join(defaults)} are all the default{where}")
+    return list(dict.fromkeys(problems))
+
+
 def modes_for(backend: object, variant: str | None) -> list[ExecutionMode]:
     """The modes of ``backend`` that exist for ``variant``, in declaration order."""
     return [mode for mode in declared_modes(backend) if mode.applies_to(variant)]

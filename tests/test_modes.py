@@ -12,7 +12,15 @@ from cnnbench import report
 from cnnbench.backend import BackendOption
 from cnnbench.config import TrainConfig
 from cnnbench.errors import UsageError
-from cnnbench.modes import MODE_DEFAULT_KEY, MODE_KEY, BackendTarget, ExecutionMode, group_and_mode, parse_targets
+from cnnbench.modes import (
+    MODE_DEFAULT_KEY,
+    MODE_KEY,
+    BackendTarget,
+    ExecutionMode,
+    declaration_problems,
+    group_and_mode,
+    parse_targets,
+)
 from cnnbench.plugins import PluginRecord, Registered, Registry
 from cnnbench.results import BackendResult, EpochRecord, Measurement, Phases
 
@@ -201,3 +209,28 @@ def test_the_printed_table_shows_the_framework_once_and_marks_the_default(tmp_pa
     lines = [line for line in text.splitlines() if "graph" in line or "xla" in line]
     assert lines[0].split("│")[1].strip() == "tf" and lines[1].split("│")[1].strip() == ""
     assert "graph *" in lines[0] and "default mode" in text
+
+
+def test_declaration_problems_name_each_mistake():
+    assert declaration_problems(Plain()) == [] and declaration_problems(Engines()) == []
+
+    class Bad:
+        variants = ("a",)
+        options = (BackendOption("x", bool),)
+        modes = (ExecutionMode("a", {"x": "true"}, default=True), ExecutionMode("b", {"y": "1"}, default=True),
+                 ExecutionMode("c", variants=("z",)), ExecutionMode("c"))
+
+    assert declaration_problems(Bad()) == [
+        "mode 'a' has the name of a variant: -f cannot tell them apart",
+        "mode 'b' sets 'y', which is not a declared option",
+        "mode 'c' is declared twice",
+        "mode 'c' names unknown variant 'z'",
+        "modes a, b are all the default of variant 'a'",
+    ]
+
+
+def test_the_builtin_backends_declare_their_modes_without_problems():
+    from cnnbench.plugins import load_registry
+
+    for registered in load_registry().backends.values():
+        assert declaration_problems(registered.item) == [], registered.name
