@@ -108,6 +108,20 @@ def default_mode(backend: object, variant: str | None) -> ExecutionMode | None:
     return next((mode for mode in modes if mode.is_default(variant)), modes[0] if modes else None)
 
 
+def mode_rows(registry: Registry) -> list[tuple[str, str, str, str]]:
+    """(selection, options, default for, help) of every declared mode, for ``cnnbench list``."""
+    rows = []
+    for name in sorted(registry.backends):
+        backend = registry.backends[name].item
+        variants = tuple(getattr(backend, "variants", ()) or ())
+        for mode in declared_modes(backend):
+            applies = [v for v in variants if mode.applies_to(v)] or [None]
+            defaults = [v or "yes" for v in applies if mode.is_default(v)]
+            options = ", ".join(f"{name}.{key}={value}" for key, value in mode.options.items())
+            rows.append((f"{name}:{mode.name}", options, ", ".join(defaults) or "-", mode.help))
+    return rows
+
+
 @dataclass(frozen=True)
 class BackendTarget:
     """One row of a run: a backend name, where it has variants which one, and the execution mode."""

@@ -234,3 +234,11 @@ def test_the_builtin_backends_declare_their_modes_without_problems():
 
     for registered in load_registry().backends.values():
         assert declaration_problems(registered.item) == [], registered.name
+
+
+def test_mode_rows_list_each_mode_with_its_options_and_where_it_is_default():
+    from cnnbench.modes import mode_rows
+
+    rows = mode_rows(registry())
+    assert ("plain:fast", "plain.fast=yes", "-", "") in rows and ("plain:slow", "plain.fast=false", "yes", "") in rows
+    assert ("engines:nojit", "engines.jit=false", "a", "") in rows and ("engines:jit", "engines.jit=true", "b", "") in rows

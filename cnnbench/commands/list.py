@@ -42,6 +42,15 @@ def list_command() -> None:
     options = backend_options_table(registry)
     if options is not None:
         console.print(options)
+    from cnnbench.modes import mode_rows
+
+    modes = Table(title="Execution modes (-f NAME:MODE or NAME:VARIANT+MODE; --modes all)", title_justify="left")
+    for column in ("mode", "backend options", "default", "what it runs"):
+        modes.add_column(column, overflow="fold")
+    for row in mode_rows(registry):  # plugin text: shown literally
+        modes.add_row(*(literal(cell) for cell in row))
+    if modes.rows:
+        console.print(modes)
     datasets = Table(title="Datasets", title_justify="left")
     for column in ("name", "shape", "classes", "plugin", "location"):
         datasets.add_column(column, overflow="fold")
