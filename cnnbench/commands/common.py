@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 from rich.text import Text
 
-from cnnbench import distributed, report, results
+from cnnbench import allocator, distributed, report, results
 from cnnbench.config import (
     DEVICES,
     INIT_SCHEMES,
@@ -287,6 +287,7 @@ def build_configs(
         raise UsageError(f"repeat must be at least 1, got {params.repeat}")
     check_timeout(params.timeout_s)
     check_threads(train.threads, available_cores())
+    allocator.resolve(params.allocator)  # a missing library: one line before the dataset and the first worker
     if params.report_dir is not None and Path(params.report_dir).exists() and not Path(params.report_dir).is_dir():
         raise UsageError(f"--report {params.report_dir} is a file; give a folder")
     return train.validate(), data.validate()
