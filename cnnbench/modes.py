@@ -2,7 +2,7 @@
 
 A backend declares its modes in ``Backend.modes``; each mode names the ``--backend-option`` values it
 stands for, so a mode is a shorthand the parent checks, never a second mechanism. A row's id is the
-text that selects it again: ``name[:variant][+mode]`` with the variant first, e.g. ``keras:jax+nojit``;
+text that selects it again: ``name[:variant][+mode]`` with the variant first, e.g. ``keras:torch+jit``;
 the default mode is left out of the id, so ``torch`` and ``keras:tensorflow`` stay the ids they were.
 Which mode is each framework's default, and why: docs/performance.md#modes.
 """
