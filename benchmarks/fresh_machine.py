@@ -326,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help="comma list of parts to skip: matrix, modes, bare, wall")
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to try the script (figures not kept)")
-    parser.add_argument("--all-allocators", action="store_true",
-                        help="also allocators auto never picks (jemalloc), when installed")
+    parser.add_argument(
+        "--all-allocators", action="store_true", help="also allocators auto never picks (jemalloc), when installed"
+    )
     parser.add_argument("--wall-args", default="", help="extra arguments for the timed run (e.g. '--limit-train 5000')")
     args = parser.parse_args(argv)
     if args.quick:

@@ -86,8 +86,11 @@ def declaration_problems(backend: object) -> list[str]:
             problems.append(f"mode {mode.name!r} is declared twice")
         if mode.name in variants:
             problems.append(f"mode {mode.name!r} has the name of a variant: -f cannot tell them apart")
-        problems.extend(f"mode {mode.name!r} sets {key!r}, which is not a declared option"
-                        for key in mode.options if key not in keys)
+        problems.extend(
+            f"mode {mode.name!r} sets {key!r}, which is not a declared option"
+            for key in mode.options
+            if key not in keys
+        )
         problems.extend(f"mode {mode.name!r} names unknown variant {v!r}" for v in mode.variants if v not in variants)
     for variant in variants or (None,):
         defaults = [mode.name for mode in modes_for(backend, variant) if mode.is_default(variant)]

@@ -217,8 +217,12 @@ def test_declaration_problems_name_each_mistake():
     class Bad:
         variants = ("a",)
         options = (BackendOption("x", bool),)
-        modes = (ExecutionMode("a", {"x": "true"}, default=True), ExecutionMode("b", {"y": "1"}, default=True),
-                 ExecutionMode("c", variants=("z",)), ExecutionMode("c"))
+        modes = (
+            ExecutionMode("a", {"x": "true"}, default=True),
+            ExecutionMode("b", {"y": "1"}, default=True),
+            ExecutionMode("c", variants=("z",)),
+            ExecutionMode("c"),
+        )
 
     assert declaration_problems(Bad()) == [
         "mode 'a' has the name of a variant: -f cannot tell them apart",
