@@ -11,20 +11,13 @@ from collections.abc import Mapping
 
 from cnnbench.backend import BackendOption
 from cnnbench.errors import UsageError
+from cnnbench.modes import declared
 from cnnbench.plugins import Registry
 
 
 def declared_options(backend: object) -> tuple[BackendOption, ...]:
     """The options a backend declares; a malformed declaration (a plugin bug) counts as none."""
-    try:
-        options = getattr(backend, "options", ())
-    except KeyboardInterrupt:
-        raise
-    except BaseException:  # noqa: BLE001  (any plugin bug: the backend then accepts no option)
-        return ()
-    if not isinstance(options, (tuple, list)):
-        return ()
-    return tuple(option for option in options if isinstance(option, BackendOption))
+    return declared(backend, "options", BackendOption)
 
 
 def split_name(name: str) -> tuple[str, str]:

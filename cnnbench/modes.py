@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cnnbench.errors import UsageError
+
+#: What ``declared`` collects: BackendOption or ExecutionMode.
+DeclaredT = TypeVar("DeclaredT")
 
 if TYPE_CHECKING:
     from cnnbench.config import TrainConfig
@@ -59,17 +62,22 @@ class ExecutionMode:
         return self.default is True or (isinstance(self.default, tuple) and variant in self.default)
 
 
-def declared_modes(backend: object) -> tuple[ExecutionMode, ...]:
-    """The modes a backend declares; a malformed declaration (a plugin bug) counts as none."""
+def declared(backend: object, attribute: str, kind: type[DeclaredT]) -> tuple[DeclaredT, ...]:
+    """What a backend declares in ``attribute`` (its options, its modes); a malformed declaration counts as none."""
     try:
-        modes = getattr(backend, "modes", ())
+        items = getattr(backend, attribute, ())
     except KeyboardInterrupt:
         raise
-    except BaseException:  # noqa: BLE001  (any plugin bug: the backend then has no modes)
+    except BaseException:  # noqa: BLE001  (any plugin bug: the backend then declares nothing)
         return ()
-    if not isinstance(modes, (tuple, list)):
+    if not isinstance(items, (tuple, list)):
         return ()
-    return tuple(mode for mode in modes if isinstance(mode, ExecutionMode))
+    return tuple(item for item in items if isinstance(item, kind))
+
+
+def declared_modes(backend: object) -> tuple[ExecutionMode, ...]:
+    """The modes a backend declares; a malformed declaration (a plugin bug) counts as none."""
+    return declared(backend, "modes", ExecutionMode)
 
 
 def declaration_problems(backend: object) -> list[str]:
