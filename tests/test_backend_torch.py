@@ -12,14 +12,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cnnbench.backend import Session  # noqa: E402
+from cnnbench import reference  # noqa: E402
+from cnnbench.backend import Session, model_unsupported_reason  # noqa: E402
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig  # noqa: E402
+from cnnbench.conformance.tolerances import GRAD_REL, LOGITS_REL, LOSS_REL, STATE_REL  # noqa: E402
 from cnnbench.datasets.synthetic import make_synthetic  # noqa: E402
 from cnnbench.errors import BackendError, BackendUnavailable  # noqa: E402
 from cnnbench.initializers import initial_weights  # noqa: E402
-from cnnbench.spec import CIFAR_LENET, MNIST_LENET, ModelSpec  # noqa: E402
+from cnnbench.models import zoo  # noqa: E402
+from cnnbench.spec import CIFAR_LENET, LAYER_TYPES, MNIST_LENET, ModelSpec  # noqa: E402
 from cnnbench.testing import BackendConformance  # noqa: E402
-from cnnbench_torch.backend import TorchBackend, from_native, to_native  # noqa: E402
+from cnnbench_torch.backend import TorchBackend, from_native, same_pads, to_native  # noqa: E402
 
 
 class TestTorchConformance(BackendConformance):
@@ -187,3 +190,156 @@ def test_listing_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'listing imported torch'\n"
     )
     assert run_python(code).startswith(f"PyTorch {torch.__version__.split('+')[0]}")
+
+
+# ---- batch norm, residual blocks, stride-2 SAME convolutions, global pooling (issue 20) -------------------------
+# Tiny models against the float64 reference, with the project's tolerances (cnnbench.conformance.tolerances).
+
+TINY_RESNET = zoo.resnet((8, 8, 3), 10, blocks_per_stage=1, widths=(4, 8, 16))
+SMALL_VGG = zoo.vgg8((8, 8, 3), 10)
+BATCH = 8
+
+
+def drawn_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Glorot weights with batch norm away from the identity (gamma, beta and moving statistics drawn)."""
+    weights = initial_weights(spec, "glorot-uniform", seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    for name, shape in spec.param_shapes().items():
+        if name.endswith("/gamma"):
+            weights[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        elif name.endswith(("/beta", "/moving_mean", "/bias")):
+            weights[name] = rng.normal(0.0, 0.2, shape).astype(np.float32)
+        elif name.endswith("/moving_variance"):
+            weights[name] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+    return weights
+
+
+def drawn_session(spec: ModelSpec, channels_last: bool = True, **config: Any) -> Any:
+    session = TorchBackend.session_class(spec, TrainConfig(device="cpu", **config), channels_last=channels_last)
+    session.set_weights(drawn_weights(spec))
+    return session
+
+
+def inputs(spec: ModelSpec, n: int = BATCH, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, (n, *spec.input_shape)).astype(np.float32)
+    return x, rng.integers(0, spec.num_classes, n).astype(np.int64)
+
+
+def assert_scaled_close(actual: Any, expected: Any, rel: float, what: str) -> None:
+    """|actual - expected| <= rel x max |expected| (the conformance table's scale-relative form)."""
+    expected = np.asarray(expected, dtype=np.float64)
+    bound = rel * max(float(np.abs(expected).max()), 1e-12)
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=0, atol=bound, err_msg=what)
+
+
+def assert_matches_reference(session: Any, spec: ModelSpec, x: np.ndarray, y: np.ndarray) -> None:
+    """Inference logits, then the training-mode loss and every trainable gradient, against the reference."""
+    weights = session.get_weights()
+    assert_scaled_close(session.predict(x), reference.forward(spec, weights, x), LOGITS_REL, "logits")
+    loss, grads = session.loss_and_gradients(x, y)
+    ref_loss, ref_grads, _ = reference.loss_and_gradients(spec, weights, x, y)
+    assert loss == pytest.approx(ref_loss, rel=LOSS_REL)
+    assert set(grads) == set(spec.trainable_shapes())
+    for name, grad in grads.items():
+        assert grad.shape == spec.trainable_shapes()[name], name
+        assert_scaled_close(grad, ref_grads[name], GRAD_REL, name)
+
+
+def test_same_pads_are_tensorflows():
+    assert same_pads(32, 3, 2) == (0, 1)  # torch's symmetric padding=1 would be (1, 1): another function
+    assert same_pads(8, 1, 2) == (0, 0)
+    assert same_pads(7, 3, 2) == (1, 1)
+    assert same_pads(28, 4, 1) == (1, 2)
+
+
+def test_stride_two_convolutions_pad_explicitly_and_unevenly():
+    session = drawn_session(TINY_RESNET)
+    pads = [module.padding for module in session.model.modules() if isinstance(module, torch.nn.ZeroPad2d)]
+    assert pads == [(0, 1, 0, 1), (0, 1, 0, 1)]  # s2b1_conv1 and s3b1_conv1; the 1x1 projections need none
+    assert session.weighted["s2b1_conv1"].stride == (2, 2) and session.weighted["s2b1_conv1"].bias is None
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
+@pytest.mark.parametrize("spec", [TINY_RESNET, SMALL_VGG], ids=lambda spec: spec.name)
+def test_new_layers_match_the_reference(spec, channels_last):
+    assert_matches_reference(drawn_session(spec, channels_last), spec, *inputs(spec))
+
+
+def test_moving_statistics_follow_the_spec_step_by_step():
+    """Momentum 0.9 and the biased batch variance, once per step (torch's own rule is unbiased, momentum 0.1)."""
+    spec = TINY_RESNET
+    session = drawn_session(spec, optimizer="sgd", learning_rate=0.1)
+    x, y = inputs(spec, 2 * BATCH)
+    session.load_data(x, y, x, y)
+    for step in range(2):
+        before = session.get_weights()
+        rows = np.arange(step * BATCH, (step + 1) * BATCH, dtype=np.int64)
+        expected = reference.moving_statistics(spec, before, x[rows])
+        session.train_batches(rows[None])
+        after = session.get_weights()
+        assert set(expected) == set(spec.state_shapes())
+        for name, value in expected.items():
+            assert_scaled_close(after[name], value, STATE_REL, f"step {step + 1}: {name}")
+            assert not np.array_equal(after[name], before[name]), name
+
+
+def test_loss_and_gradients_and_inference_change_nothing():
+    spec = TINY_RESNET
+    session = drawn_session(spec)
+    x, y = inputs(spec)
+    before = session.get_weights()
+    logits = session.predict(x)
+    first = session.loss_and_gradients(x, y)
+    again = session.loss_and_gradients(x, y)
+    after = session.get_weights()
+    assert all(np.array_equal(before[name], after[name]) for name in before), "weights or moving statistics moved"
+    assert first[0] == again[0] and all(np.array_equal(first[1][k], again[1][k]) for k in first[1])
+    np.testing.assert_array_equal(session.predict(x), logits)
+    assert all(p.grad is None for p in session.model.parameters())
+    assert not any(norm.batch_stats for norm in session.batch_norms)
+
+
+def test_weights_round_trip_with_moving_statistics():
+    spec = TINY_RESNET
+    session = drawn_session(spec)
+    weights = drawn_weights(spec, seed=3)
+    session.set_weights(weights)
+    back = session.get_weights()
+    assert list(back) == list(spec.param_shapes())
+    for name, value in weights.items():
+        assert back[name].dtype == np.float32 and np.array_equal(back[name], value), name
+    assert np.array_equal(session.weighted["bn"].running_var.numpy(), weights["bn/moving_variance"])
+    back["bn/moving_mean"][:] = 99.0  # a copy, not a view of the buffer
+    assert not np.array_equal(session.get_weights()["bn/moving_mean"], back["bn/moving_mean"])
+
+
+def test_framework_init_of_batch_norm_is_the_identity():
+    weights = TorchBackend().create_session(TINY_RESNET, TrainConfig(device="cpu", init="framework")).get_weights()
+    for name, start in {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0}.items():
+        assert np.all(weights[f"s2b1_bn1/{name}"] == start), name
+
+
+@pytest.mark.slow  # inductor compiles three graphs (inference, gradients, training step): about 30 s on 2 cores
+def test_compiled_resnet_matches_the_reference():
+    spec = TINY_RESNET
+    session = drawn_session(spec, backend_options={"torch.compile": "true"})
+    assert session.compiled
+    x, y = inputs(spec)
+    assert_matches_reference(session, spec, x, y)
+    session.load_data(x, y, x, y)
+    before = session.get_weights()
+    session.train_batches(np.arange(BATCH, dtype=np.int64)[None])
+    after = session.get_weights()
+    for name, value in reference.moving_statistics(spec, before, x).items():
+        assert_scaled_close(after[name], value, STATE_REL, name)
+
+
+def test_batch_norm_with_several_devices_is_refused_before_any_process_group():
+    with pytest.raises(BackendUnavailable, match="batch norm with --devices > 1"):
+        TorchBackend().create_session(TINY_RESNET, TrainConfig(device="cpu", devices=2))
+
+
+def test_backend_declares_every_layer():
+    assert TorchBackend.layers == frozenset(LAYER_TYPES)
+    assert model_unsupported_reason(TorchBackend(), zoo.resnet20((32, 32, 3), 10)) is None

@@ -5,6 +5,7 @@ torch is imported inside methods only, so listing backends never pays for (or fa
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -15,7 +16,20 @@ from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendUnavailable
 from cnnbench.frameworks import TORCH
 from cnnbench.modes import ExecutionMode
-from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
+from cnnbench.spec import (
+    LAYER_TYPES,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    MaxPool2D,
+    ModelSpec,
+    Residual,
+    layer_infos,
+)
 
 
 def _resolve_device(torch, requested: str):
@@ -26,10 +40,22 @@ def _resolve_device(torch, requested: str):
     return torch.device("cpu")
 
 
+def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding of one dimension: (before, after), the odd extra one after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
 def build_module(spec: ModelSpec):
-    """An ``nn.Module`` that walks the spec; returns (module, {layer name: submodule with weights})."""
+    """An ``nn.Module`` that walks the spec, recursing into residual blocks.
+
+    Returns (module, {layer name: submodule with weights}): ``nn.Conv2d``, ``nn.Linear`` or ``SpecBatchNorm``.
+    """
     import torch
     from torch import nn
+
+    F = torch.nn.functional
 
     class NHWCFlatten(nn.Module):  # type: ignore[misc]  # torch is untyped here (optional dependency)
         """Flatten in (H, W, C) order so canonical dense1 weights apply unchanged."""
@@ -37,38 +63,122 @@ def build_module(spec: ModelSpec):
         def forward(self, x):
             return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
 
-    modules: list[nn.Module] = []
+    class SpecBatchNorm(nn.Module):  # type: ignore[misc]
+        """Batch norm on torch's native kernel (``F.batch_norm``) with the spec's momentum and epsilon.
+
+        Training normalises with the biased batch variance, as the spec does, but torch updates
+        ``running_var`` with the unbiased one; ``TorchSession._train_batches`` makes that the spec's biased
+        update by rescaling the C-length buffer around its steps (``variance_scales``). ``batch_stats`` (set by
+        ``loss_and_gradients`` in eval mode): the batch's statistics, nothing updated.
+        """
+
+        def __init__(self, channels: int, layer: BatchNorm):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(channels))
+            self.bias = nn.Parameter(torch.zeros(channels))
+            self.register_buffer("running_mean", torch.zeros(channels))
+            self.register_buffer("running_var", torch.ones(channels))
+            self.momentum = 1.0 - layer.momentum  # torch's: the weight of the new batch statistic
+            self.eps = layer.epsilon
+            self.relu = layer.activation == "relu"
+            self.batch_stats = False
+
+        def forward(self, x):
+            if self.training:
+                y = F.batch_norm(
+                    x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps
+                )
+            elif self.batch_stats:
+                y = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            else:
+                y = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return F.relu(y, inplace=True) if self.relu else y
+
+    class ResidualBlock(nn.Module):  # type: ignore[misc]
+        """activation(body(x) + shortcut(x)); an empty shortcut (``nn.Sequential()``) is the identity."""
+
+        def __init__(self, body: nn.Module, shortcut: nn.Module, relu: bool):
+            super().__init__()
+            self.body, self.shortcut, self.relu = body, shortcut, relu
+
+        def forward(self, x):
+            out = self.body(x) + self.shortcut(x)
+            return F.relu(out, inplace=True) if self.relu else out
+
+    class GlobalAvgPool2d(nn.Module):  # type: ignore[misc]
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
     weighted: dict[str, nn.Module] = {}
-    channels = spec.input_shape[-1]
-    features = None
-    for info in spec.layer_infos():
-        layer = info.layer
-        if isinstance(layer, Conv2D):
-            conv = nn.Conv2d(
-                channels, layer.filters, layer.kernel_size, stride=layer.stride, padding=layer.padding.lower()
-            )
-            modules.append(conv)
-            weighted[layer.name] = conv
-            channels = layer.filters
-            if layer.activation == "relu":
-                modules.append(nn.ReLU())
-        elif isinstance(layer, MaxPool2D):
-            if layer.padding != "VALID":
-                raise NotImplementedError("only VALID pooling is supported")
-            modules.append(nn.MaxPool2d(layer.pool_size, layer.stride))
-        elif isinstance(layer, Flatten):
-            modules.append(NHWCFlatten())
-            (features,) = info.output_shape
-        elif isinstance(layer, Dense):
-            linear = nn.Linear(features, layer.units)
-            modules.append(linear)
-            weighted[layer.name] = linear
-            features = layer.units
-            if layer.activation == "relu":
-                modules.append(nn.ReLU())
-        elif isinstance(layer, Dropout):
-            modules.append(nn.Dropout(layer.rate))
-    return torch.nn.Sequential(*modules), weighted
+
+    def window_pads(layer: Conv2D | MaxPool2D, shape: tuple[int, ...], window: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) as ``F.pad`` takes them; zeros for VALID."""
+        if layer.padding == "VALID":
+            return (0, 0, 0, 0)
+        if layer.padding != "SAME":
+            raise ValueError(f"{layer.name}: unknown padding {layer.padding!r}")
+        top, bottom = same_pads(shape[0], window, layer.stride)
+        left, right = same_pads(shape[1], window, layer.stride)
+        return (left, right, top, bottom)
+
+    def build(layers: tuple[Layer, ...], input_shape: tuple[int, ...]) -> list[nn.Module]:
+        modules: list[nn.Module] = []
+        for info in layer_infos(layers, input_shape):
+            layer, shape = info.layer, info.input_shape
+            if isinstance(layer, Conv2D):
+                channels = shape[-1]
+                if layer.stride == 1:  # torch's "same" is TensorFlow's at stride 1 (extra after), "valid" as well
+                    conv = nn.Conv2d(
+                        channels,
+                        layer.filters,
+                        layer.kernel_size,
+                        padding=layer.padding.lower(),
+                        bias=layer.use_bias,
+                    )
+                else:  # torch pads symmetrically only: an uneven SAME pad is an explicit one before the conv
+                    left, right, top, bottom = window_pads(layer, shape, layer.kernel_size)
+                    if left == right and top == bottom:
+                        padding: tuple[int, int] = (top, left)
+                    else:
+                        modules.append(nn.ZeroPad2d((left, right, top, bottom)))
+                        padding = (0, 0)
+                    conv = nn.Conv2d(
+                        channels, layer.filters, layer.kernel_size, layer.stride, padding, bias=layer.use_bias
+                    )
+                modules.append(conv)
+                weighted[layer.name] = conv
+                if layer.activation == "relu":
+                    modules.append(nn.ReLU())
+            elif isinstance(layer, MaxPool2D):
+                pads = window_pads(layer, shape, layer.pool_size)
+                if any(pads):  # SAME pooling: padded positions never win
+                    modules.append(nn.ConstantPad2d(pads, float("-inf")))
+                modules.append(nn.MaxPool2d(layer.pool_size, layer.stride))
+            elif isinstance(layer, Flatten):
+                modules.append(NHWCFlatten())
+            elif isinstance(layer, Dense):
+                linear = nn.Linear(shape[0], layer.units)
+                modules.append(linear)
+                weighted[layer.name] = linear
+                if layer.activation == "relu":
+                    modules.append(nn.ReLU())
+            elif isinstance(layer, Dropout):
+                modules.append(nn.Dropout(layer.rate))
+            elif isinstance(layer, BatchNorm):
+                norm = SpecBatchNorm(shape[-1], layer)
+                modules.append(norm)
+                weighted[layer.name] = norm
+            elif isinstance(layer, GlobalAvgPool):
+                modules.append(GlobalAvgPool2d())
+            elif isinstance(layer, Residual):
+                body = nn.Sequential(*build(layer.body, shape))
+                shortcut = nn.Sequential(*build(layer.shortcut, shape))
+                modules.append(ResidualBlock(body, shortcut, layer.activation == "relu"))
+            else:  # pragma: no cover - guarded by the Layer union
+                raise TypeError(f"unknown layer {layer!r}")
+        return modules
+
+    return torch.nn.Sequential(*build(spec.layers, spec.input_shape)), weighted
 
 
 def to_native(name: str, value: np.ndarray) -> np.ndarray:
@@ -83,6 +193,26 @@ def from_native(name: str, value: np.ndarray) -> np.ndarray:
     if name.endswith("/kernel"):
         return np.ascontiguousarray(value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T)
     return value
+
+
+#: Which attribute of a weighted module holds each canonical weight suffix.
+NATIVE_ATTRIBUTES = {
+    "kernel": "weight",
+    "bias": "bias",
+    "gamma": "weight",
+    "beta": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
+
+
+def native_tensors(spec: ModelSpec, weighted: dict[str, Any]) -> dict[str, Any]:
+    """Every canonical weight of ``spec`` (``param_shapes``' order) -> its torch parameter or buffer."""
+    tensors = {}
+    for name in spec.param_shapes():
+        layer_name, suffix = name.rsplit("/", 1)
+        tensors[name] = getattr(weighted[layer_name], NATIVE_ATTRIBUTES[suffix])
+    return tensors
 
 
 class TorchSession(Session):
@@ -100,6 +230,11 @@ class TorchSession(Session):
         torch.manual_seed(config.seed)
         model, self.weighted = build_module(spec)
         self.model = model.to(self.dev, memory_format=self.memory_format)
+        #: Canonical weight name -> the parameter or buffer holding it (native layout).
+        self.tensors = native_tensors(spec, self.weighted)
+        #: Each batch norm with the positions per sample it averages over (H x W of its input).
+        self.batch_norms = [self.weighted[info.layer.name] for info in spec.walk() if isinstance(info.layer, BatchNorm)]
+        self.positions = [math.prod(info.input_shape[:-1]) for info in spec.walk() if isinstance(info.layer, BatchNorm)]
         #: ``torch.compile`` of the model (mode "compile"), or the model itself (eager): what every call runs.
         self.compiled = config.flag("torch", "compile")
         self.net = torch.compile(self.model) if self.compiled else self.model
@@ -124,10 +259,35 @@ class TorchSession(Session):
         self.y_train = self.torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(self.dev)
         self.y_test = self.torch.from_numpy(np.asarray(y_test, dtype=np.int64)).to(self.dev)
 
+    def variance_scales(self, batch_size: int) -> list[float]:
+        """n / (n - 1) for each batch norm (n values per channel in a batch): torch's Bessel correction.
+
+        torch updates ``r <- (1 - m) r + m u`` with the unbiased batch variance u = b n / (n - 1). A buffer held
+        as r = v n / (n - 1) during training steps therefore follows the spec's ``v <- (1 - m) v + m b`` exactly;
+        ``_train_batches`` scales the C-length buffers into that form before its steps and back after them.
+        """
+        return [n / (n - 1) if n > 1 else 1.0 for n in (batch_size * positions for positions in self.positions)]
+
     def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
-        torch, F = self.torch, self.torch.nn.functional
+        torch = self.torch
         self.model.train()
         indices = torch.from_numpy(batch_indices).to(self.dev)
+        if not self.batch_norms:
+            losses = self._steps(indices)
+        else:
+            scales = self.variance_scales(batch_indices.shape[1])
+            for norm, scale in zip(self.batch_norms, scales, strict=True):
+                norm.running_var.mul_(scale)
+            try:
+                losses = self._steps(indices)
+            finally:
+                for norm, scale in zip(self.batch_norms, scales, strict=True):
+                    norm.running_var.div_(scale)
+        return torch.stack(losses).cpu().numpy().astype(np.float64) if losses else np.zeros(0)
+
+    def _steps(self, indices) -> list[Any]:
+        """One optimizer step per row of ``indices`` (a device tensor); the losses stay on the device."""
+        F = self.torch.nn.functional
         losses = []
         for row in indices:
             logits = self.net(self.x_train.index_select(0, row))
@@ -136,7 +296,7 @@ class TorchSession(Session):
             loss.backward()
             self.optimizer.step()
             losses.append(loss.detach())
-        return torch.stack(losses).cpu().numpy().astype(np.float64) if losses else np.zeros(0)
+        return losses
 
     def evaluate(self, batch_size: int) -> tuple[float, float]:
         torch, F = self.torch, self.torch.nn.functional
@@ -158,37 +318,37 @@ class TorchSession(Session):
             return self.net(self._images(x)).float().cpu().numpy()
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray):
+        """Dropout off (eval mode), batch norm on the batch's statistics without touching the moving ones."""
         torch = self.torch
         self.model.eval()
+        for norm in self.batch_norms:
+            norm.batch_stats = True
         self.model.zero_grad(set_to_none=True)
-        labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.dev)
-        loss = torch.nn.functional.cross_entropy(self.net(self._images(x)), labels)
-        loss.backward()
-        grads = {}
-        for layer_name, module in self.weighted.items():
-            grads[f"{layer_name}/kernel"] = from_native(f"{layer_name}/kernel", module.weight.grad.cpu().numpy())
-            grads[f"{layer_name}/bias"] = module.bias.grad.cpu().numpy().copy()
-        self.model.zero_grad(set_to_none=True)
+        try:
+            labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.dev)
+            loss = torch.nn.functional.cross_entropy(self.net(self._images(x)), labels)
+            loss.backward()
+            grads = {
+                name: from_native(name, self.tensors[name].grad.cpu().numpy()).copy()
+                for name in self.spec.trainable_shapes()
+            }
+        finally:
+            for norm in self.batch_norms:
+                norm.batch_stats = False
+            self.model.zero_grad(set_to_none=True)
         return float(loss.detach()), grads
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        weights = {}
-        for layer_name, module in self.weighted.items():
-            weights[f"{layer_name}/kernel"] = from_native(f"{layer_name}/kernel", module.weight.detach().cpu().numpy())
-            weights[f"{layer_name}/bias"] = module.bias.detach().cpu().numpy().copy()
-        return weights
+        return {name: from_native(name, tensor.detach().cpu().numpy()).copy() for name, tensor in self.tensors.items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
         torch = self.torch
         with torch.no_grad():
-            for layer_name, module in self.weighted.items():
-                canonical = np.asarray(weights[f"{layer_name}/kernel"], dtype=np.float32)
-                kernel = to_native(f"{layer_name}/kernel", canonical)
-                if tuple(module.weight.shape) != kernel.shape:
-                    expected = tuple(module.weight.shape)
-                    raise ValueError(f"{layer_name}/kernel: expected native shape {expected}, got {kernel.shape}")
-                module.weight.copy_(torch.from_numpy(kernel))
-                module.bias.copy_(torch.from_numpy(np.asarray(weights[f"{layer_name}/bias"], dtype=np.float32)))
+            for name, tensor in self.tensors.items():
+                native = to_native(name, np.asarray(weights[name], dtype=np.float32))
+                if tuple(tensor.shape) != native.shape:
+                    raise ValueError(f"{name}: expected native shape {tuple(tensor.shape)}, got {native.shape}")
+                tensor.copy_(torch.from_numpy(native))
         self._make_optimizer()
 
     def peak_device_memory_mb(self) -> float | None:
@@ -226,6 +386,8 @@ class TorchBackend(Backend):
         ExecutionMode("eager", {"compile": "false"}, "eager PyTorch, channels_last", default=True),
         ExecutionMode("compile", {"compile": "true"}, "torch.compile(model), inductor backend"),
     )
+    #: Every spec layer: batch norm, residual blocks, stride-2 SAME convolutions and global pooling match the reference.
+    layers = frozenset(LAYER_TYPES)
     #: Subclasses (tests, variants) may swap the session implementation.
     session_class = TorchSession
 
@@ -274,6 +436,13 @@ class TorchBackend(Backend):
         from cnnbench.distributed import is_data_parallel
 
         if is_data_parallel(config):
+            if spec.has_batch_norm:
+                # Each rank would normalise with its own shard's statistics (and DDP broadcasts rank 0's moving
+                # ones), not the global batch's that the spec and one device use.
+                raise BackendUnavailable(
+                    "batch norm with --devices > 1 is not implemented in the torch backend "
+                    "(each rank would use its own shard's batch statistics)"
+                )
             from cnnbench_torch.ddp import DDPTorchSession
 
             return DDPTorchSession(spec, config)
