@@ -288,8 +288,13 @@ def test_loss_and_gradients_and_inference_change_nothing():
     spec = TINY_RESNET
     session = drawn_session(spec)
     x, y = inputs(spec)
+    session.load_data(x, y, x, y)
     before = session.get_weights()
     logits = session.predict(x)
+    reference_logits = reference.forward(spec, before, x)
+    loss, accuracy = session.evaluate(batch_size=3)  # inference mode, moving statistics, batches of 3, 3 and 2
+    assert loss == pytest.approx(reference.softmax_cross_entropy(reference_logits, y)[0], rel=LOSS_REL)
+    assert accuracy == np.mean(logits.argmax(axis=1) == y)
     first = session.loss_and_gradients(x, y)
     again = session.loss_and_gradients(x, y)
     after = session.get_weights()
