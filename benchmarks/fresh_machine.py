@@ -4,7 +4,7 @@
    comes, glibc with tunables, mimalloc from the cmeel-mimalloc wheel, Debian's tcmalloc when installed;
    jemalloc too with --all-allocators), in ABBA rounds (the allocator order reversed every other round, each
    run a fresh worker), so a ratio to glibc is taken within a round. Train and eval samples/s, compile seconds.
-2. Modes: every execution mode of tf, torch, jax and Keras on each engine, with ``--allocator auto``.
+2. Modes: every execution mode of tf, torch, jax and Keras on each engine, with ``--allocator`` (default auto).
 3. Bare loops: ``benchmarks/bare_loops.py`` against the same framework through cnnbench, alternating.
 4. Wall time of ``cnnbench run --frameworks all --dataset mnist --epochs 1`` (the README's command, run
    as a user runs it), split into process start, import, build, parity, data, compile, steady training,
@@ -135,7 +135,7 @@ def modes_table(result: RunResult, ceiling_gflops: float | None) -> Table:
     from cnnbench.modes import group_and_mode
 
     flops = result.model.get("flops_train_per_sample")
-    table = Table(title="Execution modes (--allocator auto; * = the default mode)", title_justify="left")
+    table = Table(title="Execution modes (* = the default mode)", title_justify="left")
     for column in (
         "framework",
         "mode",
@@ -182,6 +182,7 @@ def bare_ratios(
     registry: Registry,
     threads: int,
     console: Console,
+    allocator_choice: str = "auto",
 ) -> dict[str, dict[str, float | None]]:
     """framework -> bare loop and cnnbench steady samples/s (median of epochs 2..E over rounds) and their ratio."""
     sys.path.insert(0, str(HERE))
@@ -189,7 +190,7 @@ def bare_ratios(
 
     from cnnbench.runner import harness_environment
 
-    env = {**os.environ, **harness_environment(TrainConfig(threads=threads), "auto")[0]}
+    env = {**os.environ, **harness_environment(TrainConfig(threads=threads), allocator_choice)[0]}
     out: dict[str, dict[str, float | None]] = {}
     for framework in frameworks:
         backend = registry.backends[framework].item
@@ -204,7 +205,7 @@ def bare_ratios(
                 if side == "bare":
                     rates += bare(framework, epochs, n_train, backend_env)
                 else:
-                    rates += through_cnnbench(framework, epochs, n_train, registry, threads)
+                    rates += through_cnnbench(framework, epochs, n_train, registry, threads, allocator_choice)
         b, c = stats.median(bare_rates), stats.median(cnn_rates)
         out[framework] = {"bare": b, "cnnbench": c, "ratio": c / b if b and c else None}
         console.print(f"  bare loop {framework}: done (load {load_average()})")
@@ -214,9 +215,10 @@ def bare_ratios(
 def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | None = None) -> dict[str, float]:
     """Seconds of one run's wall time by part, summed over backends; the parts add up to ``wall_s``.
 
-    Per backend, from its worker's phases: import, build, parity, data (load_data), compile (the first
-    epoch beyond its steady-state time), steady training, evaluation and worker setup (registry and
-    dataset in the worker: the rest of its total). Outside the workers: ``process_start_s`` per worker
+    Per backend: the parity job (its own worker, timed whole), then from each measurement worker's phases:
+    import, build, data (load_data), compile (the first epoch beyond its steady-state time), steady training,
+    evaluation and worker setup (registry and dataset in the worker: the rest of its total). Outside the
+    measurement workers: ``process_start_s`` per worker
     (a measured ``python -c 'import cnnbench.worker'``; 0 when not given), and the parent (CLI start,
     dataset, ceiling, saving: the remainder).
     """
@@ -237,18 +239,20 @@ def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | No
     workers = 0
     inside = 0.0
     for row in result.backends:
+        # The parity check is a worker job of its own, timed whole by the parent (its process start included).
+        parity = float(row.parity.get("seconds") or 0.0) if row.parity else 0.0
+        parts["parity"] += parity
+        inside += parity
         for measurement in row.repeats:
             phases = measurement.phases
             if phases.total_s is None:
                 continue
             workers += 1
-            parity = float(row.parity.get("seconds") or 0.0) if measurement is row.repeats[0] else 0.0
             compile_s = warmup_seconds(measurement) or 0.0
             train = phases.train_s or 0.0
             known = {
                 "import": phases.import_s or 0.0,
                 "build": phases.build_s or 0.0,
-                "parity": parity,
                 "data": phases.load_data_s or 0.0,
                 "compile": min(compile_s, train),
                 "steady training": max(0.0, train - compile_s),
@@ -292,13 +296,15 @@ def process_start_seconds(repeats: int = 3) -> float:
     return stats.median(times) or 0.0
 
 
-def timed_cli_run(extra: Sequence[str], folder: Path) -> tuple[RunResult, float]:
+def timed_cli_run(extra: Sequence[str], folder: Path, allocator_choice: str = "auto") -> tuple[RunResult, float]:
     """Run the README's command as a subprocess (results into ``folder``); its result and wall seconds."""
     script = shutil.which("cnnbench", path=str(Path(sys.executable).parent)) or shutil.which("cnnbench")
     command = [script] if script else [sys.executable, "-c", "from cnnbench.cli import main; main()"]
     start = time.perf_counter()
     subprocess.run(
-        [*command, *WALL_COMMAND, "--results-dir", str(folder), *extra], check=False, stdout=subprocess.DEVNULL
+        [*command, *WALL_COMMAND, "--allocator", allocator_choice, "--results-dir", str(folder), *extra],
+        check=False,
+        stdout=subprocess.DEVNULL,
     )
     wall = time.perf_counter() - start
     saved = sorted(folder.glob("*.json"))
@@ -329,6 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--all-allocators", action="store_true", help="also allocators auto never picks (jemalloc), when installed"
     )
+    parser.add_argument(
+        "--allocator",
+        default="auto",
+        choices=allocator.CHOICES,
+        help="allocator of parts 2-4 [auto]; 'mimalloc' stands for a fresh machine's auto where Debian's tcmalloc is"
+        " installed for the matrix's comparison",
+    )
     parser.add_argument("--wall-args", default="", help="extra arguments for the timed run (e.g. '--limit-train 5000')")
     args = parser.parse_args(argv)
     if args.quick:
@@ -347,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     auto = allocator.resolve("auto")
     report["allocators"] = {name: found.describe() for name, found in available.items()}
     report["auto"] = auto.name
-    console.print("allocators here: " + ", ".join(available) + f"; auto picks {auto.name}")
+    report["sections_allocator"] = allocator.resolve(args.allocator).name
+    console.print(
+        "allocators here: " + ", ".join(available) + f"; auto picks {auto.name}; parts 2-4 run with"
+        f" {report['sections_allocator']}"
+    )
     train = TrainConfig(epochs=1, threads=threads, warmup_steps=10)
     data = DataConfig(dataset="mnist", limit_train=args.n_train)
     started = time.perf_counter()
@@ -362,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     if "modes" not in skip:
         console.rule("2. execution modes")
         targets = parse_frameworks(MODES_FRAMEWORKS, registry, "all")
-        result, _ = run_benchmark(targets, registry, train, data, RunOptions(save=False, measure_ceiling=True))
+        options = RunOptions(save=False, measure_ceiling=True, allocator=args.allocator)
+        result, _ = run_benchmark(targets, registry, train, data, options)
         ceiling = (result.environment.get("matmul_ceiling") or {}).get("gflops")
         report["modes"] = {
             row.backend: {
@@ -378,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     if "bare" not in skip:
         console.rule("3. bare loops vs cnnbench")
         epochs = 2 if args.quick else 3
-        ratios = bare_ratios(["torch", "tf", "jax"], epochs, args.n_train, args.rounds, registry, threads, console)
+        ratios = bare_ratios(
+            ["torch", "tf", "jax"], epochs, args.n_train, args.rounds, registry, threads, console, args.allocator
+        )
         report["bare"] = ratios
         table = Table(
             title=f"Bare loop vs cnnbench: steady samples/s, epochs 2..{epochs}, {args.rounds} ABBA rounds",
@@ -395,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         console.rule("4. wall time of the README's command")
         start_s = process_start_seconds()
         with tempfile.TemporaryDirectory(prefix="cnnbench-fresh-") as folder:
-            result, wall = timed_cli_run(args.wall_args.split(), Path(folder))
+            result, wall = timed_cli_run(args.wall_args.split(), Path(folder), args.allocator)
         parts = wall_breakdown(result, wall, start_s)
         report["wall"] = {
             "seconds": wall,

@@ -14,9 +14,10 @@ least 90% of trials, A/A false alarms at most 5%, under 10 minutes a comparison.
     python benchmarks/gate_power.py --trials 2 --slowdowns 0,0.2 --budget 3m    # a smoke run
     python benchmarks/gate_power.py --trials 40 --jobs 6    # 6 comparisons at once, 2 CPUs each (>= 12 CPUs)
 
-20 trials of 3 slowdowns at ~3 minutes each take about 3 hours on one stream: run it on a quiet
-machine. With --jobs N each stream is pinned to its own CPUs (--cpus-per-job, default 2), so the
-streams share only memory bandwidth and caches; keep N x CPUs per job within the machine.
+On a quiet 2-core machine a comparison takes ~1.3 minutes (docs/ci.md): 20 trials of two slowdowns
+with --jobs 2 --cpus-per-job 1 take ~30 minutes. Run it on a quiet machine. With --jobs N each stream
+is pinned to its own CPUs (--cpus-per-job, default 2), so the streams share only memory bandwidth and
+caches; keep N x CPUs per job within the machine.
 """
 
 from __future__ import annotations
@@ -112,17 +113,33 @@ def one_trial(
             "ratio": None,
             "output": tail,
         }
-    data = json.loads(out.read_text())
+    return trial_record(json.loads(out.read_text()), slowdown, done.returncode, seconds)
+
+
+def trial_record(data: dict[str, Any], slowdown: float, exit_code: int, seconds: float) -> dict[str, Any]:
+    """What the summary needs of one comparison's ``ab --json`` output."""
     estimate = data["estimates"][0] if data["estimates"] else {}
     return {
         "slowdown": slowdown,
         "verdict": data["verdict"],
-        "exit_code": done.returncode,
+        "exit_code": exit_code,
         "seconds": seconds,
         "rounds": len(data["rounds"]),
         "ratio": estimate.get("median_ratio"),
         "interval": [estimate.get("low"), estimate.get("high")],
     }
+
+
+def kept_trials(folder: Path) -> dict[tuple[int, float], dict[str, Any]]:
+    """(trial, slowdown) -> record of every comparison an earlier run kept in ``folder`` (for ``--resume``)."""
+    found = {}
+    for path in sorted(folder.glob("trial*-delay*.json")):
+        trial_text, _, delay_text = path.stem.removeprefix("trial").partition("-delay")
+        data = json.loads(path.read_text())
+        found[(int(trial_text), float(delay_text))] = trial_record(
+            data, float(delay_text), int(data.get("exit_code", 0)), float(data.get("elapsed_s") or 0.0)
+        )
+    return found
 
 
 def spread(values: list[float], digits: int = 1) -> str:
@@ -166,7 +183,14 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="keep each comparison's ab JSON in this folder")
     parser.add_argument("--jobs", type=int, default=1, help="comparisons at once, each on its own CPUs [1]")
     parser.add_argument("--cpus-per-job", type=int, default=2, help="CPUs pinned to each comparison with --jobs [2]")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="count the comparisons already kept in --keep (any slowdown) and run only the missing ones",
+    )
     args = parser.parse_args()
+    if args.resume and not args.keep:
+        parser.error("--resume needs --keep FOLDER")
     slowdowns = [float(x) for x in args.slowdowns.split(",") if x.strip()]
     if args.trials < 1 or not slowdowns or any(not 0 <= s < 10 for s in slowdowns):
         parser.error("--trials must be >= 1 and --slowdowns fractions in [0, 10)")
@@ -186,8 +210,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gate-power-") as scratch:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
+        done = kept_trials(folder) if args.resume else {}
+        trials += done.values()
+        if done:
+            print(f"resumed: {len(done)} comparisons kept in {folder}", flush=True)
         # Interleaved (trial 1 at every slowdown, then trial 2 ...): a load change hits every slowdown alike.
-        plan = list(itertools.product(range(args.trials), slowdowns))
+        plan = [key for key in itertools.product(range(args.trials), slowdowns) if key not in done]
         slots = [set(available[i * args.cpus_per_job : (i + 1) * args.cpus_per_job]) for i in range(args.jobs)]
         free = list(range(args.jobs))
 
@@ -214,7 +242,7 @@ def main() -> None:
                     print(result["output"], file=sys.stderr)
     after = uptime()
     print()
-    print("\n".join(summarise(trials, slowdowns)))
+    print("\n".join(summarise(trials, sorted({*slowdowns, *(t["slowdown"] for t in trials)}))))
     print(f"load average before: {before}; after: {after}; wall time {(time.monotonic() - started) / 60:.1f} min")
     if args.json:
         Path(args.json).write_text(

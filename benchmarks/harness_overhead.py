@@ -46,11 +46,13 @@ def bare(framework: str, epochs: int, n_train: int, env: dict) -> list[float]:
     return json.loads(out.stdout.strip().splitlines()[-1])["samples_per_s"][1:]
 
 
-def through_cnnbench(framework: str, epochs: int, n_train: int, registry, threads: int) -> list[float]:
+def through_cnnbench(
+    framework: str, epochs: int, n_train: int, registry, threads: int, allocator_choice: str = "auto"
+) -> list[float]:
     train = TrainConfig(epochs=epochs, threads=threads)
     data = DataConfig(dataset="mnist", limit_train=n_train, limit_test=1000)
     targets = parse_frameworks(framework, registry)  # its default mode, recorded as in a run
-    result, _ = run_benchmark(targets, registry, train, data, RunOptions(save=False))
+    result, _ = run_benchmark(targets, registry, train, data, RunOptions(save=False, allocator=allocator_choice))
     row = result.backends[0]
     if row.status != "ok":
         raise RuntimeError(f"{framework}: {row.reason}")

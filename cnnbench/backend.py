@@ -30,7 +30,7 @@ from cnnbench.config import BOOLEAN_FALSE, BOOLEAN_TRUE, TrainConfig
 from cnnbench.errors import BackendError as BackendError  # re-exported for plugins
 from cnnbench.errors import BackendUnavailable as BackendUnavailable
 from cnnbench.modes import ExecutionMode
-from cnnbench.spec import ModelSpec
+from cnnbench.spec import LENET_LAYERS, ModelSpec
 
 #: What a ``BackendOption`` accepts: ``bool`` (true/false, 1/0, yes/no, on/off), ``int``, ``float`` (finite),
 #: ``str`` (any text), or a tuple of the allowed words.
@@ -169,33 +169,36 @@ class Session(ABC):
         """Run one optimizer step per row of ``batch_indices`` (int64, [n_batches, batch_size], checked).
 
         Row ``i`` holds the indices into the training set of the i-th batch, in the order given.
-        Dropout is active. Returns the mean training loss of each batch as a float array of
-        length ``n_batches`` (a backend may accumulate losses on the device and fetch them
-        once at the end).
+        Dropout is active; batch normalisation uses the batch's statistics and updates its moving
+        statistics once per step (``cnnbench.spec.BatchNorm``). Returns the mean training loss of
+        each batch as a float array of length ``n_batches`` (a backend may accumulate losses on the
+        device and fetch them once at the end).
         """
 
     @abstractmethod
     def evaluate(self, batch_size: int) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy (0..1) on the whole test set, dropout inactive."""
+        """Mean cross-entropy and accuracy (0..1) on the whole test set, dropout inactive, batch norm on its moving
+        statistics."""
 
     @abstractmethod
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Logits (float32, [n, num_classes]) for float32 NHWC ``x``, in inference mode."""
+        """Logits (float32, [n, num_classes]) for float32 NHWC ``x``, in inference mode (as ``evaluate``)."""
 
     @abstractmethod
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
         """Mean cross-entropy on (x, y) and its gradients in the canonical layout.
 
-        Dropout inactive, weights unchanged: used by the parity check.
+        Dropout inactive, batch norm on the batch's statistics as in training, weights and moving statistics
+        unchanged: used by the parity check. Gradients of the trainable weights only (``spec.trainable_shapes()``).
         """
 
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]:
-        """The current weights in the canonical layout (float32 NumPy copies)."""
+        """The current weights in the canonical layout (float32 NumPy copies), batch-norm moving statistics included."""
 
     @abstractmethod
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        """Load canonical-layout weights (and reset the optimizer state)."""
+        """Load canonical-layout weights, batch-norm moving statistics included (and reset the optimizer state)."""
 
     def sync(self) -> None:  # noqa: B027 (optional hook: a synchronous CPU backend has nothing to wait for)
         """Block until all queued device work is done. The harness calls it before reading the clock."""
@@ -210,6 +213,15 @@ class Session(ABC):
 
     def close(self) -> None:  # noqa: B027 (optional hook: most sessions hold nothing to release)
         """Release device memory and threads."""
+
+
+def model_unsupported_reason(backend: Backend, spec: ModelSpec) -> str | None:
+    """Why ``backend`` cannot build ``spec`` (layer types it does not declare in ``layers``), or None. No import."""
+    declared = getattr(backend, "layers", LENET_LAYERS)
+    missing = sorted(spec.layer_types() - frozenset(declared))
+    if not missing:
+        return None
+    return f"{backend.name} does not implement {', '.join(missing)} (needed by model {spec.name!r})"
 
 
 class Backend(ABC):
@@ -227,6 +239,9 @@ class Backend(ABC):
     options: tuple[BackendOption, ...] = ()
     #: Execution modes (``-f name:mode``, ``--modes all``), each standing for some of ``options``; see cnnbench.modes.
     modes: tuple[ExecutionMode, ...] = ()
+    #: The spec layer types this backend implements, by class name (``cnnbench.spec.LAYER_TYPES``). A model with
+    #: any other is unavailable on it, with the missing types as the reason (``model_unsupported_reason``).
+    layers: frozenset[str] = LENET_LAYERS
 
     @abstractmethod
     def unavailable_reason(self) -> str | None:

@@ -31,6 +31,8 @@ BOOLEAN_TRUE, BOOLEAN_FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "
 class TrainConfig:
     """Hyper-parameters and protocol settings shared by every backend in a run."""
 
+    #: The registered model (``cnnbench list``): the chapter's LeNet unless ``--model`` names another.
+    model: str = "lenet"
     optimizer: str = "adam"
     learning_rate: float = 0.001
     batch_size: int = 100
@@ -67,6 +69,8 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Every field in range, so a bad value is one line in the parent, not a failed row per backend."""
+        if not isinstance(self.model, str) or not self.model:
+            raise UsageError(f"model must be a registered model name, got {self.model!r}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}; choose from: {', '.join(OPTIMIZERS)}")
         if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)) or not (

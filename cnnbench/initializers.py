@@ -13,6 +13,9 @@ import numpy as np
 
 from cnnbench.spec import ModelSpec
 
+#: Batch-norm weights start as the identity in every scheme: gamma and moving variance 1, beta and moving mean 0.
+BATCH_NORM_STARTS = {"/gamma": 1.0, "/beta": 0.0, "/moving_mean": 0.0, "/moving_variance": 1.0}
+
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
     if len(shape) == 4:  # HWIO
@@ -29,6 +32,10 @@ def initial_weights(spec: ModelSpec, scheme: str, seed: int) -> dict[str, np.nda
     weights: dict[str, np.ndarray] = {}
     for name, shape in spec.param_shapes().items():
         is_bias = name.endswith("/bias")
+        start = next((value for suffix, value in BATCH_NORM_STARTS.items() if name.endswith(suffix)), None)
+        if start is not None:  # the same in every scheme and framework: the identity transform
+            weights[name] = np.full(shape, start, dtype=np.float32)
+            continue
         if scheme == "glorot-uniform":
             if is_bias:
                 value = np.zeros(shape)

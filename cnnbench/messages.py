@@ -19,7 +19,7 @@ from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.results import Measurement
 
 #: Bumped whenever a request or event changes shape; both sides must speak the same version.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: The JSON keys of the envelope (never a field name of a request or event).
 VERSION_KEY, EVENT_KEY, JOB_KEY = "version", "event", "job"
@@ -67,6 +67,9 @@ class CheckRequest:
     steps: int
     init: str
     batch: int
+    #: Also the probes that need sessions of their own (optimizer reset, Adam's hyper-parameters, dropout):
+    #: ``cnnbench check`` runs them; a run's parity column leaves them out (docs/performance.md#wall-time).
+    probes: bool = True
 
 
 Request = MeasureRequest | CheckRequest

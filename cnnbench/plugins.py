@@ -27,12 +27,15 @@ import pluggy
 
 from cnnbench import hookspecs
 from cnnbench.errors import PluginError, UsageError
+from cnnbench.spec import ModelSpec
 
 ENTRY_POINT_GROUP = "cnnbench"
 #: The distribution whose entry points are the built-in plugins (loaded first).
 BUILTIN_DISTRIBUTION = "cnnbench"
 #: The built-in plugin that registers the datasets: the allow-list never hides it, only the block-list.
 DATASETS_PLUGIN = "datasets"
+#: The built-in plugin that registers the models (the chapter's LeNet among them): never hidden by the allow-list.
+MODELS_PLUGIN = "models"
 #: Comma-separated plugin names: when set, only these entry-point plugins (and the built-in datasets) load.
 ALLOW_ENV = "CNNBENCH_PLUGINS"
 #: Comma-separated plugin names never loaded.
@@ -40,8 +43,8 @@ BLOCK_ENV = "CNNBENCH_DISABLE_PLUGINS"
 #: Comma-separated importable modules loaded as extra plugins (development and tests).
 EXTRA_MODULES_ENV = "CNNBENCH_PLUGIN_MODULES"
 
-HOOK_NAMES = ("register_backends", "register_datasets")
-HOOK_KINDS = {"register_backends": "backend", "register_datasets": "dataset"}
+HOOK_NAMES = ("register_backends", "register_datasets", "register_models")
+HOOK_KINDS = {"register_backends": "backend", "register_datasets": "dataset", "register_models": "model"}
 
 #: Backend, variant and dataset names: what ``-f name:variant,...``, ``-d`` and ``--backend-option name.key=``
 #: take, so no ``:``, ``,``, ``.``, whitespace, markup or control characters.
@@ -106,6 +109,7 @@ class Registry:
     plugins: list[PluginRecord] = field(default_factory=list)
     backends: dict[str, Registered] = field(default_factory=dict)
     datasets: dict[str, Registered] = field(default_factory=dict)
+    models: dict[str, Registered] = field(default_factory=dict)
 
     def backend(self, name: str) -> Registered:
         """The backend ``--frameworks`` names; a UsageError says why not (unknown, disabled and by what, broken)."""
@@ -118,6 +122,24 @@ class Registry:
         if name not in self.datasets:
             raise UsageError(self._not_found("dataset", name, sorted(self.datasets)))
         return self.datasets[name]
+
+    def model(self, name: str) -> Registered:
+        """The model ``--model`` names; a UsageError says why not."""
+        if name not in self.models:
+            raise UsageError(self._not_found("model", name, sorted(self.models)))
+        return self.models[name]
+
+    def spec(
+        self, model: str, input_shape: tuple[int, ...], num_classes: int, dropout: float | None = None
+    ) -> ModelSpec:
+        """The spec of ``model`` for a dataset's input shape and classes; a UsageError says why not."""
+        entry = self.model(model).item
+        try:
+            spec: ModelSpec = entry.spec(tuple(input_shape), num_classes, dropout)
+        except (ValueError, TypeError) as exc:
+            shape = "x".join(map(str, input_shape))
+            raise UsageError(f"model {model!r} cannot be built for {shape} inputs: {exc}") from None
+        return spec
 
     def _not_found(self, kind: str, name: str, valid: list[str]) -> str:
         """A plugin's items are unknown until it loads: a plugin of the same name stands for them."""
@@ -263,6 +285,11 @@ def dataset_problems(item: Any) -> list[str]:
     return _unless_unreadable(_dataset_problems, item)
 
 
+def model_problems(item: Any) -> list[str]:
+    """Why ``item`` cannot be a model (empty when it can): it must build a valid spec for MNIST and CIFAR shapes."""
+    return _unless_unreadable(_model_problems, item)
+
+
 def _unless_unreadable(check: Callable[[Any], list[str]], item: Any) -> list[str]:
     """``check(item)``, or the one reason that an attribute could not even be read."""
     try:
@@ -317,6 +344,33 @@ def _dataset_problems(item: Any) -> list[str]:
     return [p for p in problems if p] + _method_problems(item, DATASET_METHODS)
 
 
+#: The inputs a registered model is tried on before it counts: MNIST's and CIFAR-10's.
+MODEL_TRIAL_INPUTS = (((28, 28, 1), 10), ((32, 32, 3), 10))
+
+
+def _model_problems(item: Any) -> list[str]:
+    from cnnbench.models import Model
+
+    if isinstance(item, type):
+        return [f"registered the class {item.__name__} instead of an instance"]
+    if not isinstance(item, Model):
+        return [f"a model must be a cnnbench.models.Model, got {type(item).__name__}"]
+    problems = [_name_problem("name", item.name), _text_problem("description", item.description, required=False)]
+    build: object = item.build
+    if not callable(build):
+        problems.append("build must be callable as build(input_shape, num_classes, dropout)")
+    else:
+        for shape, classes in MODEL_TRIAL_INPUTS:
+            try:
+                item.spec(shape, classes)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a plugin's build may raise anything: a reason, not a crash
+                problems.append(f"build{(shape, classes)} failed: {_short_error(exc)}")
+                break
+    return [p for p in problems if p]
+
+
 def _is_count(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
@@ -325,7 +379,11 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} of {len(value)}" if isinstance(value, (tuple, list)) else type(value).__name__
 
 
-VALIDATORS: dict[str, Callable[[Any], list[str]]] = {"backend": backend_problems, "dataset": dataset_problems}
+VALIDATORS: dict[str, Callable[[Any], list[str]]] = {
+    "backend": backend_problems,
+    "dataset": dataset_problems,
+    "model": model_problems,
+}
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
@@ -376,7 +434,7 @@ def _disabled_by(candidate: _Candidate, allow: list[str], block: list[str]) -> s
         return ""
     if candidate.name in block:
         return BLOCK_ENV
-    always = candidate.builtin and candidate.name == DATASETS_PLUGIN  # never hidden by an allow-list
+    always = candidate.builtin and candidate.name in (DATASETS_PLUGIN, MODELS_PLUGIN)  # never hidden by an allow-list
     if allow and candidate.name not in allow and not always:
         return ALLOW_ENV
     return ""
@@ -472,8 +530,8 @@ def _register_from(pm: pluggy.PluginManager, plugin: Any, record: PluginRecord, 
     All or nothing: a hook that raises or returns a value, or one refused item, marks the plugin
     broken with every reason, and none of its items is registered.
     """
-    targets = {"backend": registry.backends, "dataset": registry.datasets}
-    staged: dict[str, dict[str, Any]] = {"backend": {}, "dataset": {}}
+    targets = {"backend": registry.backends, "dataset": registry.datasets, "model": registry.models}
+    staged: dict[str, dict[str, Any]] = {kind: {} for kind in targets}
     problems: list[str] = []
     for hook_name in HOOK_NAMES:
         kind = HOOK_KINDS[hook_name]

@@ -1,12 +1,14 @@
-"""A float64 NumPy LeNet: the yardstick every backend is compared against (``cnnbench check``).
+"""A float64 NumPy network: the yardstick every backend is compared against (``cnnbench check``).
 
 Built by walking ``ModelSpec.layers`` as a backend does, but written out by hand - im2col
 convolutions with TensorFlow's SAME padding (for kernel 4: one row/column before, two after),
 max pooling whose gradient goes to the first maximum of each window, flatten in (H, W, C)
-order, dense layers, mean softmax cross-entropy and the backward pass of each - so that it
-shares no kernel and no convention with any framework. Dropout layers are the identity: the
-reference is the network with dropout inactive. ReLU's derivative at exactly 0 is 0, as in
-every framework.
+order, dense layers, batch normalisation (the spec's convention), residual additions, global
+average pooling, mean softmax cross-entropy and the backward pass of each - so that it shares
+no kernel and no convention with any framework. Dropout layers are the identity: the reference
+is the network with dropout inactive. ReLU's derivative at exactly 0 is 0, as in every framework.
+``training=True`` normalises with the batch's statistics (what a training step and
+``loss_and_gradients`` see); otherwise with the moving statistics (inference).
 
 ``Conventions`` lets the parity check ask "would the backend match if it had flattened in
 (C, H, W) order / padded on the other side?", to name a mistake instead of only reporting it.
@@ -30,16 +32,31 @@ import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON
-from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ModelSpec
+from cnnbench.spec import (
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    MaxPool2D,
+    ModelSpec,
+    Residual,
+)
 
 Array = npt.NDArray[Any]
 Weights = dict[str, Array]
 #: What a layer's forward keeps for its backward (inputs, pre-activations, argmaxes, shapes).
 Cache = dict[str, Any]
-#: The layers a forward pass went through, each with its cache.
+#: The layers a forward pass went through, each with its cache (a residual block's cache holds its branches' tapes).
 Tape = list[tuple[Layer, Cache]]
-#: Adds the change of one near-tie decision to the allowance: (sample, tape index, delta, at pre-activation).
-FlipAdder = Callable[[int, int, Array, bool], None]
+#: Where an entry sits in a tape: its index, or (index, "body" | "shortcut", index in that branch, ...).
+Path = tuple[Any, ...]
+#: Adds the change of one near-tie decision to the allowance: (sample, tape path, delta, at pre-activation).
+FlipAdder = Callable[[int, Path, Array, bool], None]
+#: Layers whose output passes through an activation after a pre-activation ``z`` kept in their cache.
+ACTIVATED = (Conv2D, Dense, BatchNorm, Residual)
 
 
 @dataclass(frozen=True)
@@ -107,14 +124,19 @@ def _activation_grad(name: str | None, z: Array, upstream: Array) -> Array:
     return upstream * (z > 0)  # relu'(0) = 0, as in every framework
 
 
-def _conv_forward(layer: Conv2D, kernel: Array, bias: Array, x: Array, conventions: Conventions) -> tuple[Array, Cache]:
+def _conv_forward(
+    layer: Conv2D, kernel: Array, bias: Array | None, x: Array, conventions: Conventions
+) -> tuple[Array, Cache]:
     n, height, width, channels = x.shape
     k, s = layer.kernel_size, layer.stride
     (top, bottom), (left, right) = _pads(layer, height, width, k, conventions)
     padded = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     out_h, out_w = (padded.shape[1] - k) // s + 1, (padded.shape[2] - k) // s + 1
     cols = _windows(padded, k, s, out_h, out_w).reshape(n * out_h * out_w, k * k * channels)
-    z = (cols @ kernel.reshape(k * k * channels, layer.filters) + bias).reshape(n, out_h, out_w, layer.filters)
+    z = cols @ kernel.reshape(k * k * channels, layer.filters)
+    if bias is not None:
+        z = z + bias
+    z = z.reshape(n, out_h, out_w, layer.filters)
     return z, {"cols": cols, "padded_shape": padded.shape, "crop": (top, left, height, width)}
 
 
@@ -233,20 +255,67 @@ def _as64(weights: Weights) -> Weights:
 
 
 def forward(
-    spec: ModelSpec, weights: Weights, x: Array, conventions: Conventions = CANONICAL, tape: Tape | None = None
+    spec: ModelSpec,
+    weights: Weights,
+    x: Array,
+    conventions: Conventions = CANONICAL,
+    tape: Tape | None = None,
+    training: bool = False,
 ) -> Array:
-    """Logits (float64) for NHWC ``x``; dropout inactive. ``tape`` collects what backward needs."""
+    """Logits (float64) for NHWC ``x``; dropout inactive. ``tape`` collects what backward needs.
+
+    ``training``: batch normalisation on the batch's statistics (else on the moving statistics).
+    """
     with single_threaded_blas():
-        return _forward(spec, _as64(weights), np.asarray(x, dtype=np.float64), conventions, tape)
+        return _forward(spec, _as64(weights), np.asarray(x, dtype=np.float64), conventions, tape, training=training)
 
 
-def _forward(spec: ModelSpec, weights: Weights, h: Array, conventions: Conventions, tape: Tape | None) -> Array:
+def moving_statistics(spec: ModelSpec, weights: Weights, x: Array) -> Weights:
+    """The batch-norm moving statistics after one training step on ``x`` (the spec's update rule, float64).
+
+    Every state weight of ``spec``; empty for a spec without batch normalisation.
+    """
+    weights64 = _as64(weights)
+    batch: dict[str, tuple[Array, Array]] = {}
+    with single_threaded_blas():
+        _forward(spec, weights64, np.asarray(x, dtype=np.float64), CANONICAL, None, training=True, batch=batch)
+    out: Weights = {}
+    for info in spec.walk():
+        layer = info.layer
+        if isinstance(layer, BatchNorm):
+            mean, var = batch[layer.name]
+            m = layer.momentum
+            out[f"{layer.name}/moving_mean"] = m * weights64[f"{layer.name}/moving_mean"] + (1 - m) * mean
+            out[f"{layer.name}/moving_variance"] = m * weights64[f"{layer.name}/moving_variance"] + (1 - m) * var
+    return out
+
+
+def _forward(
+    spec: ModelSpec,
+    weights: Weights,
+    h: Array,
+    conventions: Conventions,
+    tape: Tape | None,
+    training: bool = True,
+    batch: dict[str, tuple[Array, Array]] | None = None,
+) -> Array:
+    return _forward_layers(spec.layers, weights, h, conventions, tape, training, batch)
+
+
+def _forward_layers(
+    layers: tuple[Layer, ...],
+    weights: Weights,
+    h: Array,
+    conventions: Conventions,
+    tape: Tape | None,
+    training: bool,
+    batch: dict[str, tuple[Array, Array]] | None,
+) -> Array:
     entry: tuple[Layer, Cache]
-    for layer in spec.layers:
+    for layer in layers:
         if isinstance(layer, Conv2D):
-            z, cache = _conv_forward(
-                layer, weights[f"{layer.name}/kernel"], weights[f"{layer.name}/bias"], h, conventions
-            )
+            bias = weights[f"{layer.name}/bias"] if layer.use_bias else None
+            z, cache = _conv_forward(layer, weights[f"{layer.name}/kernel"], bias, h, conventions)
             entry = (layer, {**cache, "z": z})
             h = _activate(layer.activation, z)
         elif isinstance(layer, MaxPool2D):
@@ -259,6 +328,23 @@ def _forward(spec: ModelSpec, weights: Weights, h: Array, conventions: Conventio
             z = h @ weights[f"{layer.name}/kernel"] + weights[f"{layer.name}/bias"]
             entry = (layer, {"x": h, "z": z})
             h = _activate(layer.activation, z)
+        elif isinstance(layer, BatchNorm):
+            z, cache = _batch_norm_forward(layer, weights, h, training)
+            if batch is not None and training:
+                batch[layer.name] = (cache["mean"], cache["var"])
+            entry = (layer, {**cache, "z": z})
+            h = _activate(layer.activation, z)
+        elif isinstance(layer, GlobalAvgPool):
+            entry = (layer, {"shape": h.shape})
+            h = h.mean(axis=(1, 2))
+        elif isinstance(layer, Residual):
+            body: Tape = []
+            shortcut: Tape = []
+            z = _forward_layers(layer.body, weights, h, conventions, body, training, batch) + _forward_layers(
+                layer.shortcut, weights, h, conventions, shortcut, training, batch
+            )
+            entry = (layer, {"body": body, "shortcut": shortcut, "z": z, "input_shape": h.shape})
+            h = _activate(layer.activation, z)
         elif isinstance(layer, Dropout):
             continue
         else:
@@ -266,6 +352,36 @@ def _forward(spec: ModelSpec, weights: Weights, h: Array, conventions: Conventio
         if tape is not None:
             tape.append(entry)
     return h
+
+
+def _reduced_axes(x: Array) -> tuple[int, ...]:
+    """Every axis but the channels (the last): what batch normalisation averages over."""
+    return tuple(range(x.ndim - 1))
+
+
+def _batch_norm_forward(layer: BatchNorm, weights: Weights, x: Array, training: bool) -> tuple[Array, Cache]:
+    gamma, beta = weights[f"{layer.name}/gamma"], weights[f"{layer.name}/beta"]
+    if training:
+        mean = x.mean(axis=_reduced_axes(x))
+        var = ((x - mean) ** 2).mean(axis=_reduced_axes(x))  # biased: divided by the count (the spec's convention)
+    else:
+        mean, var = weights[f"{layer.name}/moving_mean"], weights[f"{layer.name}/moving_variance"]
+    inv_std = 1.0 / np.sqrt(var + layer.epsilon)
+    xhat = (x - mean) * inv_std
+    return gamma * xhat + beta, {"xhat": xhat, "inv_std": inv_std, "mean": mean, "var": var, "training": training}
+
+
+def _batch_norm_backward(layer: BatchNorm, weights: Weights, cache: Cache, dz: Array) -> tuple[Array, Array, Array]:
+    """(d gamma, d beta, d input); in training the batch statistics' own gradients included."""
+    gamma, xhat, inv_std = weights[f"{layer.name}/gamma"], cache["xhat"], cache["inv_std"]
+    axes = _reduced_axes(dz)
+    d_gamma, d_beta = (dz * xhat).sum(axis=axes), dz.sum(axis=axes)
+    d_xhat = dz * gamma
+    if not cache["training"]:
+        return d_gamma, d_beta, d_xhat * inv_std
+    count = dz.size // dz.shape[-1]
+    d_x = inv_std / count * (count * d_xhat - d_xhat.sum(axis=axes) - xhat * (d_xhat * xhat).sum(axis=axes))
+    return d_gamma, d_beta, d_x
 
 
 def softmax_cross_entropy(logits: Array, labels: Array) -> tuple[float, Array]:
@@ -284,7 +400,8 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> tuple[float, Array]:
 def loss_and_gradients(
     spec: ModelSpec, weights: Weights, x: Array, y: Array, conventions: Conventions = CANONICAL
 ) -> tuple[float, Weights, Array]:
-    """(mean cross-entropy, gradients in the canonical layout, logits), all float64; dropout inactive."""
+    """(mean cross-entropy, gradients of the trainable weights, logits), all float64; dropout inactive and
+    batch normalisation on the batch's statistics, as in a training step."""
     with single_threaded_blas():
         return _loss_and_gradients(spec, _as64(weights), np.asarray(x, dtype=np.float64), y, conventions)
 
@@ -296,7 +413,13 @@ def _loss_and_gradients(
     logits = _forward(spec, weights, x, conventions, tape)
     loss, upstream = softmax_cross_entropy(logits, y)
     grads = _backward(tape, weights, upstream, len(tape) - 1, conventions)
-    return loss, {name: grads[name] for name in spec.param_shapes()}, logits
+    return loss, {name: grads[name] for name in spec.trainable_shapes()}, logits
+
+
+def _has_weights(layer: Layer) -> bool:
+    if isinstance(layer, Residual):
+        return any(_has_weights(inner) for inner in (*layer.body, *layer.shortcut))
+    return isinstance(layer, (Conv2D, Dense, BatchNorm))
 
 
 def _backward(
@@ -306,44 +429,147 @@ def _backward(
     start: int,
     conventions: Conventions,
     at_z: bool = False,
-    record: dict[int, Array] | None = None,
+    record: dict[Path, Array] | None = None,
+    need_input_grad: bool = False,
+    prefix: Path = (),
 ) -> Weights:
     """Backpropagate ``upstream`` from ``tape[start]`` down to the first weighted layer.
 
     ``upstream`` is the gradient with respect to that entry's output, or to its pre-activation
     with ``at_z``. Returns the parameter gradients of the layers passed; ``record`` receives
-    the gradient arriving at each entry's output.
+    the gradient arriving at each entry's output, by path (residual branches included).
     """
+    grads, _ = _backward_tape(tape, weights, upstream, start, conventions, at_z, record, need_input_grad, prefix)
+    return grads
+
+
+def _backward_tape(
+    tape: Tape,
+    weights: Weights,
+    upstream: Array,
+    start: int,
+    conventions: Conventions,
+    at_z: bool,
+    record: dict[Path, Array] | None,
+    need_input_grad: bool,
+    prefix: Path,
+) -> tuple[Weights, Array | None]:
+    """``_backward``, also returning the gradient with respect to the tape's input (when ``need_input_grad``)."""
     grads: Weights = {}
-    first_weighted = next(i for i, (layer, _) in enumerate(tape) if isinstance(layer, (Conv2D, Dense)))
+    weighted = [i for i, (layer, _) in enumerate(tape) if _has_weights(layer)]
+    stop = 0 if need_input_grad or not weighted else weighted[0]
     flowing: Array | None = upstream
-    for index in range(start, first_weighted - 1, -1):
+    for index in range(start, stop - 1, -1):
         layer, cache = tape[index]
         assert flowing is not None  # only the first weighted layer (the loop's last) stops the gradient
         upstream = flowing
         if record is not None:
-            record[index] = upstream
-        need_input_grad = index > first_weighted
+            path: Path = (*prefix, index)
+            record[path] = upstream
+        need_input = index > stop or need_input_grad
+        z_given = at_z and index == start
         if isinstance(layer, (Dense, Conv2D)):
-            dz = upstream if (at_z and index == start) else _activation_grad(layer.activation, cache["z"], upstream)
+            dz = upstream if z_given else _activation_grad(layer.activation, cache["z"], upstream)
             kernel = weights[f"{layer.name}/kernel"]
             if isinstance(layer, Dense):
                 grads[f"{layer.name}/kernel"] = cache["x"].T @ dz
                 grads[f"{layer.name}/bias"] = dz.sum(axis=0)
-                flowing = dz @ kernel.T if need_input_grad else None
+                flowing = dz @ kernel.T if need_input else None
             else:
-                d_kernel, d_bias, flowing = _conv_backward(layer, kernel, cache, dz, need_input_grad)
-                grads[f"{layer.name}/kernel"], grads[f"{layer.name}/bias"] = d_kernel, d_bias
+                d_kernel, d_bias, flowing = _conv_backward(layer, kernel, cache, dz, need_input)
+                grads[f"{layer.name}/kernel"] = d_kernel
+                if layer.use_bias:
+                    grads[f"{layer.name}/bias"] = d_bias
+        elif isinstance(layer, BatchNorm):
+            dz = upstream if z_given else _activation_grad(layer.activation, cache["z"], upstream)
+            d_gamma, d_beta, flowing = _batch_norm_backward(layer, weights, cache, dz)
+            grads[f"{layer.name}/gamma"], grads[f"{layer.name}/beta"] = d_gamma, d_beta
+        elif isinstance(layer, Residual):
+            dz = upstream if z_given else _activation_grad(layer.activation, cache["z"], upstream)
+            flowing = _residual_backward(layer, cache, weights, dz, conventions, record, (*prefix, index), grads)
         elif isinstance(layer, MaxPool2D):
             flowing = _pool_backward(layer, cache, upstream)
         elif isinstance(layer, Flatten):
             flowing = _unflatten(upstream, cache["shape"], conventions)
-    return grads
+        elif isinstance(layer, GlobalAvgPool):
+            _, height, width, _ = cache["shape"]
+            flowing = np.broadcast_to(upstream[:, None, None, :] / (height * width), cache["shape"]).copy()
+    return grads, (flowing if need_input_grad else None)
+
+
+def _residual_backward(
+    layer: Residual,
+    cache: Cache,
+    weights: Weights,
+    dz: Array,
+    conventions: Conventions,
+    record: dict[Path, Array] | None,
+    path: Path,
+    grads: Weights,
+) -> Array:
+    """The gradient at a block's input: through its body plus through its shortcut (the identity when empty)."""
+    total = np.zeros(cache["input_shape"])
+    for branch in ("body", "shortcut"):
+        branch_tape: Tape = cache[branch]
+        if not branch_tape:
+            total += dz
+            continue
+        branch_grads, d_input = _backward_tape(
+            branch_tape, weights, dz, len(branch_tape) - 1, conventions, False, record, True, (*path, branch)
+        )
+        grads.update(branch_grads)
+        assert d_input is not None
+        total += d_input
+    return total
+
+
+def _entry(tape: Tape, path: Path) -> tuple[Layer, Cache]:
+    """The tape entry at ``path`` (see ``Path``)."""
+    layer, cache = tape[path[0]]
+    if len(path) == 1:
+        return layer, cache
+    return _entry(cache[path[1]], path[2:])
+
+
+def _entries(tape: Tape, prefix: Path = ()) -> Iterator[tuple[Path, Layer, Cache]]:
+    """Every entry of ``tape`` with its path, residual branches' entries after their block's."""
+    for index, (layer, cache) in enumerate(tape):
+        yield (*prefix, index), layer, cache
+        if isinstance(layer, Residual):
+            for branch in ("body", "shortcut"):
+                yield from _entries(cache[branch], (*prefix, index, branch))
+
+
+def _backward_path(
+    tape: Tape,
+    weights: Weights,
+    delta: Array,
+    path: Path,
+    conventions: Conventions,
+    at_z: bool,
+    need_input_grad: bool = False,
+) -> tuple[Weights, Array | None]:
+    """Parameter gradients (and the input gradient) of ``delta`` injected at the entry ``path``.
+
+    A nested path backpropagates to its block's input first, then on down the enclosing tape.
+    """
+    if len(path) == 1:
+        return _backward_tape(tape, weights, delta, path[0], conventions, at_z, None, need_input_grad, ())
+    index, branch, rest = path[0], path[1], path[2:]
+    _, cache = tape[index]
+    grads, d_block = _backward_path(cache[branch], weights, delta, rest, conventions, at_z, True)
+    assert d_block is not None
+    if index == 0:
+        return grads, (d_block if need_input_grad else None)
+    below, d_input = _backward_tape(tape, weights, d_block, index - 1, conventions, False, None, need_input_grad, ())
+    for name, value in below.items():
+        grads[name] = grads[name] + value if name in grads else value
+    return grads, d_input
 
 
 def _passes_gradient(layer: Layer, cache: Cache, position: tuple[int, ...]) -> bool:
     """Whether the activation of ``layer`` lets a gradient through at ``position``."""
-    if isinstance(layer, (Conv2D, Dense)) and layer.activation == "relu":
+    if isinstance(layer, ACTIVATED) and layer.activation == "relu":
         return bool(cache["z"][position] > 0)
     return True
 
@@ -368,10 +594,10 @@ def gradients_and_kinks(
         tape: Tape = []
         logits = _forward(spec, weights, x, conventions, tape)
         loss, upstream = softmax_cross_entropy(logits, y)
-        record: dict[int, Array] = {}
+        record: dict[Path, Array] = {}
         grads = _backward(tape, weights, upstream, len(tape) - 1, conventions, record=record)
         allowance, count = _kink_allowance(spec, weights, x, conventions, tape, record, rel)
-        return loss, {name: grads[name] for name in spec.param_shapes()}, logits, allowance, count
+        return loss, {name: grads[name] for name in spec.trainable_shapes()}, logits, allowance, count
 
 
 def _kink_allowance(
@@ -380,32 +606,46 @@ def _kink_allowance(
     x: Array,
     conventions: Conventions,
     tape: Tape,
-    record: dict[int, Array],
+    record: dict[Path, Array],
     rel: float,
 ) -> tuple[Weights, int]:
-    """See ``gradients_and_kinks``; ``tape`` and ``record`` come from the full-batch pass."""
-    allowance = {name: np.zeros(shape) for name, shape in spec.param_shapes().items()}
+    """See ``gradients_and_kinks``; ``tape`` and ``record`` come from the full-batch pass.
+
+    With batch normalisation a sample's decision moves the batch statistics, hence every sample's
+    gradient: its change is then backpropagated through the whole batch's tape.
+    """
+    allowance = {name: np.zeros(shape) for name, shape in spec.trainable_shapes().items()}
     sample_tapes: dict[int, Tape] = {}
+    coupled = spec.has_batch_norm
     count = 0
 
-    def add_flip(sample: int, start: int, delta: Array, at_z: bool) -> None:
-        if sample not in sample_tapes:
-            sample_tapes[sample] = []
-            _forward(spec, weights, x[sample : sample + 1], conventions, sample_tapes[sample])
-        for name, change in _backward(sample_tapes[sample], weights, delta, start, conventions, at_z=at_z).items():
-            allowance[name] += np.abs(change)
+    def add_flip(sample: int, path: Path, delta: Array, at_z: bool) -> None:
+        if coupled:
+            full = np.zeros((len(x), *delta.shape[1:]))
+            full[sample] = delta[0]
+            changes, _ = _backward_path(tape, weights, full, path, conventions, at_z)
+        else:
+            if sample not in sample_tapes:
+                sample_tapes[sample] = []
+                _forward(spec, weights, x[sample : sample + 1], conventions, sample_tapes[sample])
+            changes, _ = _backward_path(sample_tapes[sample], weights, delta, path, conventions, at_z)
+        for name, change in changes.items():
+            if name in allowance:
+                allowance[name] += np.abs(change)
 
-    for index, (layer, cache) in enumerate(tape):
-        if isinstance(layer, (Conv2D, Dense)) and layer.activation == "relu" and index in record:
-            z, grad_out = cache["z"], record[index]
+    for path, layer, cache in _entries(tape):
+        if isinstance(layer, ACTIVATED) and layer.activation == "relu" and path in record:
+            z, grad_out = cache["z"], record[path]
             for position in map(tuple, np.argwhere((np.abs(z) <= rel * np.abs(z).max()) & (grad_out != 0))):
                 delta = np.zeros((1, *z.shape[1:]))
                 at = (0, *position[1:])
                 delta[at] = grad_out[position] * (-1.0 if z[position] > 0 else 1.0)
-                add_flip(int(position[0]), index, delta, True)
+                add_flip(int(position[0]), path, delta, True)
                 count += 1
-        elif isinstance(layer, MaxPool2D) and index in record and index > 0:
-            count += _pool_flips(layer, cache, record[index], tape[index - 1], rel, add_flip, index - 1)
+        elif isinstance(layer, MaxPool2D) and path in record and path[-1] > 0:
+            producer_path = (*path[:-1], path[-1] - 1)
+            producer = _entry(tape, producer_path)
+            count += _pool_flips(layer, cache, record[path], producer, rel, add_flip, producer_path)
     return allowance, count
 
 
@@ -416,7 +656,7 @@ def _pool_flips(
     producer_entry: tuple[Layer, Cache],
     rel: float,
     add_flip: FlipAdder,
-    producer_index: int,
+    producer_index: Path,
 ) -> int:
     """Reroute each window's gradient to every other element that float32 could make its maximum.
 
@@ -433,8 +673,8 @@ def _pool_flips(
     finite = windows[np.isfinite(windows)]
     scale = np.abs(finite).max() if finite.size else 0.0
     candidate = windows >= windows.max(axis=3, keepdims=True) - rel * scale
-    has_z = isinstance(producer, (Conv2D, Dense)) and "z" in producer_cache
-    if isinstance(producer, (Conv2D, Dense)) and has_z and producer.activation == "relu":
+    has_z = isinstance(producer, ACTIVATED) and "z" in producer_cache
+    if isinstance(producer, ACTIVATED) and has_z and producer.activation == "relu":
         z = producer_cache["z"]
         bottom = cache["padded_shape"][1] - top_pad - input_shape[1]
         right = cache["padded_shape"][2] - left_pad - input_shape[2]
@@ -470,7 +710,11 @@ class SGD:
         self.learning_rate = learning_rate
 
     def step(self, weights: Weights, grads: Weights) -> Weights:
-        return {name: np.asarray(w, np.float64) - self.learning_rate * grads[name] for name, w in weights.items()}
+        """One step; a weight without a gradient (batch-norm state) is returned unchanged."""
+        return {
+            name: np.asarray(w, np.float64) - self.learning_rate * grads[name] if name in grads else w
+            for name, w in weights.items()
+        }
 
 
 #: Where Adam adds epsilon: to sqrt(v_hat) (Kingma & Ba, PyTorch, optax), or to sqrt(v) before the
@@ -525,6 +769,8 @@ class Adam:
         epsilon = self.effective_epsilon()
         return {
             name: np.asarray(w, np.float64) - self.learning_rate * m_hat[name] / (np.sqrt(v_hat[name]) + epsilon)
+            if name in grads
+            else w  # no gradient (batch-norm state): unchanged
             for name, w in weights.items()
         }
 

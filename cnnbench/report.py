@@ -295,6 +295,9 @@ def reproduce_table(runs: list[tuple[Any, RunResult]], quick: bool, wall_s: floa
     title = "Reproducing the reference chapter" + (
         " - QUICK: fewer epochs and subsets, not comparable with the published figures" if quick else ""
     )
+    models = sorted({run.train.model for _, run in runs} - {"lenet"})
+    if models:
+        title += f" with {', '.join(models)} (the published figures are the chapter's LeNet's)"
     if wall_s is not None:
         title += f" (wall time {wall_s / 60:.1f} min)"
     table = Table(title=title, title_justify="left")

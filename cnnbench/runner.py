@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from cnnbench import allocator, distributed, environment, messages, results
+from cnnbench.backend import model_unsupported_reason
 from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.errors import ExitCode, UsageError
 from cnnbench.modes import BackendTarget, parse_targets
@@ -416,6 +417,11 @@ def measure_backend(
     reason = backend.devices_unsupported_reason(target.variant, train)
     if reason:
         return replace(row, status=UNSUPPORTED, reason=reason), {}
+    dataset = registry.dataset(data.dataset).item
+    spec = registry.spec(train.model, dataset.input_shape, dataset.num_classes, train.dropout)
+    reason = model_unsupported_reason(backend, spec)
+    if reason:
+        return replace(row, status=UNSUPPORTED, reason=reason), {}
     env_base, manifest = harness_environment(train, options.allocator)
     manifest.update(target.manifest(train, backend))
     env = {**os.environ, **env_base, **backend.process_environment(target.variant, train), **options.extra_env}
@@ -504,6 +510,7 @@ def parity_job(
         DEFAULT_STEPS,
         train.init,
         DEFAULT_BATCH,
+        probes=False,  # the probes build sessions of their own: 'cnnbench check' runs them, a run's column does not
     )
     observer.phase(target, "parity check")
     log_path = logs.path(target, 0)
@@ -626,6 +633,8 @@ def run_benchmark(
     threads = train.threads or os.cpu_count() or 1
     train = replace(train, threads=threads).validate()
     data.validate()
+    dataset = registry.dataset(data.dataset).item
+    registry.spec(train.model, dataset.input_shape, dataset.num_classes, train.dropout)  # a bad --model: one line
     if options.save:
         problem = results.writable_folder_error(options.results_dir)
         if problem:

@@ -78,14 +78,14 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
     from cnnbench.initializers import initial_weights
     from cnnbench.plugins import load_registry
     from cnnbench.results import OK, Measurement, Phases
-    from cnnbench.spec import spec_for
+    from cnnbench.spec import is_state
 
     start = timing.clock()
     registry = load_registry()
     backend = registry.backend(request.backend).item
     dataset = registry.dataset(request.data.dataset).item
     data = preprocess.prepare(dataset.load(request.data), request.data)
-    spec = spec_for(dataset.input_shape, dataset.num_classes, request.train.dropout)
+    spec = registry.spec(request.train.model, dataset.input_shape, dataset.num_classes, request.train.dropout)
 
     events.emit(messages.Phase("import"))
     t = timing.clock()
@@ -100,7 +100,7 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
         session.set_weights(weights)
     session.sync()
     build_s = timing.clock() - t
-    parameters = int(sum(w.size for w in session.get_weights().values()))
+    parameters = int(sum(w.size for name, w in session.get_weights().items() if not is_state(name)))
 
     gc.collect()
     reset_peak_rss()
@@ -157,7 +157,9 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
     }
     model = {
         "name": spec.name,
+        "digest": spec.digest(),
         "parameters": spec.num_params,
+        "state": spec.num_state,
         "flops_train_per_sample": spec.flops_train,
         "input_shape": list(spec.input_shape),
     }
@@ -172,7 +174,6 @@ def check(request: CheckRequest, events: EventStream) -> int:
     from cnnbench import timing
     from cnnbench.errors import BackendUnavailable
     from cnnbench.plugins import load_registry
-    from cnnbench.spec import spec_for
 
     started = timing.clock()
     registry = load_registry()
@@ -180,7 +181,7 @@ def check(request: CheckRequest, events: EventStream) -> int:
     reason = backend.unavailable_reason()
     if reason:
         raise BackendUnavailable(reason)
-    spec = spec_for(request.input_shape, request.num_classes, request.dropout)
+    spec = registry.spec(request.train.model, request.input_shape, request.num_classes, request.dropout)
     events.emit(messages.Phase("import"))
     backend.import_framework(request.variant)
     events.emit(messages.Phase("parity check"))
@@ -194,8 +195,11 @@ def check(request: CheckRequest, events: EventStream) -> int:
         request.steps,
         request.init,
         request.batch,
+        probes=request.probes,
     )
-    report.update(spec=spec.name, input_shape=list(spec.input_shape), elapsed_s=timing.clock() - started)
+    report.update(
+        spec=spec.name, digest=spec.digest(), input_shape=list(spec.input_shape), elapsed_s=timing.clock() - started
+    )
     events.emit(messages.CheckResult(report))
     return 0 if report["status"] == parity.PASS else 3
 

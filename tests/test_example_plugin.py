@@ -84,7 +84,11 @@ def test_found_through_its_entry_point(example):
     )
     found = json.loads(run_python(code, example))
     assert (found["distribution"], found["version"], found["module"]) == ("cnnbench-numpy", "0.1.0", "cnnbench_numpy")
-    assert (found["status"], found["hooks"], found["framework"]) == ("ok", ["register_backends"], "NumPy")
+    assert (found["status"], found["hooks"], found["framework"]) == (
+        "ok",
+        ["register_backends", "register_models"],
+        "NumPy",
+    )
     assert Path(found["location"]).resolve() == example["site"].resolve(), "the installed copy must be the one found"
 
 

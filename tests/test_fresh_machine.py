@@ -42,15 +42,16 @@ def run_of(*rows: BackendResult) -> RunResult:
 
 
 def test_the_parts_add_up_to_the_wall_time(fresh):
-    # 12 s epoch at 100 samples/s steady: 10 s of it steady, 2 s compile; 20 s of known phases + 1 s setup.
+    # 12 s epoch at 100 samples/s steady: 10 s of it steady, 2 s compile; 17 s of known phases + 4 s setup.
+    # The parity job (3 s) is a worker of its own, outside the measurement's 21 s.
     a = BackendResult("a", parity={"seconds": 3.0}, repeats=(measured(12.0, 100.0, 2.0, 1.0, 1.5, 21.0),))
     b = BackendResult("b", repeats=(measured(5.0, 250.0, 1.0, 0.5, 0.5, 8.0),))
     parts = fresh.wall_breakdown(run_of(a, b), wall_s=40.0, process_start_s=1.5)
     assert sum(parts.values()) == pytest.approx(40.0)
     assert parts["compile"] == pytest.approx(2.0 + 1.0) and parts["steady training"] == pytest.approx(10.0 + 4.0)
     assert parts["parity"] == 3.0 and parts["import"] == 3.0 and parts["build"] == 1.5 and parts["evaluation"] == 2.0
-    assert parts["worker setup"] == pytest.approx(21.0 - 20.0 + 8.0 - 7.5)
-    assert parts["process start"] == 3.0 and parts["parent"] == pytest.approx(40.0 - 29.0 - 3.0)
+    assert parts["worker setup"] == pytest.approx(21.0 - 17.0 + 8.0 - 7.5)
+    assert parts["process start"] == 3.0 and parts["parent"] == pytest.approx(40.0 - (21.0 + 8.0 + 3.0) - 3.0)
 
 
 def test_failed_rows_and_a_short_wall_never_give_negative_parts(fresh):

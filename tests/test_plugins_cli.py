@@ -164,7 +164,8 @@ def test_block_list_disables_a_plugin_everywhere():
 def test_allow_list_loads_only_the_named_plugins():
     rows = plugins_json(env={"CNNBENCH_PLUGINS": "datasets,torch", "CNNBENCH_DISABLE_PLUGINS": None})
     loaded = {name for name, row in rows.items() if name != "__env__" and row["status"] != "disabled"}
-    assert loaded == {"datasets", "torch"}
+    assert loaded == {"datasets", "models", "torch"}  # the built-in datasets and models are never hidden
+    assert rows["models"]["models"] == ["lenet", "resnet20", "vgg8"]
     assert all(
         row["detail"] == "by $CNNBENCH_PLUGINS" for name, row in rows.items() if name not in loaded | {"__env__"}
     )

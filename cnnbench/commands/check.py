@@ -24,17 +24,18 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnbench import messages, parity
-from cnnbench.commands.common import checked_backend_options, console
+from cnnbench.backend import model_unsupported_reason
+from cnnbench.commands.common import checked_backend_options, console, model_option
 from cnnbench.config import DEVICES, TrainConfig, check_threads, check_timeout, parse_key_values
 from cnnbench.errors import ExitCode, UsageError
 from cnnbench.frameworks import available_cores
 from cnnbench.messages import CheckRequest
+from cnnbench.models import DEFAULT_MODEL
 from cnnbench.modes import BackendTarget
 from cnnbench.plugins import Registry, load_registry
 from cnnbench.report import literal
 from cnnbench.results import UNAVAILABLE
 from cnnbench.runner import harness_environment, parse_frameworks, run_worker
-from cnnbench.spec import spec_for
 
 
 def _learning_rates(optimizer: str, adam_lr: float, sgd_lr: float) -> dict[str, float]:
@@ -68,13 +69,16 @@ def check_targets(
     timeout_s: float | None,
     on_start: Callable[[BackendTarget], object] = lambda target: None,
 ) -> list[tuple[BackendTarget, dict[str, Any]]]:
-    """The parity result of every target, in order (UNAVAILABLE rows for missing frameworks)."""
+    """The parity result of every target, in order (UNAVAILABLE rows for missing frameworks or model layers)."""
+    spec = registry.spec(
+        train.model, tuple(request_base["input_shape"]), int(request_base["num_classes"]), request_base["dropout"]
+    )
     log_dir = Path(tempfile.mkdtemp(prefix="cnnbench-check-logs-"))
     env_base, _ = harness_environment(train, "auto")
-    outcomes = []
+    outcomes: list[tuple[BackendTarget, dict[str, Any]]] = []
     for target in targets:
         backend = registry.backend(target.name).item
-        reason = backend.unavailable_reason()
+        reason = backend.unavailable_reason() or model_unsupported_reason(backend, spec)
         if reason:
             outcomes.append((target, {"status": parity.UNAVAILABLE, "message": reason, "checks": {}}))
             continue
@@ -154,6 +158,7 @@ def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) 
     help="Dataset whose input shape and classes choose the model variant; its files are not read "
     "(seeded synthetic images of that shape are used).",
 )
+@model_option()
 @click.option(
     "--dropout",
     type=float,
@@ -219,6 +224,7 @@ def result_table(target: BackendTarget, framework: str, result: dict[str, Any]) 
 def check(
     frameworks: str,
     dataset: str,
+    model: str | None,
     dropout: float | None,
     optimizer: str,
     adam_lr: float,
@@ -252,6 +258,7 @@ def check(
     chosen_options = parse_key_values(backend_options, "--backend-option")
     checked_options = checked_backend_options(chosen_options) if chosen_options else {}
     train = TrainConfig(
+        model=model or DEFAULT_MODEL,
         seed=seed,
         init=init,
         dropout=dropout,
@@ -259,7 +266,7 @@ def check(
         device=device,
         backend_options=checked_options,
     ).validate()
-    spec = spec_for(data_source.input_shape, data_source.num_classes, dropout)
+    spec = registry.spec(train.model, data_source.input_shape, data_source.num_classes, dropout)
     request = {
         "train": asdict(train),
         "input_shape": list(spec.input_shape),

@@ -58,6 +58,13 @@ NOT_FAILURES = (OK, UNAVAILABLE, UNSUPPORTED)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def model_option() -> Callable[[F], F]:
+    """``--model NAME``: the network to train, shared by run, check, reproduce and ab."""
+    return click.option(
+        "--model", "-m", default=None, help="Registered model name (see 'cnnbench list') [lenet: the chapter's]."
+    )
+
+
 def run_options(func: F) -> F:
     """Options shared by ``run`` and commands built on it; each is a field of ``RunParams``."""
     options = [
@@ -76,6 +83,7 @@ def run_options(func: F) -> F:
             help="default: each framework's default execution mode; all: every mode it declares, a row each.",
         ),
         click.option("--dataset", "-d", default=None, help="Registered dataset name (see 'cnnbench list') [mnist]."),
+        model_option(),
         click.option("--epochs", "-e", type=int, default=None, help="Training epochs [1]."),
         click.option("--batch-size", "-b", type=int, default=None, help="Training batch size [100]."),
         click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=None, help="Optimizer [adam]."),
@@ -206,6 +214,7 @@ class RunParams:
     frameworks: str = "all"
     modes: str = "default"
     dataset: str | None = None
+    model: str | None = None
     epochs: int | None = None
     batch_size: int | None = None
     optimizer: str | None = None
@@ -252,6 +261,7 @@ def build_configs(
     """Configs from the run options; explicit flags override the base (a preset or the defaults)."""
     train = override(
         base_train or TrainConfig(),
+        model=params.model,
         epochs=params.epochs,
         batch_size=params.batch_size,
         optimizer=params.optimizer,

@@ -1,4 +1,4 @@
-"""``cnnbench list``: registered backends and datasets, the plugin providing each, and whether each is usable.
+"""``cnnbench list``: registered backends, models and datasets, the plugin providing each, and whether each is usable.
 
 Every name, version, path and message here comes from a plugin, so each is shown literally (``report.literal``).
 """
@@ -13,15 +13,17 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from cnnbench.backend import model_unsupported_reason
 from cnnbench.commands.common import backend_options_table, console
 from cnnbench.config import DataConfig
-from cnnbench.plugins import PluginRecord, load_registry
+from cnnbench.plugins import PluginRecord, Registry, load_registry
 from cnnbench.report import literal
+from cnnbench.spec import ModelSpec
 
 
 @click.command("list")
 def list_command() -> None:
-    """Registered backends and datasets, the plugin providing each, whether each is usable, and backend options."""
+    """Registered backends, models and datasets, the plugin providing each, whether each is usable, backend options."""
     registry = load_registry()
     backends = Table(title="Backends", title_justify="left")
     for column in ("name", "framework", "variants", "version", "plugin", "status"):
@@ -67,6 +69,7 @@ def list_command() -> None:
             literal(location),
         )
     console.print(datasets)
+    console.print(models_table(registry))
     broken = [p for p in registry.plugins if p.status != "ok"]
     if broken:
         table = Table(title="Plugins not loaded", title_justify="left")
@@ -76,6 +79,42 @@ def list_command() -> None:
             status = Text.assemble((plugin.status, "red"), ": ", literal(plugin.error))
             table.add_row(literal(plugin.name), literal(plugin.module), status)
         console.print(table)
+
+
+#: The inputs the models table sizes each model for: MNIST's and CIFAR-10's.
+MODEL_INPUTS = (((28, 28, 1), 10), ((32, 32, 3), 10))
+
+
+def models_table(registry: Registry) -> Table:
+    """Each model's parameters and training FLOPs for MNIST- and CIFAR-shaped inputs, and which backends lack it."""
+    table = Table(title="Models (--model NAME)", title_justify="left")
+    for column in ("name", "what it is", "input", "parameters", "MFLOPs/sample (fwd)", "layers", "not on", "plugin"):
+        table.add_column(column, overflow="fold")
+    for name in sorted(registry.models):
+        registered = registry.models[name]
+        model = registered.item
+        for index, (shape, classes) in enumerate(MODEL_INPUTS):
+            spec = _safe(partial(model.spec, shape, classes))
+            if not isinstance(spec, ModelSpec):
+                table.add_row(literal(name), "", literal("x".join(map(str, shape))), literal(str(spec)), "", "", "", "")
+                continue
+            state = f" (+{spec.num_state:,} bn)" if spec.num_state else ""
+            lacking = sorted(
+                backend
+                for backend, entry in registry.backends.items()
+                if model_unsupported_reason(entry.item, spec) is not None
+            )
+            table.add_row(
+                literal(name) if index == 0 else "",
+                literal(model.description) if index == 0 else "",
+                literal("x".join(map(str, shape))),
+                literal(f"{spec.num_params:,}{state}"),
+                literal(f"{spec.flops_forward / 1e6:,.1f}"),
+                literal(str(len(spec.walk()))),
+                literal(", ".join(lacking) or "-"),
+                _plugin(registered.plugin) if index == 0 else "",
+            )
+    return table
 
 
 def _plugin(plugin: PluginRecord) -> Text:

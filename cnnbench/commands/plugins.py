@@ -65,6 +65,7 @@ def describe(registry: Registry) -> list[dict[str, Any]]:
                 "hooks": list(record.hooks),
                 "backends": sorted(name for name, r in registry.backends.items() if r.plugin is record),
                 "datasets": sorted(name for name, r in registry.datasets.items() if r.plugin is record),
+                "models": sorted(name for name, r in registry.models.items() if r.plugin is record),
                 "options": {
                     name: [_option(option) for option in declared_options(r.item)]
                     for name, r in sorted(registry.backends.items())
@@ -123,7 +124,8 @@ def plugins_command(as_json: bool) -> None:
     for row in rows:
         distribution = f"{row['distribution']} {row['version']}".strip() or "-"
         registers = (
-            "; ".join(f"{kind}: {', '.join(row[kind])}" for kind in ("backends", "datasets") if row[kind]) or "-"
+            "; ".join(f"{kind}: {', '.join(row[kind])}" for kind in ("backends", "datasets", "models") if row[kind])
+            or "-"
         )
         style = STATUS_STYLE.get(row["status"], "")
         status = row["status"] + (f": {row['detail']}" if row["detail"] else "")

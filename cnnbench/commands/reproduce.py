@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 import click
 from rich.text import Text
 
 from cnnbench import report
-from cnnbench.commands.common import NOT_FAILURES, RunParams, build_configs, console, execute_run, not_saved
+from cnnbench.commands.common import (
+    NOT_FAILURES,
+    RunParams,
+    build_configs,
+    console,
+    execute_run,
+    model_option,
+    not_saved,
+)
 from cnnbench.errors import ExitCode
 from cnnbench.results import RunResult
 
 
 @click.command("reproduce")
 @click.option("--frameworks", "-f", default="all", show_default=True, help="Comma list of backends, or 'all'.")
+@model_option()
 @click.option("--presets", "preset_names", default="all", show_default=True, help="Comma list of presets, or 'all'.")
 @click.option("--quick", is_flag=True, help="Shortened runs for CI: fewer epochs, seeded subsets (the table says so).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder holding dataset files.")
@@ -31,6 +41,7 @@ from cnnbench.results import RunResult
 )
 def reproduce_command(
     frameworks: str,
+    model: str | None,
     preset_names: str,
     quick: bool,
     data_dir: str | None,
@@ -51,6 +62,7 @@ def reproduce_command(
     # Every preset is evaluated after each epoch: the optional plot of all presets is drawn at the end.
     params = RunParams(
         frameworks=frameworks,
+        model=model,
         threads=threads,
         data_dir=data_dir,
         offline=offline,
@@ -63,6 +75,8 @@ def reproduce_command(
     started = time.perf_counter()
     for preset in chosen:
         train, data = build_configs(params, *preset.configs(quick))
+        if model:  # the chapter's dropout belongs to its LeNet: another model takes its own default
+            train = replace(train, dropout=None)
         console.rule(f"{preset.name}{' (quick)' if quick else ''}")
         result, path = execute_run(params, train, data, preset=preset.name, show=False)
         unsaved = unsaved or not_saved(params, path)

@@ -12,7 +12,7 @@ from cnnbench.conformance.outcome import Array
 from cnnbench.datasets.base import DatasetArrays
 from cnnbench.datasets.synthetic import make_synthetic
 from cnnbench.preprocess import PreparedData, prepare
-from cnnbench.spec import Dropout, ModelSpec, spec_for
+from cnnbench.spec import Dropout, Layer, ModelSpec, Residual, spec_for
 
 DEFAULT_BATCH = 16
 DEFAULT_STEPS = 3
@@ -55,20 +55,44 @@ def make_check_data(
 
 
 def without_dropout(spec: ModelSpec) -> ModelSpec:
-    """The spec with its Dropout layers removed: same weights, deterministic training steps."""
-    return replace(spec, layers=tuple(layer for layer in spec.layers if not isinstance(layer, Dropout)))
+    """The spec with its Dropout layers removed (residual blocks' too): same weights, deterministic training steps."""
+    return replace(spec, layers=_without_dropout(spec.layers))
+
+
+def _without_dropout(layers: tuple[Layer, ...]) -> tuple[Layer, ...]:
+    kept: list[Layer] = []
+    for layer in layers:
+        if isinstance(layer, Residual):
+            layer = replace(layer, body=_without_dropout(layer.body), shortcut=_without_dropout(layer.shortcut))
+        if not isinstance(layer, Dropout):
+            kept.append(layer)
+    return tuple(kept)
+
+
+def _split(model: str) -> tuple[str, str]:
+    """A kit model id: "mnist" or "cifar" (the chapter's LeNet), or "NAME:mnist" / "NAME:cifar" (a registered model)."""
+    name, _, shape = model.rpartition(":")
+    if shape not in MODELS:
+        raise KeyError(f"unknown kit model {model!r}: use mnist, cifar or NAME:mnist / NAME:cifar")
+    return name, shape
 
 
 def model_spec(model: str) -> ModelSpec:
-    """The kit's spec for "mnist" or "cifar" (the harness's own variant choice, dropout included)."""
-    shape, classes = MODELS[model]
-    return spec_for(shape, classes)
+    """The kit's spec for "mnist" or "cifar" (the harness's own LeNet variant, dropout included), or for a
+    registered model on one of those shapes ("resnet20:cifar")."""
+    name, key = _split(model)
+    shape, classes = MODELS[key]
+    if not name:
+        return spec_for(shape, classes)
+    from cnnbench.plugins import load_registry
+
+    return load_registry().spec(name, shape, classes)
 
 
 @cache
 def synthetic_data(model: str) -> PreparedData:
     """Tiny learnable data through the harness's own preprocessing (float32 NHWC, standardised; int64 labels)."""
-    shape, classes = MODELS[model]
+    shape, classes = MODELS[_split(model)[1]]
     x_train, y_train = make_synthetic(N_TRAIN, shape, classes, seed=11, noise=NOISE)
     x_test, y_test = make_synthetic(N_TEST, shape, classes, seed=12, noise=NOISE)
     return prepare(DatasetArrays(x_train, y_train, x_test, y_test), DataConfig(standardize=True))

@@ -232,6 +232,10 @@ def _export_check(session: Session, spec: ModelSpec, data: CheckData) -> Check:
     )
 
 
+#: What a check without probes says it left out.
+PROBES_LEFT_OUT = "optimizer reset, Adam hyper-parameters and dropout probes (they run in 'cnnbench check')"
+
+
 def check_backend(
     backend: Backend,
     spec: ModelSpec,
@@ -242,11 +246,13 @@ def check_backend(
     steps: int = DEFAULT_STEPS,
     init: str = "glorot-uniform",
     batch: int = DEFAULT_BATCH,
+    probes: bool = True,
 ) -> dict[str, Any]:
     """Everything ``cnnbench check`` compares, in fresh sessions of ``backend`` (import it first).
 
     ``learning_rates`` maps each optimizer whose steps are checked to its learning rate (default:
     Adam and SGD). Adds to ``check_session``'s checks the export check of a fresh session's weights.
+    ``probes=False`` leaves out the probes that need sessions of their own (a run's parity column).
     """
     config = config or TrainConfig()
     learning_rates = dict(learning_rates or DEFAULT_LEARNING_RATES)
@@ -286,6 +292,9 @@ def check_backend(
                     checks.extend(
                         _steps_in_new_session(backend, without_dropout(spec), step_config, variant, weights, data)
                     )
+        if not probes:
+            skipped.append(PROBES_LEFT_OUT)
+            return
         adam_lr = learning_rates.get("adam", DEFAULT_LEARNING_RATES["adam"])
         checks.extend(probe_checks(backend, spec, session_config, variant, adam_lr, weights, data, seed, skipped))
 

@@ -390,10 +390,12 @@ def check_parameter_count(spec: ModelSpec, weights: object, when: str = "", erro
         problems.append("missing " + ", ".join(missing))
     if extra:
         problems.append("unexpected " + ", ".join(extra))
-    if problems or count != spec.num_params:
+    total = spec.num_params + spec.num_state
+    if problems or count != total:
         arrays = f" in {len(shapes)} arrays" if len(shapes) != len(expected) else ""
+        state = f" with {spec.num_state:,} batch-norm statistics" if spec.num_state else ""
         raise ConformanceError(
-            f"parameter count {spec.num_params:,} expected ({spec.name}, {len(expected)} arrays), "
+            f"parameter count {total:,}{state} expected ({spec.name}, {len(expected)} arrays), "
             f"backend has {count:,}{arrays}{where} ({'; '.join(problems)}){shape_hint(spec, shapes)}; "
             "canonical names and shapes: spec.param_shapes()"
         )
@@ -414,6 +416,8 @@ def check_weights_round_trip(trial: Trial) -> None:
     weights = {
         name: rng.normal(0, 0.1, size=shape).astype(np.float32) for name, shape in trial.spec.param_shapes().items()
     }
+    for name in trial.spec.state_shapes():  # a variance must stay positive
+        weights[name] = np.abs(weights[name]) + np.float32(0.5)
     trial.session.set_weights({name: value.copy() for name, value in weights.items()})
     back = trial.weights()
     check_parameter_count(trial.spec, back, "after set_weights")
@@ -873,7 +877,13 @@ def check_results_serialise(
     scratch = Path(tempfile.mkdtemp(prefix="cnnbench-kit-", dir=results_dir))
     env = worker_environment(backend, scratch, plugin_module)
     record = PluginRecord(name="conformance-kit", module=type(backend).__module__)
-    registry = Registry(backends={backend.name: Registered(backend, record)})
+    from cnnbench.datasets import plugin as builtin_datasets
+    from cnnbench.models import plugin as builtin_models
+
+    builtin = load_registry([builtin_datasets, builtin_models], include_entry_points=False)
+    registry = Registry(
+        backends={backend.name: Registered(backend, record)}, datasets=builtin.datasets, models=builtin.models
+    )
     train = TrainConfig(
         batch_size=BATCH_SIZE,
         epochs=1,

@@ -19,7 +19,15 @@ from cnnbench.backend import Session
 from cnnbench.conformance.calls import BackendCallFailed, call
 from cnnbench.conformance.diagnose import logits_hint, scale_hint, scaled_error, shape_hint
 from cnnbench.conformance.outcome import Array, Check, Weights, compare, structural, worst
-from cnnbench.conformance.tolerances import ACCURACY_TIE_LOGITS, GRAD_REL, KINK_REL, LOGITS_REL, LOSS_REL, ROUNDING
+from cnnbench.conformance.tolerances import (
+    ACCURACY_TIE_LOGITS,
+    GRAD_REL,
+    KINK_REL,
+    LOGITS_REL,
+    LOSS_REL,
+    ROUNDING,
+    STATE_REL,
+)
 from cnnbench.spec import ModelSpec
 
 GRADIENT_RULE = f"{GRAD_REL:g} x max|reference| + near-tie allowance"
@@ -261,6 +269,8 @@ class StepRecord:
     kinks: Weights
     loss: float
     loss_ref: float
+    #: The batch-norm moving statistics the reference gets from ``before`` on this step's batch (empty without).
+    state: Weights = field(default_factory=dict)
 
 
 @dataclass
@@ -335,9 +345,9 @@ def take_steps(session: Session, spec: ModelSpec, rows: Array, x_train: Array, y
         step_loss = np.asarray(returned, dtype=np.float64).ravel()
         after = weights_of(session, spec)
         loss_ref, grads, _, kinks, _ = ref.gradients_and_kinks(spec, current, x_train[row], y_train[row], KINK_REL)
-        records.append(
-            StepRecord(current, after, grads, kinks, float(step_loss[0]) if step_loss.size == 1 else math.nan, loss_ref)
-        )
+        state = ref.moving_statistics(spec, current, x_train[row]) if spec.has_batch_norm else {}
+        loss = float(step_loss[0]) if step_loss.size == 1 else math.nan
+        records.append(StepRecord(current, after, grads, kinks, loss, loss_ref, state))
         current = after
     return records
 
@@ -348,7 +358,8 @@ def _judge(records: list[StepRecord], optimizer: str, learning_rate: float, weig
     for form in forms:
         form.per_tensor = {name: [] for name in weights}
         for t, record in enumerate(records, start=1):
-            predicted = form.optimizer.step(record.before, record.grads)
+            trainable = {name: value for name, value in record.before.items() if name in record.grads}
+            predicted = {**form.optimizer.step(trainable, record.grads), **record.state}
             allowance = step_allowance(
                 form.optimizer,
                 t,
@@ -360,6 +371,8 @@ def _judge(records: list[StepRecord], optimizer: str, learning_rate: float, weig
                 form.delta_max,
                 form.capped,
             )
+            for name, value in record.state.items():
+                allowance[name] = STATE_REL * float(np.abs(value).max()) + ROUNDING * np.abs(value)
             form.allowances.append(allowance)
             for name in weights:
                 check = compare(

@@ -27,6 +27,8 @@ LOSS_REL = 1e-5
 GRAD_REL = 1e-4
 #: A ReLU input or a max-pool window's top-two gap within this x the layer's largest value is a near-tie.
 KINK_REL = 1e-5
+#: Batch-norm moving statistics after a step, x max |reference tensor| (float32 batch statistics).
+STATE_REL = 1e-5
 #: Rounding allowed per step on a float32 weight and on its update: 4 units in the last place.
 ROUNDING = 4 * 2.0**-24
 #: Accuracy: one sample per near-tie of its top two logits (within 2 x LOGITS_REL x max |logits|) may flip.
@@ -55,6 +57,7 @@ TABLE: tuple[Tolerance, ...] = (
     Tolerance("LOSS_REL", LOSS_REL, "every mean cross-entropy, relative"),
     Tolerance("GRAD_REL", GRAD_REL, "gradients, scale-relative per tensor, plus near-tie allowances"),
     Tolerance("KINK_REL", KINK_REL, "what counts as a ReLU or max-pool near-tie"),
+    Tolerance("STATE_REL", STATE_REL, "batch-norm moving statistics after a step, scale-relative per tensor"),
     Tolerance("ROUNDING", ROUNDING, "float32 rounding of a weight and of its update, per step"),
     Tolerance("ACCURACY_TIE_LOGITS", ACCURACY_TIE_LOGITS, "top-two logit gap under which a prediction may flip"),
     Tolerance("PROBE_GRADIENT_EPSILONS", PROBE_GRADIENT_EPSILONS, "size of the Adam probe's gradients"),
