@@ -6,12 +6,18 @@ optimizers ran) inside one ``tf.function`` per step; no Keras. The canonical lay
 activations, HWIO conv kernels, (in, out) dense kernels) is TensorFlow's own, so weights cross
 the interface without transposes.
 
+Batch normalisation is TF's fused kernel (``FusedBatchNormV3``, oneDNN's on x86, XLA's under
+``tf.xla``): in training it normalises with the biased batch variance, as the spec does, but
+returns the Bessel-corrected (unbiased) one; the moving-variance update undoes that correction
+on the C-length output (x (n-1)/n), so the moving statistics follow the spec's biased rule.
+
 tensorflow is imported inside methods only, so listing backends never pays for (or fails on) it.
 """
 
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -21,7 +27,20 @@ from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable
 from cnnbench.frameworks import TENSORFLOW
 from cnnbench.modes import ExecutionMode
-from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
+from cnnbench.spec import (
+    LAYER_TYPES,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    MaxPool2D,
+    ModelSpec,
+    Residual,
+    layer_infos,
+)
 
 
 def configure_runtime(tf, config: TrainConfig) -> dict[str, Any]:
@@ -78,7 +97,7 @@ class TFRawSession(Session):
             tf.config.experimental.enable_tensor_float_32_execution(False)
         tf.random.set_seed(config.seed)
         with tf.device(self.device_name):
-            self.variables = self._build_variables()
+            self.variables, self.state = self._build_variables()
             self.slots = self._build_slots()
             self.adam_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adam_step")
             #: Counts training steps for the stateless dropout seeds; never reset, like a framework RNG.
@@ -88,23 +107,34 @@ class TFRawSession(Session):
 
     # ---- model -------------------------------------------------------------------------------
 
-    def _build_variables(self) -> dict[str, Any]:
-        """One tf.Variable per canonical weight, in spec order; ``framework`` init drawn by TF itself.
+    def _build_variables(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(trainable, state): one tf.Variable per canonical weight, in spec order; ``framework`` init by TF itself.
 
         The framework scheme is what TF1's ``tf.layers`` gave: glorot-uniform kernels, zero biases,
-        here from TF's stateless RNG seeded with ``config.seed``.
+        here from TF's stateless RNG seeded with ``config.seed`` and the layer's position in ``spec.walk()``
+        (for a spec without residual blocks, its top-level index). Batch norm starts as the identity
+        (gamma 1, beta 0, moving mean 0, moving variance 1); its moving statistics are non-trainable.
         """
         tf = self.tf
         variables: dict[str, Any] = {}
-        shape: tuple[int, ...] = self.spec.input_shape
-        for index, info in enumerate(self.spec.layer_infos()):
-            layer = info.layer
+        state: dict[str, Any] = {}
+        for index, info in enumerate(self.spec.walk()):
+            layer, shape = info.layer, info.input_shape
+            if isinstance(layer, BatchNorm):
+                channels = shape[-1]
+                for suffix, start in (("gamma", 1.0), ("beta", 0.0)):
+                    name = f"{layer.name}/{suffix}"
+                    variables[name] = tf.Variable(tf.fill([channels], start), name=name)
+                for suffix, start in (("moving_mean", 0.0), ("moving_variance", 1.0)):
+                    name = f"{layer.name}/{suffix}"
+                    state[name] = tf.Variable(tf.fill([channels], start), trainable=False, name=name)
+                continue
             if isinstance(layer, Conv2D):
                 kernel_shape: tuple[int, ...] = (layer.kernel_size, layer.kernel_size, shape[-1], layer.filters)
+                use_bias = layer.use_bias
             elif isinstance(layer, Dense):
-                kernel_shape = (shape[0], layer.units)
+                kernel_shape, use_bias = (shape[0], layer.units), True
             else:
-                shape = info.output_shape
                 continue
             receptive = math.prod(kernel_shape[:-2])
             fan_in, fan_out = kernel_shape[-2] * receptive, kernel_shape[-1] * receptive
@@ -112,13 +142,18 @@ class TFRawSession(Session):
             seed = [self.config.seed, index]
             kernel = tf.random.stateless_uniform(kernel_shape, seed=seed, minval=-limit, maxval=limit)
             variables[f"{layer.name}/kernel"] = tf.Variable(kernel, name=f"{layer.name}/kernel")
-            variables[f"{layer.name}/bias"] = tf.Variable(tf.zeros(kernel_shape[-1]), name=f"{layer.name}/bias")
-            shape = info.output_shape
-        expected = self.spec.param_shapes()
-        built = {name: tuple(var.shape) for name, var in variables.items()}
-        if built != expected:  # pragma: no cover - a bug in the walk above, not a user error
-            raise BackendError(f"tf backend built {built}, spec expects {expected}")
-        return variables
+            if use_bias:
+                variables[f"{layer.name}/bias"] = tf.Variable(tf.zeros(kernel_shape[-1]), name=f"{layer.name}/bias")
+        for built, expected in ((variables, self.spec.trainable_shapes()), (state, self.spec.state_shapes())):
+            shapes = {name: tuple(var.shape) for name, var in built.items()}
+            if shapes != expected:  # pragma: no cover - a bug in the walk above, not a user error
+                raise BackendError(f"tf backend built {shapes}, spec expects {expected}")
+        return variables, state
+
+    @cached_property
+    def _walk_index(self) -> dict[str, int]:
+        """Each layer's position in ``spec.walk()``: its dropout seed's fold-in (for the LeNet, its top-level index)."""
+        return {info.layer.name: index for index, info in enumerate(self.spec.walk())}
 
     def _build_slots(self) -> dict[str, tuple[Any, Any]]:
         """Adam's first and second moments per weight (absent for SGD)."""
@@ -133,14 +168,28 @@ class TFRawSession(Session):
             for name, var in self.variables.items()
         }
 
-    def _forward(self, x, training: bool, dropout_seed=None):
-        """Logits for NHWC ``x``; dropout only when ``training`` (stateless, seeded per step and layer)."""
+    def _forward(self, x, training: bool, dropout_seed=None, batch_stats: bool | None = None, updates=None):
+        """Logits for NHWC ``x``.
+
+        ``training``: dropout (stateless, seeded per step and layer). ``batch_stats`` (default: ``training``):
+        batch norm on the batch's statistics, else on the moving ones. ``updates``: a list that receives
+        (moving variable, new value) pairs for the caller to assign after the step (training only).
+        """
+        if batch_stats is None:
+            batch_stats = training
+        return self._forward_layers(
+            self.spec.layers, self.spec.input_shape, x, training, dropout_seed, batch_stats, updates
+        )
+
+    def _forward_layers(self, layers: tuple[Layer, ...], input_shape, x, training, dropout_seed, batch_stats, updates):
         tf, v = self.tf, self.variables
-        for index, info in enumerate(self.spec.layer_infos()):
+        for info in layer_infos(layers, input_shape):
             layer = info.layer
             if isinstance(layer, Conv2D):
                 x = tf.nn.conv2d(x, v[f"{layer.name}/kernel"], strides=layer.stride, padding=layer.padding)
-                x = _activate(tf.nn.bias_add(x, v[f"{layer.name}/bias"]), layer.activation, tf)
+                if layer.use_bias:
+                    x = tf.nn.bias_add(x, v[f"{layer.name}/bias"])
+                x = _activate(x, layer.activation, tf)
             elif isinstance(layer, MaxPool2D):
                 x = tf.nn.max_pool2d(x, ksize=layer.pool_size, strides=layer.stride, padding=layer.padding)
             elif isinstance(layer, Flatten):
@@ -149,11 +198,66 @@ class TFRawSession(Session):
                 x = _activate(tf.matmul(x, v[f"{layer.name}/kernel"]) + v[f"{layer.name}/bias"], layer.activation, tf)
             elif isinstance(layer, Dropout):
                 if training:
-                    seed = tf.random.experimental.stateless_fold_in(dropout_seed, index)
+                    seed = tf.random.experimental.stateless_fold_in(dropout_seed, self._walk_index[layer.name])
                     x = tf.nn.experimental.stateless_dropout(x, rate=layer.rate, seed=seed)
+            elif isinstance(layer, BatchNorm):
+                x = _activate(self._batch_norm(layer, x, batch_stats, updates), layer.activation, tf)
+            elif isinstance(layer, GlobalAvgPool):
+                x = tf.reduce_mean(x, axis=[1, 2])
+            elif isinstance(layer, Residual):
+                args = (info.input_shape, x, training, dropout_seed, batch_stats, updates)
+                body = self._forward_layers(layer.body, *args)
+                shortcut = self._forward_layers(layer.shortcut, *args)
+                x = _activate(body + shortcut, layer.activation, tf)
             else:  # pragma: no cover - guarded by the Layer union
                 raise BackendError(f"layer {layer!r} is not supported by the tf backend")
         return x
+
+    def _batch_norm(self, layer: BatchNorm, x, batch_stats: bool, updates):
+        """``FusedBatchNormV3`` over every axis but the channels, with the spec's epsilon (no clamping wrapper).
+
+        Training returns the batch mean and the Bessel-corrected variance (n / (n - 1) x the biased one the
+        kernel normalised with): x (n - 1) / n gives back the spec's biased variance for the moving update.
+        """
+        tf, name = self.tf, layer.name
+        gamma, beta = self.variables[f"{name}/gamma"], self.variables[f"{name}/beta"]
+        moving_mean, moving_variance = self.state[f"{name}/moving_mean"], self.state[f"{name}/moving_variance"]
+        flat = x.shape.rank != 4
+        if flat:  # (N, C) or another rank: the fused kernel wants NHWC
+            original = tf.shape(x)
+            x = tf.reshape(x, [-1, 1, 1, x.shape[-1]])
+        if batch_stats:
+            empty = tf.constant([], tf.float32)
+            y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=empty,
+                variance=empty,
+                epsilon=layer.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=True,
+            )
+            if updates is not None:
+                count = tf.cast(tf.shape(x)[0] * x.shape[1] * x.shape[2], tf.float32)
+                biased = variance * ((count - 1.0) / count)  # undo the kernel's Bessel correction
+                m = layer.momentum
+                updates.append((moving_mean, m * moving_mean + (1.0 - m) * mean))
+                updates.append((moving_variance, m * moving_variance + (1.0 - m) * biased))
+        else:
+            y = tf.raw_ops.FusedBatchNormV3(
+                x=x,
+                scale=gamma,
+                offset=beta,
+                mean=moving_mean,
+                variance=moving_variance,
+                epsilon=layer.epsilon,
+                exponential_avg_factor=1.0,
+                data_format="NHWC",
+                is_training=False,
+            )[0]
+        return tf.reshape(y, original) if flat else y
 
     def _loss(self, logits, labels):
         return self.tf.reduce_mean(self.tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
@@ -218,9 +322,12 @@ class TFRawSession(Session):
             dropout_seed = None
             if has_dropout:
                 dropout_seed = tf.stack([tf.constant(seed, tf.int64), self.dropout_step.assign_add(1)])
+            updates: list[tuple[Any, Any]] = []  # batch-norm moving statistics, once per step
             with tf.GradientTape() as tape:
-                loss = self._loss(self._forward(x, training=True, dropout_seed=dropout_seed), y)
+                loss = self._loss(self._forward(x, training=True, dropout_seed=dropout_seed, updates=updates), y)
             self._apply_gradients(tape.gradient(loss, variables))
+            for moving, value in updates:
+                moving.assign(value)
             return loss
 
         def eval_step(x, y):
@@ -232,9 +339,9 @@ class TFRawSession(Session):
         def predict(x):
             return self._forward(x, training=False)
 
-        def loss_and_gradients(x, y):
+        def loss_and_gradients(x, y):  # batch norm on the batch's statistics, nothing assigned
             with tf.GradientTape() as tape:
-                loss = self._loss(self._forward(x, training=False), y)
+                loss = self._loss(self._forward(x, training=False, batch_stats=True), y)
             return loss, tape.gradient(loss, variables)
 
         compile_options = {"jit_compile": True} if self.xla else {}
@@ -289,11 +396,16 @@ class TFRawSession(Session):
             loss, grads = self._loss_and_gradients(self._images(x), self._labels(y))
         return float(loss), {name: grad.numpy() for name, grad in zip(self.variables, grads, strict=True)}
 
+    def _canonical_variables(self) -> dict[str, Any]:
+        """Trainable and state variables in the spec's canonical order."""
+        every = {**self.variables, **self.state}
+        return {name: every[name] for name in self.spec.param_shapes()}
+
     def get_weights(self) -> dict[str, np.ndarray]:
-        return {name: var.numpy().copy() for name, var in self.variables.items()}
+        return {name: var.numpy().copy() for name, var in self._canonical_variables().items()}
 
     def set_weights(self, weights: dict[str, np.ndarray]) -> None:
-        for name, var in self.variables.items():
+        for name, var in self._canonical_variables().items():
             if name not in weights:
                 raise BackendError(f"set_weights: missing {name}")
             value = np.asarray(weights[name], dtype=np.float32)
@@ -319,6 +431,11 @@ class TFRawSession(Session):
                 else "ResourceApplyGradientDescent"
             ),
             "dropout": "stateless (seed, step, layer)",
+            **(
+                {"batch_norm": "FusedBatchNormV3; moving variance from its Bessel-corrected output x (n-1)/n"}
+                if self.spec.has_batch_norm
+                else {}
+            ),
             "onednn": _onednn_enabled(),
             "train_loop": "one tf.function call per batch, batch gathered on the device",
         }
@@ -331,7 +448,7 @@ class TFRawSession(Session):
 
     def close(self) -> None:
         self.x_train = self.y_train = self.x_test = self.y_test = None
-        self.variables, self.slots = {}, {}
+        self.variables, self.state, self.slots = {}, {}, {}
         self._train_step = self._eval_step = self._predict = self._loss_and_gradients = None
 
 
@@ -357,6 +474,8 @@ class TFRawBackend(Backend):
         ExecutionMode("graph", {"xla": "false"}, "tf.function graphs (TF's own kernels, oneDNN)", default=True),
         ExecutionMode("xla", {"xla": "true"}, "tf.function(jit_compile=True): XLA-compiled steps"),
     )
+    #: Every spec layer: batch norm (FusedBatchNormV3), residual blocks, strided SAME convolutions, global pooling.
+    layers = frozenset(LAYER_TYPES)
 
     def unavailable_reason(self) -> str | None:
         return missing_module_reason("tensorflow", extra="tf-cpu")

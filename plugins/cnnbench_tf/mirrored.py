@@ -77,6 +77,11 @@ class TFMirroredSession(TFRawSession):
 
         if config.flag("tf", "xla"):
             raise BackendError("tf.xla=true is not supported with more than one device")
+        if spec.has_batch_norm:
+            raise BackendUnavailable(
+                "batch norm with --devices > 1 is not implemented in the tf backend "
+                "(per-replica batch statistics would not be the spec's global-batch ones)"
+            )
         self.tf, self.spec, self.config = tf, spec, config
         self.runtime_notes = runtime_notes
         self.xla = False
@@ -95,7 +100,7 @@ class TFMirroredSession(TFRawSession):
         tf.random.set_seed(config.seed)
         only_first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # counters advance once per step, not per replica
         with self.strategy.scope():
-            self.variables = self._build_variables()
+            self.variables, self.state = self._build_variables()
             self.slots = self._build_slots()
             self.adam_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adam_step", aggregation=only_first)
             self.dropout_step = tf.Variable(
