@@ -330,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-train", type=int, default=6000, help="MNIST training images for the matrix and modes")
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds of the allocator matrix and bare loops")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: matrix, modes, bare, wall")
-    parser.add_argument("--json", type=Path, default=None, help="write every figure here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="write every figure here (and the timed run's result to OUT.run.json)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to try the script (figures not kept)")
     parser.add_argument(
         "--all-allocators", action="store_true", help="also allocators auto never picks (jemalloc), when installed"
@@ -416,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         start_s = process_start_seconds()
         with tempfile.TemporaryDirectory(prefix="cnnbench-fresh-") as folder:
             result, wall = timed_cli_run(args.wall_args.split(), Path(folder), args.allocator)
+            if args.json:  # the run itself (accuracy, parity, manifests) beside the figures, for the README's table
+                saved = sorted(Path(folder).glob("*.json"))[-1]
+                shutil.copyfile(saved, args.json.with_suffix(".run.json"))
         parts = wall_breakdown(result, wall, start_s)
         report["wall"] = {
             "seconds": wall,
