@@ -36,14 +36,20 @@ def validate_backend_options(options: Mapping[str, str], registry: Registry) -> 
         try:
             backend = registry.backend(backend_name).item
         except UsageError as exc:
-            raise UsageError(f"--backend-option {name}={value}: {exc}") from None
+            raise UsageError(f"--backend-option {_shown(name, value)}: {exc}") from None
         declared = {option.key: option for option in declared_options(backend)}
         option = declared.get(key)
         if option is None:
             valid = ", ".join(f"{backend_name}.{k}" for k in sorted(declared)) or "none (it takes no option)"
-            raise UsageError(f"--backend-option {name}: {backend_name} has no option {key!r}; valid: {valid}")
+            raise UsageError(f"--backend-option {_shown(name)}: {backend_name} has no option {key!r}; valid: {valid}")
         try:
             checked[name] = option.parse(value)
         except ValueError as exc:
-            raise UsageError(f"--backend-option {name}={value}: {exc}") from None
+            raise UsageError(f"--backend-option {_shown(name, value)}: {exc}") from None
     return checked
+
+
+def _shown(name: str, value: str | None = None) -> str:
+    """``NAME=VALUE`` as typed, or its repr when it holds a newline or another unprintable character (one line)."""
+    text = name if value is None else f"{name}={value}"
+    return text if text.isprintable() else repr(text)
