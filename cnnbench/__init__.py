@@ -1,4 +1,4 @@
-"""cnnbench: train one LeNet in several deep-learning frameworks and compare accuracy and speed."""
+"""cnnbench: train one CNN (the chapter's LeNet, or another model) in several frameworks; compare accuracy and speed."""
 
 __version__ = "0.1.0"  # the one copy: pyproject.toml reads it ([tool.setuptools.dynamic])
 

@@ -41,7 +41,7 @@ class CnnbenchGroup(click.Group):
 @click.group(cls=CnnbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cnnbench")
 def cli() -> None:
-    """Train the same LeNet in several frameworks; compare accuracy and speed.
+    """Train the same CNN (the chapter's LeNet, or --model) in several frameworks; compare accuracy and speed.
 
     \b
     Exit status: 0 ok, 1 a regression (compare, ab), 2 bad input, 3 a backend failed (run, scale, check),

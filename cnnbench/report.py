@@ -92,7 +92,8 @@ def results_table(result: RunResult, title: str | None = None) -> Table:
     repeats = f", median of {result.repeat} repeats (± half IQR)" if result.repeat > 1 else ""
     train = result.train
     default_title = (
-        f"cnnbench: {result.data.dataset}, {train.optimizer} lr {train.learning_rate:g}, batch {train.batch_size}, "
+        f"cnnbench: {train.model} on {result.data.dataset}, {train.optimizer} lr {train.learning_rate:g}, "
+        f"batch {train.batch_size}, "
         f"{train.epochs} epoch{'s' if train.epochs != 1 else ''}, {train.threads} threads{repeats}"
     )
     table = Table(title=literal(title or default_title), title_justify="left")

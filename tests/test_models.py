@@ -255,3 +255,25 @@ def test_each_batch_norm_porting_bug_fails_the_check_that_names_it(reference_bac
     assert result["status"] == "FAIL"
     failed = [name for name, check in result["checks"].items() if not check["passed"]]
     assert any(failing in name for name in failed), failed
+
+
+def test_the_kit_runs_its_checks_on_a_registered_model(reference_backends):
+    from cnnbench.testing import (
+        BackendConformance,
+        ConformanceKit,
+        check_evaluate,
+        check_loss_and_gradients,
+        check_parameter_count,
+        model_spec,
+    )
+
+    assert BackendConformance.kit_models == ("mnist", "cifar")
+    spec = model_spec("tiny-resnet:cifar")
+    assert (spec.name, spec.input_shape, spec.has_batch_norm) == ("tiny-resnet", (32, 32, 3), True)
+    with pytest.raises(KeyError, match="NAME:mnist"):
+        model_spec("tiny-resnet:imagenet")
+    with ConformanceKit(reference_backends.ReferenceBackend(), None, {}, threads=1) as kit:
+        trial = kit.trial("tiny-resnet:cifar")
+        check_parameter_count(trial.spec, trial.weights())
+        check_loss_and_gradients(trial)
+        check_evaluate(trial)

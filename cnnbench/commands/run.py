@@ -1,4 +1,4 @@
-"""``cnnbench run``: train and evaluate the LeNet in each framework; ``--devices`` makes it a scaling run."""
+"""``cnnbench run``: train and evaluate the model (``--model``) in each framework; ``--devices``: a scaling run."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from cnnbench.errors import ExitCode
 @run_options
 @click.option("--preset", default=None, help="Start from a named preset (see 'cnnbench presets'); flags override it.")
 def run_command(preset: str | None, **options: Any) -> None:
-    """Train and evaluate the LeNet in each framework; print a table and save a result JSON.
+    """Train and evaluate the model (the LeNet, or --model) in each framework; print a table and save a result JSON.
 
     Exit status: 0 ok, 2 bad input (nothing run), 3 a backend failed, timed out or diverged,
     4 not saved where asked (saved to a named fallback), 128+N stopped by signal N (130 for Ctrl-C).

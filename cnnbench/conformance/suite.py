@@ -44,6 +44,7 @@ from cnnbench.conformance.tolerances import MIN_ACCURACY
 from cnnbench.errors import BackendUnavailable
 from cnnbench.plugins import load_registry
 
+#: Parametrizes a test over the kit's two LeNet variants (for checks written outside ``BackendConformance``).
 models = pytest.mark.parametrize("model", list(MODELS))
 
 
@@ -82,6 +83,14 @@ class BackendConformance:
     worker_plugin_module: str | None = None
     #: Seconds the serialisation run's worker may take.
     worker_timeout_s: float = 600
+    #: The models every check runs on: the chapter's LeNet variants "mnist" and "cifar", and any registered
+    #: model on one of those shapes as "NAME:mnist" or "NAME:cifar" (e.g. "resnet20:cifar").
+    kit_models: tuple[str, ...] = tuple(MODELS)
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """Run each check that takes ``model`` on every model of ``kit_models``."""
+        if "model" in metafunc.fixturenames:
+            metafunc.parametrize("model", list(getattr(metafunc.cls, "kit_models", MODELS)))
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -142,28 +151,22 @@ class BackendConformance:
     def test_identity(self, conformance_kit: ConformanceKit) -> None:
         check_identity(conformance_kit.backend, conformance_kit.variant)
 
-    @models
     def test_parameter_count(self, conformance_kit: ConformanceKit, model: str) -> None:
         trial = self._trial(conformance_kit, model, prepared=False)
         check_parameter_count(trial.spec, trial.created_weights, "after create_session", trial.created_error)
 
-    @models
     def test_weights_round_trip(self, conformance_kit: ConformanceKit, model: str) -> None:
         check_weights_round_trip(self._trial(conformance_kit, model))
 
-    @models
     def test_output_shapes(self, conformance_kit: ConformanceKit, model: str) -> None:
         check_output_shapes(self._trial(conformance_kit, model))
 
-    @models
     def test_predict_matches_spec(self, conformance_kit: ConformanceKit, model: str) -> None:
         check_predict_matches_spec(self._trial(conformance_kit, model))
 
-    @models
     def test_loss_and_gradients(self, conformance_kit: ConformanceKit, model: str) -> None:
         check_loss_and_gradients(self._trial(conformance_kit, model))
 
-    @models
     def test_evaluate(self, conformance_kit: ConformanceKit, model: str) -> None:
         check_evaluate(self._trial(conformance_kit, model))
 
@@ -191,11 +194,9 @@ class BackendConformance:
         with _skip_unavailable(conformance_kit):
             check_adam_hyper_parameters(conformance_kit)
 
-    @models
     def test_loss_decreases(self, conformance_kit: ConformanceKit, model: str) -> None:
         check_loss_decreases(self._trial(conformance_kit, model))
 
-    @models
     def test_accuracy_after_short_run(self, conformance_kit: ConformanceKit, model: str) -> None:
         check_accuracy(self._trial(conformance_kit, model), type(self).min_accuracy)
 

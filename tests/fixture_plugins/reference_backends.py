@@ -135,3 +135,14 @@ def register_backends(register: Any) -> None:
     register(ReferenceBackend())
     for bug in BUGS:
         register(ReferenceBackend(bug, bug))
+
+
+@hookimpl
+def register_models(register: Any) -> None:
+    """A ResNet small enough for the float64 reference to train in the kit: every new layer type."""
+    from cnnbench.models import Model, zoo
+
+    def tiny_resnet(input_shape: Any, num_classes: int, dropout: float | None = None) -> ModelSpec:
+        return zoo.resnet(input_shape, num_classes, blocks_per_stage=1, widths=(4, 8, 16), name="tiny-resnet")
+
+    register(Model("tiny-resnet", "a 1-block-per-stage ResNet of 4, 8 and 16 filters (test fixture)", tiny_resnet))
