@@ -7,8 +7,11 @@ the kit's (``cnnbench.testing``), the same checks every backend passes.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
+import textwrap
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,12 +21,16 @@ pytest.importorskip("optax")
 
 import itertools
 
+from cnnbench import reference
+from cnnbench.backend import model_unsupported_reason
 from cnnbench.config import TrainConfig
+from cnnbench.conformance.tolerances import GRAD_REL, LOGITS_REL, LOSS_REL, STATE_REL
 from cnnbench.datasets.synthetic import make_synthetic
 from cnnbench.errors import BackendError, BackendUnavailable, UsageError
 from cnnbench.frameworks import PJRT_THREADS_ENV as THREADS_ENV
 from cnnbench.initializers import initial_weights
-from cnnbench.spec import MNIST_LENET, lenet
+from cnnbench.models import zoo
+from cnnbench.spec import LAYER_TYPES, MNIST_LENET, BatchNorm, Conv2D, Dense, GlobalAvgPool, ModelSpec, lenet
 from cnnbench.testing import BackendConformance
 from cnnbench_jax.backend import JaxBackend
 
@@ -195,3 +202,212 @@ def test_train_step_compiles_once_across_calls_and_set_weights(caplog):
         session.train_batches(rows[:2])
     compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(step)")]
     assert len(compiles) == 1, [r.getMessage()[:120] for r in compiles]
+
+
+# ---- batch norm, residual blocks, stride-2 SAME convolutions, global pooling (issue 20) -------------------------
+# Tiny models against the float64 reference, with the project's tolerances (cnnbench.conformance.tolerances).
+
+TINY_RESNET = zoo.resnet((8, 8, 3), 10, blocks_per_stage=1, widths=(4, 8, 16))
+SMALL_VGG = zoo.vgg8((8, 8, 3), 10)
+#: 9x9 inputs: stride-2 SAME convolutions padded evenly (9 -> 5 -> 3: one row each side); 8x8 pads (0, 1).
+ODD_RESNET = zoo.resnet((9, 9, 3), 10, blocks_per_stage=1, widths=(4, 8, 16))
+BATCH = 8
+
+
+def drawn_weights(spec: ModelSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Glorot weights with batch norm away from the identity (gamma, beta and moving statistics drawn)."""
+    weights = initial_weights(spec, "glorot-uniform", seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    for name, shape in spec.param_shapes().items():
+        if name.endswith("/gamma"):
+            weights[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        elif name.endswith(("/beta", "/moving_mean", "/bias")):
+            weights[name] = rng.normal(0.0, 0.2, shape).astype(np.float32)
+        elif name.endswith("/moving_variance"):
+            weights[name] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+    return weights
+
+
+def drawn_session(spec: ModelSpec, **config: Any) -> Any:
+    config.setdefault("threads", 2)
+    session = JaxBackend().create_session(spec, TrainConfig(device="cpu", **config))
+    session.set_weights(drawn_weights(spec))
+    return session
+
+
+def inputs(spec: ModelSpec, n: int = BATCH, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, (n, *spec.input_shape)).astype(np.float32)
+    return x, rng.integers(0, spec.num_classes, n).astype(np.int64)
+
+
+def assert_scaled_close(actual: Any, expected: Any, rel: float, what: str) -> None:
+    """|actual - expected| <= rel x max |expected| (the conformance table's scale-relative form)."""
+    expected = np.asarray(expected, dtype=np.float64)
+    bound = rel * max(float(np.abs(expected).max()), 1e-12)
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=0, atol=bound, err_msg=what)
+
+
+def assert_matches_reference(session: Any, spec: ModelSpec, x: np.ndarray, y: np.ndarray) -> None:
+    """Inference logits, then the training-mode loss and every trainable gradient, against the reference."""
+    weights = session.get_weights()
+    assert_scaled_close(session.predict(x), reference.forward(spec, weights, x), LOGITS_REL, "logits")
+    loss, grads = session.loss_and_gradients(x, y)
+    ref_loss, ref_grads, _ = reference.loss_and_gradients(spec, weights, x, y)
+    assert loss == pytest.approx(ref_loss, rel=LOSS_REL)
+    assert set(grads) == set(spec.trainable_shapes())
+    for name, grad in grads.items():
+        assert grad.shape == spec.trainable_shapes()[name], name
+        assert_scaled_close(grad, ref_grads[name], GRAD_REL, name)
+
+
+@pytest.mark.parametrize("spec", [TINY_RESNET, ODD_RESNET, SMALL_VGG], ids=["resnet8x8", "resnet9x9", "vgg8"])
+def test_new_layers_match_the_reference(spec):
+    assert_matches_reference(drawn_session(spec), spec, *inputs(spec))
+
+
+def test_stride_two_same_padding_is_tensorflows():
+    """lax's SAME puts the odd extra row/column after (TF); padding it before is another function."""
+    from jax import lax
+
+    x = np.random.default_rng(0).normal(size=(1, 8, 8, 1)).astype(np.float32)
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 1, 1)).astype(np.float32)
+    same = np.asarray(lax.conv_general_dilated(x, kernel, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    after = lax.conv_general_dilated(x, kernel, (2, 2), ((0, 1), (0, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    before = lax.conv_general_dilated(x, kernel, (2, 2), ((1, 0), (1, 0)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert same.shape == (1, 4, 4, 1)
+    np.testing.assert_array_equal(same, np.asarray(after))
+    assert not np.allclose(same, np.asarray(before))
+
+
+@pytest.mark.parametrize("scan", ["false", "true"], ids=["jit", "scan"])
+def test_moving_statistics_follow_the_spec_step_by_step(scan):
+    """Momentum 0.9 and the biased batch variance, once per step, in both execution modes."""
+    spec = TINY_RESNET
+    session = drawn_session(spec, optimizer="sgd", learning_rate=0.1, backend_options={"jax.scan": scan})
+    x, y = inputs(spec, 2 * BATCH)
+    session.load_data(x, y, x, y)
+    for step in range(2):
+        before = session.get_weights()
+        rows = np.arange(step * BATCH, (step + 1) * BATCH, dtype=np.int64)
+        expected = reference.moving_statistics(spec, before, x[rows])
+        ref_loss = reference.loss_and_gradients(spec, before, x[rows], y[rows])[0]
+        (loss,) = session.train_batches(rows[None])
+        assert loss == pytest.approx(ref_loss, rel=LOSS_REL)  # the step's loss: training-mode batch norm
+        after = session.get_weights()
+        assert set(expected) == set(spec.state_shapes())
+        for name, value in expected.items():
+            assert_scaled_close(after[name], value, STATE_REL, f"step {step + 1}: {name}")
+            assert not np.array_equal(after[name], before[name]), name
+        assert not np.array_equal(after["dense/kernel"], before["dense/kernel"])
+
+
+def test_evaluate_uses_the_moving_statistics():
+    spec = TINY_RESNET
+    session = drawn_session(spec)
+    x, y = inputs(spec, 12)
+    session.load_data(x, y, x, y)
+    loss, accuracy = session.evaluate(batch_size=5)  # uneven last batch
+    logits = reference.forward(spec, session.get_weights(), x)
+    ref_loss, _ = reference.softmax_cross_entropy(logits, y)
+    assert loss == pytest.approx(ref_loss, rel=LOSS_REL)
+    assert accuracy == pytest.approx(float(np.mean(np.argmax(logits, axis=1) == y)))
+
+
+def test_loss_and_gradients_and_inference_change_nothing():
+    spec = TINY_RESNET
+    session = drawn_session(spec)
+    x, y = inputs(spec)
+    before = session.get_weights()
+    logits = session.predict(x)
+    first = session.loss_and_gradients(x, y)
+    again = session.loss_and_gradients(x, y)
+    after = session.get_weights()
+    assert all(np.array_equal(before[name], after[name]) for name in before), "weights or moving statistics moved"
+    assert first[0] == again[0] and all(np.array_equal(first[1][k], again[1][k]) for k in first[1])
+    np.testing.assert_array_equal(session.predict(x), logits)
+
+
+def test_weights_round_trip_with_moving_statistics():
+    spec = TINY_RESNET
+    session = drawn_session(spec)
+    weights = drawn_weights(spec, seed=3)
+    session.set_weights(weights)
+    back = session.get_weights()
+    assert list(back) == list(spec.param_shapes())
+    for name, value in weights.items():
+        assert back[name].dtype == np.float32 and np.array_equal(back[name], value), name
+    back["bn/moving_mean"][:] = 99.0  # a copy, not a view of the device buffer
+    assert not np.array_equal(session.get_weights()["bn/moving_mean"], back["bn/moving_mean"])
+    with pytest.raises(BackendError, match="bn/moving_variance"):
+        session.set_weights({k: v for k, v in weights.items() if k != "bn/moving_variance"})
+
+
+def test_framework_init_of_batch_norm_is_the_identity():
+    layers = (Conv2D("conv", 2, 3, activation=None, use_bias=False), BatchNorm("bn"), GlobalAvgPool(), Dense("out", 2))
+    spec = ModelSpec("tiny-bn", (4, 4, 1), 2, layers)  # two kernel shapes: two jax.random compiles
+    weights = JaxBackend().create_session(spec, TrainConfig(threads=2, init="framework")).get_weights()
+    assert list(weights) == list(spec.param_shapes())
+    for name, start in {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0}.items():
+        assert np.all(weights[f"bn/{name}"] == start), name
+    assert weights["conv/kernel"].std() > 0 and "conv/bias" not in weights
+
+
+def test_batch_norm_step_compiles_once_across_calls_and_set_weights(caplog):
+    import jax
+
+    spec = TINY_RESNET
+    session = drawn_session(spec)
+    x, y = inputs(spec, 2 * BATCH)
+    session.load_data(x, y, x, y)
+    weights = session.get_weights()
+    rows = np.arange(2 * BATCH, dtype=np.int64).reshape(2, BATCH)
+    with jax.log_compiles(True), caplog.at_level(logging.DEBUG, logger="jax"):
+        session.train_batches(rows[:1])
+        session.train_batches(rows[1:])
+        session.set_weights(weights)
+        session.train_batches(rows)
+    compiles = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(step)")]
+    assert len(compiles) == 1, [r.getMessage()[:120] for r in compiles]
+
+
+def test_batch_norm_data_parallel_uses_the_global_batch_statistics():
+    """Two simulated CPU devices, batch sharded: the same steps and moving statistics as one device (SPMD)."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from cnnbench.config import TrainConfig
+        from cnnbench.models import zoo
+        from cnnbench.initializers import initial_weights
+        from cnnbench_jax.backend import JaxBackend
+
+        spec = zoo.resnet((8, 8, 3), 10, blocks_per_stage=1, widths=(4, 8, 16))
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)
+        y = rng.integers(0, 10, 16)
+        rows = np.arange(16).reshape(2, 8)
+        results = []
+        for devices in (2, 1):
+            session = JaxBackend().create_session(spec, TrainConfig(threads=1, devices=devices, optimizer="sgd"))
+            session.set_weights(initial_weights(spec, "glorot-uniform", seed=0))
+            session.load_data(x, y, x, y)
+            losses = session.train_batches(rows)
+            results.append((session.device, losses, session.get_weights()))
+        (sharded, losses2, w2), (single, losses1, w1) = results
+        assert "2" in sharded and sharded != single, (sharded, single)
+        np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
+        for name in w1:
+            scale = max(float(np.abs(w1[name]).max()), 1e-12)
+            np.testing.assert_allclose(w2[name], w1[name], rtol=0, atol=1e-5 * scale, err_msg=name)
+        assert not np.array_equal(w1["bn/moving_variance"], np.ones_like(w1["bn/moving_variance"]))
+        print("ok")
+        """
+    )
+    env = {**os.environ, **JaxBackend().process_environment(None, TrainConfig(device="cpu", threads=1, devices=2))}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_backend_declares_every_layer():
+    assert JaxBackend.layers == frozenset(LAYER_TYPES)
+    assert model_unsupported_reason(JaxBackend(), zoo.resnet20((32, 32, 3), 10)) is None

@@ -5,7 +5,9 @@ The train step is the single-device one (same forward, optax optimizer, dropout 
 the ``data`` axis, the gathered images are constrained to that sharding, and params, optimizer
 state and the resident dataset are replicated. XLA's SPMD partitioner inserts the gradient
 all-reduce. Random bits are partitionable (``jax_threefry_partitionable``), so dropout masks do
-not depend on the number of devices.
+not depend on the number of devices. Batch norm needs nothing more: the step is one global
+computation, so its batch statistics are the global batch's (XLA all-reduces the partial sums),
+exactly the single-device function; the moving statistics are replicated like the parameters.
 
 Simulated devices on a CPU machine come from ``XLA_FLAGS=--xla_force_host_platform_device_count=N``,
 set in the worker's environment before jax is imported (``JaxBackend.process_environment``);
@@ -101,6 +103,40 @@ class ShardedJaxSession(JaxSession):
         # A row that does not divide over the mesh (e.g. the parity check's small batches) runs
         # replicated: the same result, without the speed-up.
         self._sharded_steps = {True: jitted(True), False: jitted(False)}
+        if self.has_batch_norm:
+            self._compile_sharded_batch_norm()
+
+    def _compile_sharded_batch_norm(self) -> None:
+        """The batch-norm step (``JaxSession._compile_batch_norm``) with the moving statistics replicated."""
+        import optax
+
+        jax = self.jax
+        optimizer, seed = self.optimizer, self.config.seed
+        training_loss, updated_state = self.training_loss, self.updated_state
+        batch_sharded, replicated = self.batch_sharded, self.replicated
+
+        def step(params, opt_state, state, x_train, y_train, row, step_number, shard_batch):
+            key = jax.random.fold_in(jax.random.key(seed), step_number)
+            x, y = x_train[row], y_train[row]
+            if shard_batch:
+                x = jax.lax.with_sharding_constraint(x, batch_sharded)
+                y = jax.lax.with_sharding_constraint(y, batch_sharded)
+            (loss, batch_stats), grads = jax.value_and_grad(training_loss, has_aux=True)(params, x, y, key)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, updated_state(state, batch_stats), loss
+
+        def jitted(shard_batch: bool):
+            row_sharding = batch_sharded if shard_batch else replicated
+            return jax.jit(
+                lambda params, opt_state, state, x_train, y_train, row, step_number: step(
+                    params, opt_state, state, x_train, y_train, row, step_number, shard_batch
+                ),
+                in_shardings=(replicated, replicated, replicated, replicated, replicated, row_sharding, replicated),
+                out_shardings=(replicated, replicated, replicated, replicated),
+                donate_argnums=(0, 1, 2),
+            )
+
+        self._sharded_steps = {True: jitted(True), False: jitted(False)}
 
     def _train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
         rows = batch_indices.astype(np.int32)  # checked by Session.train_batches
@@ -110,9 +146,21 @@ class ShardedJaxSession(JaxSession):
         losses = []
         for row in rows:
             step_number = self._global(np.asarray(self._step_number, dtype=np.int32), self.replicated)
-            self.params, self.opt_state, loss = step(
-                self.params, self.opt_state, self.x_train, self.y_train, self._global(row, row_sharding), step_number
-            )
+            global_row = self._global(row, row_sharding)
+            if self.has_batch_norm:
+                self.params, self.opt_state, self.state, loss = step(
+                    self.params,
+                    self.opt_state,
+                    self.state,
+                    self.x_train,
+                    self.y_train,
+                    global_row,
+                    step_number,
+                )
+            else:
+                self.params, self.opt_state, loss = step(
+                    self.params, self.opt_state, self.x_train, self.y_train, global_row, step_number
+                )
             self._step_number += 1
             if self.one_step_in_flight:
                 loss.block_until_ready()
@@ -124,6 +172,7 @@ class ShardedJaxSession(JaxSession):
         settings.update(
             data_parallel=f"jax.sharding: Mesh(({len(self.mesh_device_list)},), ('{AXIS}',)), "
             "batch sharded, params replicated"
+            + (" (batch norm: global batch statistics, moving statistics replicated)" if self.has_batch_norm else "")
             + (f", jax.distributed over {self.cluster.num_hosts} processes" if self.cluster.multi_host else ""),
             mode="jit (SPMD-partitioned)",
             threefry_partitionable=bool(self.jax.config.jax_threefry_partitionable),
