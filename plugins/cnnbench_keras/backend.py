@@ -7,6 +7,14 @@ inside methods only, so listing backends never pays for (or fails on) them.
 
 Canonical weights need no conversion here: Keras' ``Conv2D`` kernels are HWIO, ``Dense``
 kernels (in, out), and ``Flatten`` flattens channels_last activations in (H, W, C) order.
+
+Batch normalisation is ``keras.layers.BatchNormalization(momentum=spec momentum, epsilon=spec epsilon)``:
+Keras 3 already follows the spec's convention on every engine (the batch's biased variance, from
+``keras.ops.moments``, in the normalisation and in the moving update ``moving = momentum * moving +
+(1 - momentum) * batch``), and its ``padding="same"`` is TensorFlow's SAME on the jax and torch engines
+too (the odd extra row after); tests/test_backend_keras.py checks both against the reference per engine.
+A spec with residual blocks is built with the functional API (``Add``, then the activation); any other,
+the LeNet included, stays the ``keras.Sequential`` it always was.
 """
 
 from __future__ import annotations
@@ -21,7 +29,21 @@ from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable, UsageError
 from cnnbench.frameworks import FRAMEWORKS, JAX, Framework
 from cnnbench.modes import ExecutionMode
-from cnnbench.spec import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ModelSpec
+from cnnbench.spec import (
+    LAYER_TYPES,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool,
+    Layer,
+    MaxPool2D,
+    ModelSpec,
+    Residual,
+    is_state,
+    layer_infos,
+)
 
 #: Keras engines, selected as ``keras:<engine>``; the first is the default.
 ENGINES = ("tensorflow", "jax", "torch")
@@ -54,49 +76,137 @@ def jit_compile_for(config: TrainConfig, engine: str) -> bool | str:
     return JIT_COMPILE_CHOICES[key]
 
 
-def build_model(spec: ModelSpec):
-    """A ``keras.Sequential`` that walks the spec; returns (model, {layer name: layer with weights})."""
-    import keras
+#: The Keras attribute of each canonical weight suffix (the same names: nothing to convert).
+WEIGHT_PARTS = {
+    Conv2D: ("kernel", "bias"),
+    Dense: ("kernel", "bias"),
+    BatchNorm: ("gamma", "beta", "moving_mean", "moving_variance"),
+}
+
+
+def _check_activation(layer: Layer) -> None:
+    activation = getattr(layer, "activation", None)
+    if activation not in (None, "relu"):
+        raise BackendError(f"activation {activation!r} is not supported by the keras backend")
+
+
+def keras_layers(layer: Layer, weighted: dict[str, Any]) -> list[Any]:
+    """The Keras layers of one spec layer (a batch norm's activation is a layer of its own), in order.
+
+    Layers with weights are recorded in ``weighted`` under their spec name. Not for ``Residual`` (see ``_apply``).
+    """
     from keras import layers
 
-    model_layers: list[Any] = [keras.Input(shape=spec.input_shape)]
-    weighted: dict[str, Any] = {}
-    for layer in spec.layers:
-        if isinstance(layer, (Conv2D, Dense)) and layer.activation not in (None, "relu"):
-            raise BackendError(f"activation {layer.activation!r} is not supported by the keras backend")
-        if isinstance(layer, Conv2D):
-            built = layers.Conv2D(
+    _check_activation(layer)
+    built: list[Any]
+    if isinstance(layer, Conv2D):
+        built = [
+            layers.Conv2D(
                 layer.filters,
                 layer.kernel_size,
                 strides=layer.stride,
                 padding=layer.padding.lower(),
                 activation=layer.activation,
+                use_bias=layer.use_bias,
                 data_format="channels_last",
                 name=layer.name,
             )
-            weighted[layer.name] = built
-        elif isinstance(layer, MaxPool2D):
-            built = layers.MaxPooling2D(
+        ]
+    elif isinstance(layer, MaxPool2D):
+        built = [
+            layers.MaxPooling2D(
                 layer.pool_size,
                 strides=layer.stride,
                 padding=layer.padding.lower(),
                 data_format="channels_last",
                 name=layer.name,
             )
-        elif isinstance(layer, Flatten):
-            built = layers.Flatten(data_format="channels_last", name=layer.name)
-        elif isinstance(layer, Dense):
-            built = layers.Dense(layer.units, activation=layer.activation, name=layer.name)
-            weighted[layer.name] = built
-        elif isinstance(layer, Dropout):
-            built = layers.Dropout(layer.rate, name=layer.name)
-        else:  # pragma: no cover - guarded by the spec's Layer union
-            raise BackendError(f"layer {layer!r} is not supported by the keras backend")
-        model_layers.append(built)
-    model = keras.Sequential(model_layers, name=spec.name.replace("-", "_"))
-    if model.count_params() != spec.num_params:
-        raise BackendError(f"keras model has {model.count_params()} parameters, the spec {spec.num_params}")
+        ]
+    elif isinstance(layer, Flatten):
+        built = [layers.Flatten(data_format="channels_last", name=layer.name)]
+    elif isinstance(layer, Dense):
+        built = [layers.Dense(layer.units, activation=layer.activation, name=layer.name)]
+    elif isinstance(layer, Dropout):
+        built = [layers.Dropout(layer.rate, name=layer.name)]
+    elif isinstance(layer, BatchNorm):
+        built = [layers.BatchNormalization(axis=-1, momentum=layer.momentum, epsilon=layer.epsilon, name=layer.name)]
+        if layer.activation is not None:
+            built.append(layers.Activation(layer.activation, name=f"{layer.name}_{layer.activation}"))
+    elif isinstance(layer, GlobalAvgPool):
+        built = [layers.GlobalAveragePooling2D(data_format="channels_last", name=layer.name)]
+    else:  # pragma: no cover - guarded by the spec's Layer union
+        raise BackendError(f"layer {layer!r} is not supported by the keras backend")
+    if type(layer) in WEIGHT_PARTS:
+        weighted[layer.name] = built[0]
+    return built
+
+
+def _apply(spec_layers: tuple[Layer, ...], x: Any, input_shape: tuple[int, ...], weighted: dict[str, Any]) -> Any:
+    """Apply ``spec_layers`` to the symbolic tensor ``x`` (functional API), recursing into residual blocks.
+
+    Every layer's output shape is checked against ``cnnbench.spec.layer_infos``.
+    """
+    from keras import layers
+
+    for info in layer_infos(spec_layers, input_shape):
+        layer = info.layer
+        if isinstance(layer, Residual):
+            _check_activation(layer)
+            body = _apply(layer.body, x, info.input_shape, weighted)
+            shortcut = _apply(layer.shortcut, x, info.input_shape, weighted)
+            if layer.activation is None:
+                x = layers.Add(name=layer.name)([body, shortcut])
+            else:
+                x = layers.Add(name=f"{layer.name}_add")([body, shortcut])
+                x = layers.Activation(layer.activation, name=layer.name)(x)
+        else:
+            for built in keras_layers(layer, weighted):
+                x = built(x)
+        if tuple(x.shape[1:]) != info.output_shape:
+            raise BackendError(f"{layer.name}: keras gives shape {tuple(x.shape[1:])}, the spec {info.output_shape}")
+    return x
+
+
+def _size(variables: list[Any]) -> int:
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def build_model(spec: ModelSpec):
+    """The Keras model of the spec; returns (model, {layer name: layer with weights}).
+
+    A ``keras.Sequential`` unless the spec has residual blocks (then the functional API).
+    """
+    import keras
+
+    weighted: dict[str, Any] = {}
+    name = spec.name.replace("-", "_")
+    if "Residual" in spec.layer_types():
+        inputs = keras.Input(shape=spec.input_shape)
+        model = keras.Model(inputs, _apply(spec.layers, inputs, spec.input_shape, weighted), name=name)
+    else:
+        model_layers: list[Any] = [keras.Input(shape=spec.input_shape)]
+        for layer in spec.layers:
+            model_layers += keras_layers(layer, weighted)
+        model = keras.Sequential(model_layers, name=name)
+    trainable, state = _size(model.trainable_weights), _size(model.non_trainable_weights)
+    if (trainable, state) != (spec.num_params, spec.num_state):
+        raise BackendError(
+            f"keras model has {trainable} parameters and {state} state values, the spec {spec.num_params} "
+            f"and {spec.num_state}"
+        )
     return model, weighted
+
+
+def canonical_variables(spec: ModelSpec, weighted: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(canonical name, Keras variable) for every weight of ``spec.param_shapes()``, in its order."""
+    named = []
+    for info in spec.walk():
+        layer = info.layer
+        for part in WEIGHT_PARTS.get(type(layer), ()):
+            variable = getattr(weighted[layer.name], part)
+            if variable is not None:  # a convolution without bias
+                named.append((f"{layer.name}/{part}", variable))
+    return named
 
 
 class KerasSession(Session):
@@ -127,6 +237,10 @@ class KerasSession(Session):
         keras.utils.set_random_seed(config.seed)  # Python, NumPy, engine and Keras seed generators
         with self._placement():
             self.model, self.weighted = build_model(spec)
+        self.named = canonical_variables(spec, self.weighted)
+        self.trainable = [(name, v) for name, v in self.named if not is_state(name)]
+        self.state = [(name, v) for name, v in self.named if is_state(name)]
+        self.dropouts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout)]
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self._compile()
 
@@ -182,32 +296,57 @@ class KerasSession(Session):
         return np.asarray(logits, dtype=np.float32)
 
     def _variables(self) -> list[tuple[str, Any]]:
-        """(canonical name, Keras variable) for every weight, in spec order."""
-        parts = ("kernel", "bias")
-        return [(f"{name}/{part}", getattr(layer, part)) for name, layer in self.weighted.items() for part in parts]
+        """(canonical name, Keras variable) for every weight, in spec order (moving statistics included)."""
+        return self.named
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-        named = self._variables()
-        with self._placement():
+        """Dropout off; batch norm on batch statistics (``training=True``) with the moving statistics left alone.
+
+        Without batch norm the model runs with ``training=False`` as it always did. With it, the jax engine
+        calls the model statelessly (the moving statistics it returns are dropped); the tensorflow and torch
+        engines call it eagerly, which assigns the moving statistics, so they are saved and put back.
+        """
+        named = self.trainable
+        training = bool(self.state)
+        with self._placement(), self._dropout_off(training):
             images, labels = self._images(x), self._labels(y)
-            if self.engine == "tensorflow":
-                loss, grads = self._tf_gradients(images, labels, [v for _, v in named])
-            elif self.engine == "jax":
-                loss, grads = self._jax_gradients(images, labels, [v for _, v in named])
+            variables = [v for _, v in named]
+            if self.engine == "jax":
+                loss, grads = self._jax_gradients(images, labels, variables, training)
             else:
-                loss, grads = self._torch_gradients(images, labels, [v for _, v in named])
+                saved = [self.ops.copy(v.value) for _, v in self.state]
+                try:
+                    if self.engine == "tensorflow":
+                        loss, grads = self._tf_gradients(images, labels, variables, training)
+                    else:
+                        loss, grads = self._torch_gradients(images, labels, variables, training)
+                finally:
+                    for (_, variable), value in zip(self.state, saved, strict=True):
+                        variable.assign(value)
         to_numpy = self.ops.convert_to_numpy
         gradients = {name: np.array(to_numpy(g), dtype=np.float32) for (name, _), g in zip(named, grads, strict=True)}
         return float(to_numpy(loss)), gradients
 
-    def _tf_gradients(self, images, labels, variables):
+    @contextlib.contextmanager
+    def _dropout_off(self, training: bool):
+        """With ``training=True`` (batch statistics), Keras would drop units too: rate 0 for the call."""
+        rates = [layer.rate for layer in self.dropouts] if training else []
+        try:
+            for layer in self.dropouts if training else ():
+                layer.rate = 0.0
+            yield
+        finally:
+            for layer, rate in zip(self.dropouts, rates, strict=False):
+                layer.rate = rate
+
+    def _tf_gradients(self, images, labels, variables, training):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            loss = self.loss(labels, self.model(images, training=False))
+            loss = self.loss(labels, self.model(images, training=training))
         return loss, tape.gradient(loss, variables)
 
-    def _jax_gradients(self, images, labels, variables):
+    def _jax_gradients(self, images, labels, variables, training):
         import jax
 
         # Keras variables overload ==, so positions are found by identity.
@@ -216,16 +355,16 @@ class KerasSession(Session):
         non_trainable = [v.value for v in self.model.non_trainable_variables]
 
         def loss_of(values):
-            logits, _ = self.model.stateless_call(values, non_trainable, images, training=False)
+            logits, _ = self.model.stateless_call(values, non_trainable, images, training=training)
             return self.loss(labels, logits)
 
         loss, grads = jax.value_and_grad(loss_of)(trainable)
         return loss, [grads[position[id(v)]] for v in variables]
 
-    def _torch_gradients(self, images, labels, variables):
+    def _torch_gradients(self, images, labels, variables, training):
         import torch
 
-        loss = self.loss(labels, self.model(images, training=False))
+        loss = self.loss(labels, self.model(images, training=training))
         return loss.detach(), torch.autograd.grad(loss, [v.value for v in variables])
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -298,6 +437,7 @@ class KerasBackend(Backend):
     framework = "Keras"
     variants = ENGINES
     deterministic = True
+    layers = frozenset(LAYER_TYPES)
     options = (
         BackendOption(
             "jit_compile",

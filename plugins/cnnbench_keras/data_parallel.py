@@ -7,6 +7,9 @@ single-device ``KerasSession``: the same model, optimizer and per-batch ``train_
 
 Keras' TensorFlow engine only has an unfinished prototype of ``keras.distribution`` (its module
 says "DO NOT USE") and the torch engine none, so those engines report "unsupported".
+
+Batch normalisation is refused with several devices: whether the sharded step normalises each replica's
+share or the global batch, and updates the moving statistics once, is not checked against the spec.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ class KerasDataParallelSession(KerasSession):
     def __init__(self, spec: ModelSpec, config: TrainConfig, engine: str, where: Cluster):
         import keras
 
+        if spec.has_batch_norm:
+            raise BackendUnavailable(
+                "batch norm with --devices > 1 is not implemented on the keras backend "
+                "(batch statistics across replicas are not checked against the spec)"
+            )
         reason = unsupported_engine_reason(engine)
         if reason:
             raise BackendUnavailable(reason)
