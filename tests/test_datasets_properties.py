@@ -286,3 +286,21 @@ def test_any_damage_to_a_cache_file_is_rebuilt_quietly_but_visibly(
     assert arrays.verified
     err = capsys.readouterr().err.splitlines()
     assert len(err) == (0 if garbage == original else 1), err
+
+
+def test_a_digest_file_whose_newline_became_another_line_break_is_damage(
+    cached: Cached, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hypothesis found it: '\\x0b' for the last '\\n' still split into the same lines, and the entry loaded."""
+    dataset, config, expected, folder = cached
+    path = folder / cache.DIGEST_FILE
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + b"\x0b")
+    source = dataset.locate(config)
+    assert source is not None
+    assert data_or_dataset_error(cache.load, dataset.name, dataset._cache_key(source)) is None
+    capsys.readouterr()
+    arrays = dataset.load(config)  # rebuilt, with one line saying so
+    for array_name, right in expected.items():
+        np.testing.assert_array_equal(getattr(arrays, array_name), right)
+    assert path.read_bytes() == original and len(capsys.readouterr().err.splitlines()) == 1

@@ -136,7 +136,14 @@ def read_digest_file(folder: Path) -> dict[str, str]:
     if sorted(digests) != sorted(ENTRY_FILES):
         listed = ", ".join(sorted(digests)) or "nothing"
         raise CacheEntryError(f"{DIGEST_FILE} lists {listed}, not {', '.join(ENTRY_FILES)}")
+    if text != digest_file_text(digests):  # any other byte (a vertical tab for a newline...) is damage too
+        raise CacheEntryError(f"{DIGEST_FILE} is not byte for byte the file cnnbench writes")
     return digests
+
+
+def digest_file_text(digests: dict[str, str]) -> str:
+    """The SHA256SUMS file cnnbench writes: one '<sha256>  <file>' line per entry file, in ENTRY_FILES order."""
+    return "".join(f"{digests[name]}  {name}\n" for name in ENTRY_FILES)
 
 
 def _check_meta(meta: Any, key: str) -> dict[str, Any]:
@@ -282,7 +289,7 @@ def store(dataset_name: str, key: str, arrays: dict[str, np.ndarray], meta: dict
         meta_bytes = json.dumps({**meta, "sizes": sizes}, indent=1, sort_keys=True).encode()
         (temp / META_FILE).write_bytes(meta_bytes)
         digests[META_FILE] = hashlib.sha256(meta_bytes).hexdigest()
-        (temp / DIGEST_FILE).write_text("".join(f"{digests[name]}  {name}\n" for name in ENTRY_FILES))
+        (temp / DIGEST_FILE).write_text(digest_file_text(digests))
         try:
             os.rename(temp, final)
         except OSError:
