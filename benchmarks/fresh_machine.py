@@ -215,7 +215,8 @@ def bare_ratios(
 def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | None = None) -> dict[str, float]:
     """Seconds of one run's wall time by part, summed over backends; the parts add up to ``wall_s``.
 
-    Per backend: the parity job (its own worker, timed whole), then from each measurement worker's phases:
+    Per backend: the parity check (its own seconds, after the last repeat's result in that worker), then from
+    each measurement worker's phases:
     import, build, data (load_data), compile (the first epoch beyond its steady-state time), steady training,
     evaluation and worker setup (registry and dataset in the worker: the rest of its total). Outside the
     measurement workers: ``process_start_s`` per worker
@@ -239,7 +240,7 @@ def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | No
     workers = 0
     inside = 0.0
     for row in result.backends:
-        # The parity check is a worker job of its own, timed whole by the parent (its process start included).
+        # The parity check follows the last repeat's result in its worker, outside that measurement's total_s.
         parity = float(row.parity.get("seconds") or 0.0) if row.parity else 0.0
         parts["parity"] += parity
         inside += parity

@@ -3,7 +3,8 @@
 The parent writes one request (a job: measure a backend, or check it against the reference) to a
 file and starts ``python -m cnnbench.worker FILE``; the worker answers with event lines on its
 private stdout: any number of ``Phase`` and ``Progress``, then one final event (``Result``,
-``CheckResult``, ``Error`` or ``Unavailable``). Every request and line carries
+``CheckResult``, ``Error`` or ``Unavailable``); a measure job with ``then_check`` follows its ``Result``
+with the check's ``Phase`` and one ``FollowUpCheck``. Every request and line carries
 ``PROTOCOL_VERSION``, so a worker from another cnnbench installation becomes a clear failure row.
 """
 
@@ -19,7 +20,7 @@ from cnnbench.config import DataConfig, TrainConfig
 from cnnbench.results import Measurement
 
 #: Bumped whenever a request or event changes shape; both sides must speak the same version.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: The JSON keys of the envelope (never a field name of a request or event).
 VERSION_KEY, EVENT_KEY, JOB_KEY = "version", "event", "job"
@@ -34,20 +35,6 @@ class NotAMessage(ProtocolError):
 
 
 # --- requests: what the parent asks one worker process to do ---------------------------------
-
-
-@dataclass(frozen=True)
-class MeasureRequest:
-    """Train and time one backend, one repeat: the job of ``run`` and ``scale``."""
-
-    job: ClassVar[str] = "measure"
-    backend: str
-    variant: str | None
-    train: TrainConfig
-    data: DataConfig
-    target_accuracy: float | None = None
-    #: Evaluate after every epoch (accuracy curves); never counted as training time.
-    evaluate_each_epoch: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +57,23 @@ class CheckRequest:
     #: Also the probes that need sessions of their own (optimizer reset, Adam's hyper-parameters, dropout):
     #: ``cnnbench check`` runs them; a run's parity column leaves them out (docs/performance.md#wall-time).
     probes: bool = True
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """Train and time one backend, one repeat: the job of ``run`` and ``scale``."""
+
+    job: ClassVar[str] = "measure"
+    backend: str
+    variant: str | None
+    train: TrainConfig
+    data: DataConfig
+    target_accuracy: float | None = None
+    #: Evaluate after every epoch (accuracy curves); never counted as training time.
+    evaluate_each_epoch: bool = False
+    #: A check to run in the same process once the ``Result`` is sent (a run's parity column): the framework is
+    #: imported and warm by then, and the measurement is already safe if the check fails, hangs or crashes.
+    then_check: CheckRequest | None = None
 
 
 Request = MeasureRequest | CheckRequest
@@ -121,6 +125,14 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
+class FollowUpCheck:
+    """The report of a measure job's ``then_check``, sent after its ``Result`` (not a final event)."""
+
+    kind: ClassVar[str] = "follow_up_check"
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Error:
     """The job raised: a one-line reason (the traceback is in the worker's log)."""
 
@@ -138,11 +150,11 @@ class Unavailable:
     peak_rss_mb: float | None = None
 
 
-Event = Phase | Progress | Result | CheckResult | Error | Unavailable
+Event = Phase | Progress | FollowUpCheck | Result | CheckResult | Error | Unavailable
 #: The events that end a job; a worker sends exactly one, last.
 Final = Result | CheckResult | Error | Unavailable
 FINAL_KINDS = (Result, CheckResult, Error, Unavailable)
-EVENTS: dict[str, type[Any]] = {cls.kind: cls for cls in (Phase, Progress, *FINAL_KINDS)}
+EVENTS: dict[str, type[Any]] = {cls.kind: cls for cls in (Phase, Progress, FollowUpCheck, *FINAL_KINDS)}
 
 T = TypeVar("T")
 

@@ -75,7 +75,7 @@ class RunOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Measure (once per machine, cached) the fp32 matmul ceiling for efficiency figures.
     measure_ceiling: bool = False
-    #: Run the parity check against the float64 reference before training (first repeat only).
+    #: Run the parity check against the float64 reference after the last repeat, in its worker.
     parity: bool = False
     #: Evaluate after every epoch (accuracy curves for plots); never counted as training time.
     evaluate_each_epoch: bool = False
@@ -209,11 +209,16 @@ def run_worker(
     request: messages.Request,
     env: dict[str, str],
     timeout_s: float | None,
-    on_event: Callable[[messages.Phase | messages.Progress], None] | None,
+    on_event: Callable[[messages.Phase | messages.Progress | messages.FollowUpCheck], None] | None,
     log_path: Path,
     launcher: list[str] | None = None,
+    on_final: Callable[[messages.Final], None] | None = None,
 ) -> tuple[str, messages.Final]:
-    """Run one worker job (measure or check); returns (status, final event), never raising for its faults."""
+    """Run one worker job (measure or check); returns (status, final event), never raising for its faults.
+
+    ``on_final`` sees the final event as it arrives, so a stop during a measure job's follow-up check keeps
+    the result; once the result is in, a timeout or crash in the follow-up still returns it as OK.
+    """
     # ``launcher``: ``python`` arguments of a process launcher (torchrun) that starts one worker per
     # device; the first one on this host sends the events, and a dead rank ends the whole group.
     # The worker starts in its request folder, not the user's directory: ``python -m`` puts the starting
@@ -257,6 +262,8 @@ def run_worker(
                 except queue.Empty:
                     if deadline is not None and clock() >= deadline:
                         kill_worker(proc)
+                        if isinstance(final, expected):  # the job's result is in; only a follow-up was cut
+                            return OK, final
                         return TIMEOUT, messages.Error(f"no result after {timeout_s:g} s (timeout); worker killed")
                     continue
                 if line is None:
@@ -269,7 +276,10 @@ def run_worker(
                     kill_worker(proc)
                     return FAILED, messages.Error(str(exc))
                 if isinstance(event, messages.FINAL_KINDS):
-                    final = event
+                    if final is None:  # the job's outcome; a worker dying in a follow-up may still report an error
+                        final = event
+                        if on_final is not None:
+                            on_final(event)
                 elif on_event is not None:
                     on_event(event)
             code = proc.wait()
@@ -435,43 +445,61 @@ def measure_backend(
     )
     measurements: list[Measurement] = []
     records: dict[str, Any] = {}
+    taken: list[messages.Final] = []  # the final event of the repeat under way, as soon as it arrives
+    reports: list[dict[str, Any]] = []  # the follow-up check's report of the repeat under way
+
+    def take(status: str, final: messages.Final, log_path: Path) -> Measurement:
+        """One repeat's measurement from its worker's final event; the row learns the backend's device and settings."""
+        nonlocal row, records
+        if isinstance(final, messages.Result):
+            row = replace(
+                row, device=final.device, parameters=final.parameters, settings={**manifest, **final.settings}
+            )
+            records = {"model": final.model, "preprocessing": final.preprocessing}
+            return final.measurement
+        error = final if isinstance(final, messages.Error) else messages.Error(f"unexpected {final.kind!r} event")
+        measurement = Measurement(status=status, reason=error.reason, peak_rss_mb=error.peak_rss_mb)
+        if status == FAILED:
+            measurement = replace(measurement, reason=f"{measurement.reason} (log: {logs.keep(log_path)})")
+        return measurement
+
     try:
         for repeat in range(1, options.repeat + 1):
             observer.backend_started(target, repeat, options.repeat)
-            if repeat == 1 and options.parity:  # once per backend, in a process of its own: repeats stay alike
-                parity = parity_job(target, registry, train, data, env, options, observer, logs)
-                if isinstance(parity, messages.Unavailable):
-                    return replace(row, status=UNAVAILABLE, reason=parity.reason), {}
-                row = replace(row, parity=parity)
             log_path = logs.path(target, repeat)
+            # The parity check follows the last repeat's result in the same worker: no second process or import,
+            # and every measured repeat ran before it (docs/performance.md#wall-time).
+            follow_up = options.parity and repeat == options.repeat
+            job = replace(request, then_check=check_request(target, registry, train, data) if follow_up else None)
+            reports.clear()
+            taken.clear()
 
-            def on_event(event: messages.Phase | messages.Progress) -> None:
-                if isinstance(event, messages.Progress):
+            def on_event(event: messages.Phase | messages.Progress | messages.FollowUpCheck) -> None:
+                if isinstance(event, messages.FollowUpCheck):
+                    reports.append(event.report)
+                elif isinstance(event, messages.Progress):
                     observer.progress(target, event.epoch, event.done, event.total)
                 else:
                     observer.phase(target, event.name)
 
             launcher = backend.worker_launcher(target.variant, train)  # per repeat: a fresh rendezvous port
-            status, final = run_worker(request, env, options.timeout_s, on_event, log_path, launcher)
+            status, final = run_worker(job, env, options.timeout_s, on_event, log_path, launcher, taken.append)
+            taken.clear()
             if isinstance(final, messages.Unavailable):
                 return replace(row, status=UNAVAILABLE, reason=final.reason), {}
-            if isinstance(final, messages.Result):
-                measurement = final.measurement
-                row = replace(
-                    row, device=final.device, parameters=final.parameters, settings={**manifest, **final.settings}
-                )
-                records = {"model": final.model, "preprocessing": final.preprocessing}
-            else:
-                error = (
-                    final if isinstance(final, messages.Error) else messages.Error(f"unexpected {final.kind!r} event")
-                )
-                measurement = Measurement(status=status, reason=error.reason, peak_rss_mb=error.peak_rss_mb)
-                if status == FAILED:
-                    measurement = replace(measurement, reason=f"{measurement.reason} (log: {logs.keep(log_path)})")
-            measurements.append(measurement)
+            measurements.append(take(status, final, log_path))
+            if follow_up:
+                parity: dict[str, Any] | messages.Unavailable | None = parity_outcome(reports, final, log_path, logs)
+                if parity is None:  # the worker failed before its result: the check in a worker of its own
+                    parity = parity_job(target, registry, train, data, env, options, observer, logs)
+                if isinstance(parity, messages.Unavailable):
+                    return replace(row, status=UNAVAILABLE, reason=parity.reason), {}
+                row = replace(row, parity=parity)
     except KeyboardInterrupt as exc:
         stop = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
         why = interrupted_reason(stop.signum)
+        if taken and isinstance(taken[-1], messages.Result):  # stopped during the follow-up check: keep the result
+            measurements.append(take(OK, taken[-1], log_path))
         cut = Measurement(status=INTERRUPTED, reason=why)
         stop.row = replace(row, repeats=(*measurements, cut), status=INTERRUPTED, reason=why)
         stop.records = records
@@ -483,22 +511,14 @@ def measure_backend(
     return row, records
 
 
-def parity_job(
-    target: BackendTarget,
-    registry: Registry,
-    train: TrainConfig,
-    data: DataConfig,
-    env: dict[str, str],
-    options: RunOptions,
-    observer: RunObserver,
-    logs: WorkerLogs,
-) -> dict[str, Any] | messages.Unavailable:
-    """The run's parity column: ``cnnbench check``'s job for this row's optimizer, learning rate, seed and
-    init, in a worker of its own, so that no measured repeat carries the check's memory, caches or threads."""
+def check_request(
+    target: BackendTarget, registry: Registry, train: TrainConfig, data: DataConfig
+) -> messages.CheckRequest:
+    """The run's parity column: ``cnnbench check``'s job for this row's optimizer, learning rate, seed and init."""
     from cnnbench.conformance.data import DEFAULT_BATCH, DEFAULT_STEPS
 
     dataset = registry.dataset(data.dataset).item
-    request = messages.CheckRequest(
+    return messages.CheckRequest(
         target.name,
         target.variant,
         replace(train, devices=1),
@@ -512,6 +532,37 @@ def parity_job(
         DEFAULT_BATCH,
         probes=False,  # the probes build sessions of their own: 'cnnbench check' runs them, a run's column does not
     )
+
+
+def parity_outcome(
+    reports: list[dict[str, Any]], final: messages.Final, log_path: Path, logs: WorkerLogs
+) -> dict[str, Any] | None:
+    """The follow-up check's report; a FAIL when the worker sent its result but not the report; None without result."""
+    if reports:
+        return reports[-1]
+    if not isinstance(final, messages.Result):
+        return None
+    why = last_log_line(log_path)
+    return {
+        "status": "FAIL",
+        "message": f"the parity check did not finish: the worker ended after its result ({why}; log: "
+        f"{logs.keep(log_path)})",
+        "checks": {},
+    }
+
+
+def parity_job(
+    target: BackendTarget,
+    registry: Registry,
+    train: TrainConfig,
+    data: DataConfig,
+    env: dict[str, str],
+    options: RunOptions,
+    observer: RunObserver,
+    logs: WorkerLogs,
+) -> dict[str, Any] | messages.Unavailable:
+    """The parity column in a worker of its own: when the last repeat's worker failed before its result."""
+    request = check_request(target, registry, train, data)
     observer.phase(target, "parity check")
     log_path = logs.path(target, 0)
     started = clock()

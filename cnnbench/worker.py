@@ -15,10 +15,13 @@ import resource
 import sys
 import traceback
 from dataclasses import replace
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cnnbench import messages
 from cnnbench.messages import CheckRequest, MeasureRequest
+
+if TYPE_CHECKING:
+    from cnnbench.plugins import Registry
 
 #: The directory the user ran cnnbench in; the runner starts workers elsewhere so it cannot shadow cnnbench.
 WORKER_CWD_ENV = "CNNBENCH_WORKER_CWD"
@@ -71,7 +74,7 @@ def reset_peak_rss() -> None:
 
 
 def measure(request: MeasureRequest, events: EventStream) -> int:
-    """Build, train and evaluate one backend; ends with a ``Result`` event (the parity check is a job of its own)."""
+    """Build, train and evaluate one backend; ends with a ``Result`` event, then the ``then_check`` if asked."""
     # Imports that may be slow or fail stay inside, so failures become events.
     from cnnbench import distributed, preprocess, timing
     from cnnbench.conformance.threads import measure_threads
@@ -165,6 +168,10 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
     }
     events.emit(messages.Result(measurement, session.device, parameters, settings, model, data.record))
     session.close()
+    if request.then_check is not None:
+        del session
+        gc.collect()
+        follow_up_check(request.then_check, registry, events)
     return 0 if outcome.status == OK else 3
 
 
@@ -181,9 +188,22 @@ def check(request: CheckRequest, events: EventStream) -> int:
     reason = backend.unavailable_reason()
     if reason:
         raise BackendUnavailable(reason)
-    spec = registry.spec(request.train.model, request.input_shape, request.num_classes, request.dropout)
     events.emit(messages.Phase("import"))
     backend.import_framework(request.variant)
+    report = check_report(request, registry, events)
+    report["elapsed_s"] = timing.clock() - started
+    events.emit(messages.CheckResult(report))
+    return 0 if report["status"] == parity.PASS else 3
+
+
+def check_report(request: CheckRequest, registry: Registry, events: EventStream) -> dict[str, Any]:
+    """The parity report of ``request``'s backend, whose framework is imported; ``seconds``: the check's own time."""
+    from cnnbench import conformance as parity
+    from cnnbench import timing
+
+    started = timing.clock()
+    backend = registry.backend(request.backend).item
+    spec = registry.spec(request.train.model, request.input_shape, request.num_classes, request.dropout)
     events.emit(messages.Phase("parity check"))
     report = parity.check_backend(
         backend,
@@ -197,11 +217,29 @@ def check(request: CheckRequest, events: EventStream) -> int:
         request.batch,
         probes=request.probes,
     )
-    report.update(
-        spec=spec.name, digest=spec.digest(), input_shape=list(spec.input_shape), elapsed_s=timing.clock() - started
-    )
-    events.emit(messages.CheckResult(report))
-    return 0 if report["status"] == parity.PASS else 3
+    report.update(spec=spec.name, digest=spec.digest(), input_shape=list(spec.input_shape))
+    report["seconds"] = timing.clock() - started
+    return report
+
+
+def follow_up_check(request: CheckRequest, registry: Registry, events: EventStream) -> None:
+    """A measure job's ``then_check``, after its ``Result``: every failure becomes a FAIL report, never an exit."""
+    from cnnbench import timing
+
+    started = timing.clock()
+    try:
+        report = check_report(request, registry, events)
+    except Exception as exc:  # noqa: BLE001 - the measurement is sent; the check's failure is its column's
+        traceback.print_exc(file=sys.stderr)
+        reason = _failure(exc)
+        text = reason.reason if isinstance(reason, (messages.Error, messages.Unavailable)) else str(exc)
+        report = {
+            "status": "FAIL",
+            "message": f"the parity check did not finish: {text}",
+            "checks": {},
+            "seconds": timing.clock() - started,
+        }
+    events.emit(messages.FollowUpCheck(report))
 
 
 def run(request: messages.Request, events: EventStream) -> int:

@@ -418,6 +418,7 @@ def test_logs_of_failed_rows_are_kept_and_the_temporary_log_folder_removed(
         on_event: Any,
         log_path: Path,
         launcher: Any = None,
+        on_final: Any = None,
     ) -> tuple[str, messages.Final]:
         log_path.write_text("Traceback: the reason of the failure\n")
         return FAILED, messages.Error("worker exited with code 1")

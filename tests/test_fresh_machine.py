@@ -43,7 +43,7 @@ def run_of(*rows: BackendResult) -> RunResult:
 
 def test_the_parts_add_up_to_the_wall_time(fresh):
     # 12 s epoch at 100 samples/s steady: 10 s of it steady, 2 s compile; 17 s of known phases + 4 s setup.
-    # The parity job (3 s) is a worker of its own, outside the measurement's 21 s.
+    # The parity check (3 s) follows the result in the last worker, outside the measurement's 21 s.
     a = BackendResult("a", parity={"seconds": 3.0}, repeats=(measured(12.0, 100.0, 2.0, 1.0, 1.5, 21.0),))
     b = BackendResult("b", repeats=(measured(5.0, 250.0, 1.0, 0.5, 0.5, 8.0),))
     parts = fresh.wall_breakdown(run_of(a, b), wall_s=40.0, process_start_s=1.5)

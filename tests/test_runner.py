@@ -6,6 +6,7 @@ import os
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -200,44 +201,164 @@ def test_a_worker_that_exits_without_a_result_names_its_last_log_line(tmp_path: 
     assert final.reason == "worker exited with code 5 without a result: boom: the last words"
 
 
-def test_the_parity_check_runs_once_in_a_worker_of_its_own(
-    numpy_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_parity_check_follows_the_last_repeat_in_its_worker(
+    numpy_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Repeats are exchangeable: no measured repeat carries the check's memory, caches or threads."""
+    """No second process or framework import for the check, and every measured repeat ran before it."""
     from cnnbench import runner
 
-    jobs: list[str] = []
+    requests: list[messages.Request] = []
     real_run_worker = runner.run_worker
 
-    def recording(request: messages.Request, *args: object, **kwargs: object) -> tuple[str, messages.Final]:
-        status, final = real_run_worker(request, *args, **kwargs)  # type: ignore[arg-type]
-        jobs.append(request.job)
-        return status, final
+    def recording(request: messages.Request, *args: Any, **kwargs: Any) -> tuple[str, messages.Final]:
+        requests.append(request)
+        return real_run_worker(request, *args, **kwargs)
 
     monkeypatch.setattr(runner, "run_worker", recording)
     options = RunOptions(repeat=2, parity=True, save=False)
     result, _ = run_benchmark([BackendTarget(numpy_backend)], load_registry(), SMALL_TRAIN, SMALL_DATA, options)
     row = result.backends[0]
-    assert jobs == ["check", "measure", "measure"]
-    assert row.status == OK and row.parity["status"] == "PASS" and row.parity["seconds"] > 0
-    assert not hasattr(messages.MeasureRequest, "parity")  # a measure job cannot be asked to check
+    assert [request.job for request in requests] == ["measure", "measure"]
+    first, last = requests
+    assert isinstance(first, messages.MeasureRequest) and first.then_check is None
+    assert isinstance(last, messages.MeasureRequest) and isinstance(last.then_check, messages.CheckRequest)
+    assert last.then_check.probes is False and last.then_check.learning_rates == {"adam": SMALL_TRAIN.learning_rate}
+    assert row.status == OK and len(row.repeats) == 2 and all(m.train_throughput for m in row.repeats)
+    assert row.parity["status"] == "PASS" and 0 < row.parity["seconds"] < row.repeats[-1].phases.total_s * 10
 
 
-def test_a_parity_job_that_dies_is_a_failed_check_not_a_lost_row(
-    numpy_backend: str, monkeypatch: pytest.MonkeyPatch
+def worker_whose_check(tmp_path: Path, body: str) -> list[str]:
+    """A launcher that runs the real worker, with its follow-up check replaced by ``body``."""
+    return stand_in(
+        tmp_path,
+        f"""
+        import os, signal, sys, time
+        from cnnbench import worker
+
+        def follow_up_check(*args, **kwargs):
+            {body}
+
+        worker.follow_up_check = follow_up_check
+        sys.exit(worker.main(sys.argv[3:]))
+        """,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ("os.kill(os.getpid(), signal.SIGKILL)", "the worker ended after its result"),
+        ("raise SystemExit(7)", "the worker ended after its result"),
+    ],
+    ids=["killed", "exits"],
+)
+def test_a_check_that_dies_after_the_result_keeps_the_measurement(
+    numpy_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, said: str
 ) -> None:
     from cnnbench import runner
 
+    launcher = worker_whose_check(tmp_path, body)
     real_run_worker = runner.run_worker
 
-    def dying_check(request: messages.Request, *args: object, **kwargs: object) -> tuple[str, messages.Final]:
-        if isinstance(request, messages.CheckRequest):
-            return FAILED, messages.Error("worker killed by SIGKILL")
-        return real_run_worker(request, *args, **kwargs)  # type: ignore[arg-type]
+    def through_stand_in(request: messages.Request, *args: Any) -> tuple[str, messages.Final]:
+        assert isinstance(request, messages.MeasureRequest), "the check came in a worker of its own"
+        env, timeout_s, on_event, log_path, _launcher, on_final = args
+        return real_run_worker(request, env, timeout_s, on_event, log_path, launcher, on_final)
 
-    monkeypatch.setattr(runner, "run_worker", dying_check)
+    monkeypatch.setattr(runner, "run_worker", through_stand_in)
     options = RunOptions(parity=True, save=False)
     result, _ = run_benchmark([BackendTarget(numpy_backend)], load_registry(), SMALL_TRAIN, SMALL_DATA, options)
     row = result.backends[0]
-    assert row.status == OK and row.parity["status"] == "FAIL"
-    assert "parity check did not finish: worker killed by SIGKILL" in row.parity["message"]
+    assert row.status == OK and row.repeats[0].train_throughput and row.repeats[0].test_accuracy is not None
+    assert row.parity["status"] == "FAIL" and said in row.parity["message"]
+
+
+def test_a_check_that_raises_in_the_worker_is_a_failed_column(numpy_backend: str, tmp_path: Path) -> None:
+    from cnnbench.runner import check_request
+
+    check = check_request(BackendTarget(numpy_backend), load_registry(), SMALL_TRAIN, SMALL_DATA)
+    request = messages.MeasureRequest(numpy_backend, None, SMALL_TRAIN, SMALL_DATA, then_check=check)
+    launcher = stand_in(
+        tmp_path,
+        """
+        import sys
+        from cnnbench import worker
+
+        def check_report(*args, **kwargs):
+            raise RuntimeError("the check broke")
+
+        worker.check_report = check_report
+        sys.exit(worker.main(sys.argv[3:]))
+        """,
+    )
+    seen: list[Any] = []
+    status, final = run_worker(request, dict(os.environ), 120, seen.append, tmp_path / "log", launcher)
+    assert status == OK and isinstance(final, messages.Result) and final.measurement.status == OK
+    reports = [event.report for event in seen if isinstance(event, messages.FollowUpCheck)]
+    assert len(reports) == 1 and reports[0]["status"] == "FAIL"
+    assert reports[0]["message"] == "the parity check did not finish: RuntimeError: the check broke"
+
+
+def test_a_follow_up_that_hangs_is_cut_at_the_timeout_and_the_result_kept(tmp_path: Path) -> None:
+    result = messages.Result(results.Measurement(train_throughput=5.0), "cpu", 1)
+    launcher = stand_in(
+        tmp_path,
+        f"""
+        import time
+        print({messages.encode(result)!r}, flush=True)
+        print({messages.encode(messages.Phase("parity check"))!r}, flush=True)
+        time.sleep(120)
+        """,
+    )
+    arrived: list[messages.Final] = []
+    started = time.monotonic()
+    status, final = run_worker(MEASURE, dict(os.environ), 3, None, tmp_path / "log", launcher, arrived.append)
+    assert status == OK and final == result and arrived == [result]
+    assert time.monotonic() - started < 30
+
+
+def test_a_worker_that_fails_before_its_result_gets_the_check_in_a_job_of_its_own(
+    numpy_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crashed training still gets its parity column: it may say why."""
+    from cnnbench import runner
+
+    jobs: list[str] = []
+    real_run_worker = runner.run_worker
+
+    def measure_dies(request: messages.Request, *args: Any, **kwargs: Any) -> tuple[str, messages.Final]:
+        jobs.append(request.job)
+        if isinstance(request, messages.MeasureRequest):
+            return FAILED, messages.Error("worker killed by SIGKILL")
+        return real_run_worker(request, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_worker", measure_dies)
+    options = RunOptions(parity=True, save=False)
+    result, _ = run_benchmark([BackendTarget(numpy_backend)], load_registry(), SMALL_TRAIN, SMALL_DATA, options)
+    row = result.backends[0]
+    assert jobs == ["measure", "check"]
+    assert row.status == FAILED and row.parity["status"] == "PASS"
+
+
+def test_a_stop_during_the_follow_up_check_keeps_the_result(
+    numpy_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from cnnbench import runner
+
+    measured = results.Measurement(train_throughput=123.0, test_accuracy=0.9)
+
+    def stopped_while_checking(request: messages.Request, *args: Any) -> tuple[str, messages.Final]:
+        on_final = args[-1]
+        on_final(messages.Result(measured, "cpu", 7, {"k": "v"}))
+        raise runner.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(runner, "run_worker", stopped_while_checking)
+    options = RunOptions(parity=True, results_dir=str(tmp_path / "results"))
+    with pytest.raises(runner.RunInterrupted) as stop:
+        run_benchmark([BackendTarget(numpy_backend)], load_registry(), SMALL_TRAIN, SMALL_DATA, options)
+    assert stop.value.path is not None
+    row = results.load(stop.value.path).backends[0]
+    assert [m.status for m in row.repeats] == [OK, "interrupted"]
+    assert row.repeats[0].train_throughput == 123.0 and row.parameters == 7 and row.settings["k"] == "v"
