@@ -286,5 +286,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130 if isinstance(exc, KeyboardInterrupt) else 1
 
 
+def alone() -> bool:
+    """One process doing the whole job: no launcher's ranks or other hosts that a shutdown must reach."""
+    from cnnbench.distributed import LOCAL_RANK_ENV, cluster
+    from cnnbench.errors import UsageError
+
+    try:
+        return LOCAL_RANK_ENV not in os.environ and not cluster().multi_host
+    except UsageError:
+        return False
+
+
+def leave(code: int) -> None:
+    """Exit once everything is sent, without the frameworks' interpreter teardown (0.3-1.4 s that a run waits for)."""
+    if alone():
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            with contextlib.suppress(Exception):  # a closed or missing stream has nothing left to say
+                stream.flush()  # type: ignore[union-attr]
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

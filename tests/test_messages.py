@@ -56,6 +56,7 @@ EVENTS = [
     CheckResult(
         {"status": "FAIL", "message": "logits: max abs diff 1 > tolerance 0.1", "checks": {"logits": {"passed": False}}}
     ),
+    messages.FollowUpCheck({"status": "PASS", "message": "", "checks": {}, "seconds": 2.5}),
     Error("RuntimeError: injected failure", peak_rss_mb=100.0),
     Error("KeyboardInterrupt"),
     Unavailable("No module named 'torch'"),
@@ -71,6 +72,15 @@ REQUESTS = [
         evaluate_each_epoch=True,
     ),
     MeasureRequest("keras", "jax", TrainConfig(), DataConfig()),
+    MeasureRequest(
+        "jax",
+        None,
+        TrainConfig(),
+        DataConfig(),
+        then_check=CheckRequest(
+            "jax", None, TrainConfig(), (28, 28, 1), 10, None, {"adam": 1e-3}, 0, 3, "glorot-uniform", 16, probes=False
+        ),
+    ),
     CheckRequest(
         "tf",
         None,
@@ -177,3 +187,25 @@ def test_envelope_keys_never_collide_with_fields() -> None:
     envelope = {messages.VERSION_KEY, messages.EVENT_KEY, messages.JOB_KEY}
     for cls in [*messages.EVENTS.values(), *messages.JOBS.values()]:
         assert not envelope & {f.name for f in dataclasses.fields(cls)}, cls
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, True),
+        ({"LOCAL_RANK": "0"}, False),  # a launcher's rank: the launcher's shutdown must reach it
+        ({"CNNBENCH_HOSTS": "a:1,b:2", "CNNBENCH_HOST_INDEX": "1"}, False),
+        ({"CNNBENCH_HOSTS": "a:1,b:2"}, False),  # malformed: the normal exit, whose error path is known
+        ({"CNNBENCH_HOSTS": "a:1"}, True),
+    ],
+)
+def test_only_a_worker_alone_in_its_job_skips_the_interpreter_teardown(
+    environ: dict[str, str], expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cnnbench import worker
+
+    for name in ("LOCAL_RANK", "CNNBENCH_HOSTS", "CNNBENCH_HOST_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert worker.alone() is expected
