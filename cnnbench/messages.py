@@ -57,6 +57,8 @@ class CheckRequest:
     #: Also the probes that need sessions of their own (optimizer reset, Adam's hyper-parameters, dropout):
     #: ``cnnbench check`` runs them; a run's parity column leaves them out (docs/performance.md#wall-time).
     probes: bool = True
+    #: Judge every Adam epsilon form and name the one followed; False stops at the first that passes (a run's column).
+    tell_forms_apart: bool = True
 
 
 @dataclass(frozen=True)

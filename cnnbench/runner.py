@@ -531,6 +531,7 @@ def check_request(
         train.init,
         DEFAULT_BATCH,
         probes=False,  # the probes build sessions of their own: 'cnnbench check' runs them, a run's column does not
+        tell_forms_apart=False,  # PASS or FAIL is the column's question; 'cnnbench check' names Adam's epsilon form
     )
 
 

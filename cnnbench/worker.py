@@ -216,6 +216,7 @@ def check_report(request: CheckRequest, registry: Registry, events: EventStream)
         request.init,
         request.batch,
         probes=request.probes,
+        tell_forms_apart=request.tell_forms_apart,
     )
     report.update(spec=spec.name, digest=spec.digest(), input_shape=list(spec.input_shape))
     report["seconds"] = timing.clock() - started

@@ -295,3 +295,49 @@ def test_backend_passes_parity_in_its_own_process(name, tmp_path):
         "adam hyper-parameters: update rule",
     ]:
         assert row["checks"][check]["passed"], check
+
+
+@pytest.mark.parametrize(
+    ("backend", "follows"),
+    [(NumpyBackend(), "epsilon added to sqrt(v_hat)"), (bad.BadBackend(), "epsilon added to sqrt(v_hat)")],
+    ids=["numpy", "bad-base"],
+)
+def test_a_runs_column_stops_at_the_first_epsilon_form_that_passes(backend: Any, follows: str) -> None:
+    """The run's parity column asks PASS or FAIL; naming the form is 'cnnbench check''s (and costs a second form)."""
+    told = check_backend(backend, MNIST, CONFIG, learning_rates={"adam": 1e-3}, probes=False)
+    quick = check_backend(backend, MNIST, CONFIG, learning_rates={"adam": 1e-3}, probes=False, tell_forms_apart=False)
+    assert told["status"] == quick["status"] == "PASS", quick["message"]
+    assert told["checks"]["adam: update rule"]["detail"] == f"follows adam with {ref_form_text(follows)}"
+    said = quick["checks"]["adam: update rule"]["detail"]
+    assert said.startswith(f"within tolerance of adam with {ref_form_text(follows)}") and "not told apart" in said
+    assert set(told["checks"]) == set(quick["checks"])
+
+
+def test_the_keras_form_is_named_only_when_the_forms_are_told_apart() -> None:
+    keras_form = bad.adam_session(keras_form=True)  # cnnbench's epsilon, written as Keras writes Adam
+
+    class KerasFormBackend(bad.BadBackend):
+        name = "keras-form-adam"
+        session_class = keras_form
+
+    told = check_backend(KerasFormBackend(), MNIST, CONFIG, learning_rates={"adam": 1e-3}, probes=False)
+    assert told["status"] == "PASS" and "before bias correction" in told["checks"]["adam: update rule"]["detail"]
+    quick = check_backend(
+        KerasFormBackend(), MNIST, CONFIG, learning_rates={"adam": 1e-3}, probes=False, tell_forms_apart=False
+    )
+    assert quick["status"] == "PASS" and "not told apart" in quick["checks"]["adam: update rule"]["detail"]
+
+
+def test_a_wrong_update_fails_the_runs_column_with_the_same_diagnosis() -> None:
+    backend, rates = bad.NoBiasCorrectionBackend(), {"adam": 1e-3}
+    told = check_backend(backend, MNIST, CONFIG, learning_rates=rates, probes=False)
+    quick = check_backend(backend, MNIST, CONFIG, learning_rates=rates, probes=False, tell_forms_apart=False)
+    assert told["status"] == quick["status"] == "FAIL"
+    assert quick["checks"]["adam: update rule"] == told["checks"]["adam: update rule"]
+
+
+def ref_form_text(fragment: str) -> str:
+    """The reference's full description of the epsilon form that contains ``fragment``."""
+    from cnnbench.reference import EPSILON_FORMS
+
+    return next(text for text in EPSILON_FORMS.values() if fragment in text)

@@ -123,7 +123,13 @@ def session_checks(session: Session, spec: ModelSpec, weights: Weights, data: Ch
 
 
 def _steps_in_new_session(
-    backend: Backend, spec: ModelSpec, config: TrainConfig, variant: str | None, weights: Weights, data: CheckData
+    backend: Backend,
+    spec: ModelSpec,
+    config: TrainConfig,
+    variant: str | None,
+    weights: Weights,
+    data: CheckData,
+    tell_forms_apart: bool = True,
 ) -> list[Check]:
     def body(checks: list[Check]) -> None:
         with new_session(backend, spec, config, variant) as session:
@@ -139,6 +145,7 @@ def _steps_in_new_session(
                     data.step_indices,
                     x_test=data.x_batch,
                     y_test=data.y_batch,
+                    tell_forms_apart=tell_forms_apart,
                 )
             )
 
@@ -247,12 +254,14 @@ def check_backend(
     init: str = "glorot-uniform",
     batch: int = DEFAULT_BATCH,
     probes: bool = True,
+    tell_forms_apart: bool = True,
 ) -> dict[str, Any]:
     """Everything ``cnnbench check`` compares, in fresh sessions of ``backend`` (import it first).
 
     ``learning_rates`` maps each optimizer whose steps are checked to its learning rate (default:
     Adam and SGD). Adds to ``check_session``'s checks the export check of a fresh session's weights.
-    ``probes=False`` leaves out the probes that need sessions of their own (a run's parity column).
+    ``probes=False`` leaves out the probes that need sessions of their own (a run's parity column), and
+    ``tell_forms_apart=False`` stops at the first of Adam's epsilon forms that passes (the same column).
     """
     config = config or TrainConfig()
     learning_rates = dict(learning_rates or DEFAULT_LEARNING_RATES)
@@ -285,12 +294,15 @@ def check_backend(
                             data.y_train,
                             data.step_indices,
                             loaded=True,
+                            tell_forms_apart=tell_forms_apart,
                         )
                     )
                 else:
                     step_config = replace(config, optimizer=optimizer, learning_rate=learning_rate, dropout=0.0)
                     checks.extend(
-                        _steps_in_new_session(backend, without_dropout(spec), step_config, variant, weights, data)
+                        _steps_in_new_session(
+                            backend, without_dropout(spec), step_config, variant, weights, data, tell_forms_apart
+                        )
                     )
         if not probes:
             skipped.append(PROBES_LEFT_OUT)
