@@ -51,7 +51,7 @@ MODES_FRAMEWORKS = "tf,torch,jax,keras:tensorflow,keras:jax,keras:torch"
 #: The README's command, timed as a user runs it.
 WALL_COMMAND = ("run", "--frameworks", "all", "--dataset", "mnist", "--epochs", "1")
 #: Wall-time parts that are the frameworks' own work; the rest is the harness's (target: <= 10% of the wall).
-FRAMEWORK_PARTS = ("import", "compile", "steady training", "evaluation")
+FRAMEWORK_PARTS = ("import", "compile", "steady training", "evaluation", "eval warm-up")
 
 
 def load_average() -> str:
@@ -218,8 +218,8 @@ def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | No
     Per backend: the parity check (its own seconds, after the last repeat's result in that worker), then from
     each measurement worker's phases:
     import, build, data (load_data), compile (the first epoch beyond its steady-state time), steady training,
-    evaluation and worker setup (registry and dataset in the worker: the rest of its total). Outside the
-    measurement workers: ``process_start_s`` per worker
+    evaluation, its untimed warm-up pass and worker setup (registry and dataset in the worker: the rest of its
+    total). Outside the measurement workers: ``process_start_s`` per worker
     (a measured ``python -c 'import cnnbench.worker'``; 0 when not given), and the parent (CLI start,
     dataset, ceiling, saving: the remainder).
     """
@@ -234,6 +234,7 @@ def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | No
             "compile",
             "steady training",
             "evaluation",
+            "eval warm-up",
         ),
         0.0,
     )
@@ -258,6 +259,7 @@ def wall_breakdown(result: RunResult, wall_s: float, process_start_s: float | No
                 "compile": min(compile_s, train),
                 "steady training": max(0.0, train - compile_s),
                 "evaluation": phases.eval_s or 0.0,
+                "eval warm-up": phases.eval_warmup_s or 0.0,
             }
             for key, value in known.items():
                 parts[key] += value

@@ -46,6 +46,9 @@ class TrainConfig:
     #: Batches excluded from steady-state throughput when only one epoch is run.
     warmup_steps: int = 10
     eval_batch_size: int = 1000
+    #: One untimed pass over the test set before the timed one: evaluation throughput is a steady state,
+    #: like training's (the first pass's tracing, compiling and first-touch memory are reported apart).
+    eval_warmup: bool = True
     device: str = "auto"
     #: Data-parallel devices (replicas) per host; the global batch is ``batch_size`` x devices x hosts
     #: (see ``cnnbench.distributed``). 1 = the single-device path.

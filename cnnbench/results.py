@@ -62,6 +62,8 @@ class Phases:
     first_epoch_s: float | None = None
     train_s: float | None = None
     eval_s: float | None = None
+    #: The untimed evaluation pass before ``eval_s``'s (``TrainConfig.eval_warmup``): tracing, compiling, first touch.
+    eval_warmup_s: float | None = None
     total_s: float | None = None
 
 
@@ -478,6 +480,8 @@ def loads(text: str | bytes, source: str = "<string>") -> RunResult:
         _check(RunResult, data, "")
     except _Invalid as exc:
         raise ResultFileError(f"{source}: {exc}") from None
+    if isinstance(data.get("train"), dict):
+        data["train"].setdefault("eval_warmup", False)  # written before the warm-up pass: the first pass was timed
     return typing.cast(RunResult, from_dict(RunResult, data))
 
 

@@ -139,6 +139,7 @@ def measure(request: MeasureRequest, events: EventStream) -> int:
             first_epoch_s=outcome.first_epoch_s,
             train_s=outcome.train_s,
             eval_s=outcome.eval_s,
+            eval_warmup_s=outcome.eval_warmup_s,
             total_s=timing.clock() - start,
         ),
         train_throughput=outcome.train_throughput,

@@ -114,6 +114,8 @@ def test_build_configs_lets_flags_override_the_preset() -> None:
     assert (train.epochs, train.threads, train.backend_options["tf.xla"]) == (2, 1, "true")
     assert (data.dataset, data.offline, data.options["n_train"]) == ("synthetic", True, "500")
     assert common.build_configs(common.RunParams()) == (TrainConfig().validate(), DataConfig().validate())
+    assert common.build_configs(common.RunParams(eval_warmup=False))[0].eval_warmup is False
+    assert common.build_configs(common.RunParams())[0].eval_warmup is True
 
 
 @pytest.mark.parametrize(

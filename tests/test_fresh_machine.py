@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -52,6 +53,15 @@ def test_the_parts_add_up_to_the_wall_time(fresh):
     assert parts["parity"] == 3.0 and parts["import"] == 3.0 and parts["build"] == 1.5 and parts["evaluation"] == 2.0
     assert parts["worker setup"] == pytest.approx(21.0 - 17.0 + 8.0 - 7.5)
     assert parts["process start"] == 3.0 and parts["parent"] == pytest.approx(40.0 - (21.0 + 8.0 + 3.0) - 3.0)
+
+
+def test_the_eval_warm_up_pass_is_a_framework_part_of_its_own(fresh):
+    row = measured(12.0, 100.0, 2.0, 1.0, 1.5, 21.0)
+    warmed = BackendResult("a", repeats=(replace(row, phases=replace(row.phases, eval_warmup_s=2.5)),))
+    parts = fresh.wall_breakdown(run_of(warmed), wall_s=30.0, process_start_s=1.0)
+    assert parts["eval warm-up"] == 2.5 and parts["evaluation"] == 1.5
+    assert parts["worker setup"] == pytest.approx(21.0 - 17.0 - 2.5)  # no longer counted as the harness's
+    assert "eval warm-up" in fresh.FRAMEWORK_PARTS
 
 
 def test_failed_rows_and_a_short_wall_never_give_negative_parts(fresh):

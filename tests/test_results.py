@@ -160,6 +160,15 @@ def test_wrong_types_name_the_file_and_the_field(mutate, message):
     assert caught.value.exit_code == 2 and isinstance(caught.value, UsageError)
 
 
+def test_a_file_from_before_the_evaluation_warm_up_says_its_first_pass_was_timed():
+    document = json.loads(results.dumps(sample_result()))
+    assert document["train"]["eval_warmup"] is True  # what a run writes now
+    del document["train"]["eval_warmup"]
+    older = results.loads(json.dumps(document))
+    assert older.train.eval_warmup is False
+    assert results.loads(results.dumps(sample_result())).train.eval_warmup is True
+
+
 def test_the_loss_of_a_diverged_run_may_be_nan():
     loaded = load_mutated(lambda d: d["backends"][0]["repeats"][0]["epochs"][0].__setitem__("train_loss", float("nan")))
     assert math.isnan(loaded.backends[0].repeats[0].epochs[0].train_loss)

@@ -1,4 +1,4 @@
-"""The timing protocol's divergence rules: NaN/inf, and a finite loss that runs away and stays there."""
+"""The timing protocol: divergence (NaN/inf, a finite loss that runs away and stays there), the evaluation warm-up."""
 
 from __future__ import annotations
 
@@ -77,3 +77,55 @@ def test_nan_is_still_diverged() -> None:
 def test_a_near_zero_first_batch_does_not_make_noise_a_runaway(first: float) -> None:
     outcome = _measure(lambda step: first if step == 0 else 50.0)
     assert outcome.status == OK
+
+
+class CountingEvaluations(ScriptedSession):
+    """Evaluation passes advance a fake clock, the first by 5 s (tracing, first touch), the others by 1 s."""
+
+    def __init__(self, now: list[float]) -> None:
+        super().__init__(lambda step: 2.3)
+        self.now, self.passes = now, 0
+
+    def train_batches(self, batch_indices: np.ndarray) -> np.ndarray:
+        self.now[0] += 0.1 * len(batch_indices)
+        return super().train_batches(batch_indices)
+
+    def evaluate(self, batch_size: int) -> tuple[float, float]:
+        self.passes += 1
+        self.now[0] += 5.0 if self.passes == 1 else 1.0
+        return 2.3, 0.1 * self.passes
+
+
+def _measure_evaluations(
+    monkeypatch: pytest.MonkeyPatch, each_epoch: bool = False, **config: object
+) -> tuple[timing.TimingOutcome, int]:
+    now = [0.0]
+    monkeypatch.setattr(timing, "clock", lambda: now[0])
+    session = CountingEvaluations(now)
+    settings: dict = {"epochs": 2, "batch_size": 10, "warmup_steps": 0, **config}
+    outcome = timing.measure(
+        session,  # type: ignore[arg-type]
+        _data(),
+        TrainConfig(**settings),
+        evaluate_each_epoch=each_epoch,
+    )
+    return outcome, session.passes
+
+
+def test_the_first_evaluation_pass_is_a_warm_up_reported_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome, passes = _measure_evaluations(monkeypatch)
+    assert passes == 2
+    assert outcome.eval_warmup_s == 5.0 and outcome.eval_s == 1.0  # the steady pass is the one timed
+    assert outcome.eval_throughput == 10 / 1.0
+    assert outcome.test_accuracy == pytest.approx(0.2)  # the metrics of the timed pass
+
+
+def test_without_the_warm_up_the_first_pass_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome, passes = _measure_evaluations(monkeypatch, eval_warmup=False)
+    assert passes == 1 and outcome.eval_warmup_s is None and outcome.eval_s == 5.0
+
+
+def test_evaluating_every_epoch_warms_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome, passes = _measure_evaluations(monkeypatch, each_epoch=True, epochs=3)
+    assert passes == 1 + 3 and outcome.eval_warmup_s == 5.0 and outcome.eval_s == 1.0
+    assert [record.test_accuracy for record in outcome.epochs] == pytest.approx([0.2, 0.3, 0.4])

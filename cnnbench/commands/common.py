@@ -106,6 +106,11 @@ def run_options(func: F) -> F:
             help="Batches excluded from steady state when running one epoch [10].",
         ),
         click.option("--eval-batch-size", type=int, default=None, help="Evaluation batch size [1000]."),
+        click.option(
+            "--eval-warmup/--no-eval-warmup",
+            default=None,
+            help="One untimed evaluation pass before the timed one (eval samples/s is a steady state) [on].",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default=None, help="Device [auto]."),
         click.option(
             "--devices",
@@ -225,6 +230,7 @@ class RunParams:
     threads: int | None = None
     warmup_steps: int | None = None
     eval_batch_size: int | None = None
+    eval_warmup: bool | None = None
     device: str | None = None
     devices: str | None = None
     backend_options: tuple[str, ...] = ()
@@ -272,6 +278,7 @@ def build_configs(
         threads=params.threads,
         warmup_steps=params.warmup_steps,
         eval_batch_size=params.eval_batch_size,
+        eval_warmup=params.eval_warmup,
         device=params.device,
     )
     if params.backend_options:

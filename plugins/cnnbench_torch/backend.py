@@ -398,7 +398,10 @@ class TorchBackend(Backend):
         return TORCH.version() or "not installed"
 
     def import_framework(self, variant: str | None = None) -> None:
-        import torch  # noqa: F401
+        import torch
+
+        # torch.optim's optimizers import torch._dynamo when the first one is made: framework import, not build.
+        import torch._dynamo  # noqa: F401
 
     def devices_unsupported_reason(self, variant: str | None, config: TrainConfig) -> str | None:
         return None  # DistributedDataParallel: any number of devices per host, any number of hosts
