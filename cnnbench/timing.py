@@ -120,11 +120,13 @@ def _timed_evaluation(session: Session, config: TrainConfig) -> tuple[float, flo
     return loss, accuracy, clock() - start
 
 
-def _evaluate(session: Session, config: TrainConfig, outcome: TimingOutcome) -> None:
+def _evaluate(session: Session, config: TrainConfig, outcome: TimingOutcome) -> float:
     """The test loss, accuracy and timed seconds into ``outcome``, after the warm-up pass on the first call."""
     if config.eval_warmup and outcome.eval_warmup_s is None:
         outcome.eval_warmup_s = _timed_evaluation(session, config)[2]
-    outcome.test_loss, outcome.test_accuracy, outcome.eval_s = _timed_evaluation(session, config)
+    outcome.test_loss, accuracy, outcome.eval_s = _timed_evaluation(session, config)
+    outcome.test_accuracy = accuracy
+    return accuracy
 
 
 def measure(
@@ -194,9 +196,8 @@ def measure(
             outcome.status, outcome.reason = DIVERGED, runaway_reason
             break
         if evaluate_each_epoch:
-            _evaluate(session, config, outcome)
-            record_accuracy = outcome.test_accuracy
-            reached = target_accuracy is not None and outcome.test_accuracy >= target_accuracy
+            record_accuracy = _evaluate(session, config, outcome)
+            reached = target_accuracy is not None and record_accuracy >= target_accuracy
             if reached and outcome.time_to_accuracy_s is None:
                 outcome.time_to_accuracy_s = outcome.train_s
         outcome.epochs.append(EpochRecord(epoch, mean_loss, seconds, samples, samples / seconds, record_accuracy))
