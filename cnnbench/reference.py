@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
+from cnnbench import elementwise
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON
 from cnnbench.spec import (
     BatchNorm,
@@ -761,7 +762,7 @@ class Adam:
         return m_hat, v_hat
 
     def step(self, weights: Weights, grads: Weights) -> Weights:
-        # In place, over few temporaries (the parity check steps 3.2 M weights in two forms); the same
+        # In place, over few temporaries, split over the cores (the parity check steps 3.2 M weights); the same
         # operations in the same order as m_hat = m / (1 - beta1^t), w - lr * m_hat / (sqrt(v_hat) + epsilon).
         self.t += 1
         m_scale, v_scale = 1 - self.beta1**self.t, 1 - self.beta2**self.t
@@ -771,21 +772,51 @@ class Adam:
             if name not in grads:
                 updated[name] = w  # no gradient (batch-norm state): unchanged
                 continue
-            g = grads[name]
-            m = np.multiply(g, 1 - self.beta1)
-            m += self.beta1 * self.m.get(name, 0.0)
-            v = np.multiply(g, 1 - self.beta2)
-            v *= g
-            v += self.beta2 * self.v.get(name, 0.0)
-            self.m[name], self.v[name] = m, v
-            denominator = np.divide(v, v_scale)
-            np.sqrt(denominator, out=denominator)
-            denominator += epsilon
-            update = np.divide(m, m_scale)
-            update *= self.learning_rate
-            update /= denominator
-            updated[name] = np.subtract(np.asarray(w, np.float64), update, out=update)
+            g = elementwise.flat(grads[name], np.float64)
+            m, v, out = (np.empty(g.size) for _ in range(3))
+            part = functools.partial(
+                _adam_part,
+                self,
+                (m_scale, v_scale, epsilon),
+                g,
+                elementwise.flat(w),
+                None if name not in self.m else elementwise.flat(self.m[name]),
+                None if name not in self.v else elementwise.flat(self.v[name]),
+                (m, v, out),
+            )
+            elementwise.run(part, g.size)
+            shape = np.shape(grads[name])
+            self.m[name], self.v[name] = m.reshape(shape), v.reshape(shape)
+            updated[name] = out.reshape(shape)
         return updated
+
+
+def _adam_part(
+    adam: Adam,
+    scales: tuple[float, float, float],
+    g: Array,
+    w: Array,
+    m_old: Array | None,
+    v_old: Array | None,
+    outputs: tuple[Array, Array, Array],
+    piece: slice,
+) -> None:
+    """One slice of ``Adam.step`` for one tensor (flat arrays): new m, v and weights into ``outputs``."""
+    m_scale, v_scale, epsilon = scales
+    m, v, out = (array[piece] for array in outputs)
+    gs = g[piece]
+    np.multiply(gs, 1 - adam.beta1, out=m)
+    m += adam.beta1 * (0.0 if m_old is None else m_old[piece])
+    np.multiply(gs, 1 - adam.beta2, out=v)
+    v *= gs
+    v += adam.beta2 * (0.0 if v_old is None else v_old[piece])
+    denominator = np.divide(v, v_scale)
+    np.sqrt(denominator, out=denominator)
+    denominator += epsilon
+    update = np.divide(m, m_scale, out=out)
+    update *= adam.learning_rate
+    update /= denominator
+    np.subtract(np.asarray(w[piece], np.float64), update, out=update)
 
 
 def adam_update_bound(t: int, beta1: float = ADAM_BETA1, beta2: float = ADAM_BETA2) -> float:

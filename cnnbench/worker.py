@@ -200,9 +200,10 @@ def check(request: CheckRequest, events: EventStream) -> int:
 def check_report(request: CheckRequest, registry: Registry, events: EventStream) -> dict[str, Any]:
     """The parity report of ``request``'s backend, whose framework is imported; ``seconds``: the check's own time."""
     from cnnbench import conformance as parity
-    from cnnbench import timing
+    from cnnbench import elementwise, timing
 
     started = timing.clock()
+    elementwise.set_threads(request.train.threads)  # the reference's big-array arithmetic keeps to --threads
     backend = registry.backend(request.backend).item
     spec = registry.spec(request.train.model, request.input_shape, request.num_classes, request.dropout)
     events.emit(messages.Phase("parity check"))

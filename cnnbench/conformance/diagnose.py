@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
+from cnnbench import elementwise
 from cnnbench import reference as ref
 from cnnbench.conformance.outcome import Array, Weights
 from cnnbench.conformance.tolerances import LOGITS_REL
@@ -22,10 +23,15 @@ from cnnbench.spec import Conv2D, Dense, Flatten, MaxPool2D, ModelSpec
 
 def scaled_error(actual: npt.ArrayLike, expected: npt.ArrayLike) -> float:
     """max |actual - expected| / max |expected|: relative error that ignores near-zero elements."""
-    got, want = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    got, want = np.asarray(actual), np.asarray(expected, dtype=np.float64)
     if got.shape != want.shape:
         return math.inf
-    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
+    got_flat, want_flat = elementwise.flat(got), elementwise.flat(want)
+
+    def part(piece: slice) -> float:
+        return float(np.max(np.abs(np.subtract(np.asarray(got_flat[piece], np.float64), want_flat[piece]))))
+
+    return float(np.max(elementwise.run(part, got_flat.size)) / max(elementwise.max_abs(want), 1e-30))
 
 
 def shape_hint(spec: ModelSpec, shapes: dict[str, tuple[int, ...]]) -> str:

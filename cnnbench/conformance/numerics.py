@@ -7,6 +7,7 @@ naming the call and the likely cause.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnbench import elementwise
 from cnnbench import reference as ref
 from cnnbench.backend import Session
 from cnnbench.conformance.calls import BackendCallFailed, call
@@ -156,7 +158,11 @@ def _gradients(checks: list[Check], session: Session, spec: ModelSpec, weights: 
             checks.append(structural(f"gradient {name}", False, "missing from loss_and_gradients"))
             continue
         check = compare(
-            f"gradient {name}", grads[name], expected, GRAD_REL * np.abs(expected).max() + kinks[name], GRADIENT_RULE
+            f"gradient {name}",
+            grads[name],
+            expected,
+            GRAD_REL * elementwise.max_abs(expected) + kinks[name],
+            GRADIENT_RULE,
         )
         if not check.passed:
             check.detail = scale_hint(grads[name], expected, len(y), "it") or (
@@ -312,38 +318,114 @@ def step_allowance(
     capped: dict[str, Any],
 ) -> Weights:
     """How far float32 weights may be from the reference's after step ``t`` (docs/decisions.md#conformance)."""
-    # In-place arithmetic over few temporaries: a run's parity column pays for every pass over 3.2 M weights.
+    # In-place arithmetic over few temporaries, split over the cores: a run's parity column pays for every pass
+    # over 3.2 M weights.
     allowance: Weights = {}
     adam = optimizer if isinstance(optimizer, ref.Adam) else None
-    if adam is not None:
-        bound = ref.adam_update_bound(t, adam.beta1, adam.beta2)
-        v_scale = 1 - adam.beta2**adam.t  # v_hat = v / v_scale, as in corrected_moments
     for name, grad in grads.items():
-        delta = kinks[name] + GRAD_REL * float(max(grad.max(initial=0.0), -grad.min(initial=0.0)))  # per element
+        shape = np.shape(grad)
+        g = elementwise.flat(grad)
+        n = g.size
+        g_max = float(np.max(elementwise.run(functools.partial(_part_max, g), n)))
+        g_min = float(np.min(elementwise.run(functools.partial(_part_min, g), n)))
+        inputs = _AllowanceInputs(
+            GRAD_REL * float(max(g_max, -g_min)),
+            learning_rate,
+            elementwise.flat(kinks[name]),
+            elementwise.flat(before[name]),
+            elementwise.flat(after[name]),
+        )
+        out = np.empty(n)
         if adam is not None:
-            # m_hat and sqrt(v_hat) are weighted averages over the steps so far: the largest error bounds theirs.
-            if name in delta_max:
-                delta = np.maximum(delta_max[name], delta, out=delta_max[name])
-            delta_max[name] = delta
-            denominator = np.divide(adam.v[name], v_scale)
-            np.sqrt(denominator, out=denominator)
-            denominator += adam.effective_epsilon(t)
-            sensitivity = np.multiply(delta, 1 + bound)
-            sensitivity /= denominator
-            cap = sensitivity >= 2 * bound
-            cap &= np.abs(adam.m[name]) > 0  # m_hat = m / m_scale: zero exactly where m is
-            capped[name] = capped[name] | cap if name in capped else cap
-            step = np.minimum(sensitivity, 2 * bound, out=sensitivity)
-            step *= learning_rate
+            previous_max = delta_max.get(name)
+            previous_cap = capped.get(name)
+            delta = elementwise.flat(previous_max) if previous_max is not None else np.empty(n)
+            cap = np.empty(n, dtype=bool)
+            adam_inputs = _AdamInputs(
+                ref.adam_update_bound(t, adam.beta1, adam.beta2),
+                1 - adam.beta2**adam.t,  # v_hat = v / v_scale, as in corrected_moments
+                adam.effective_epsilon(t),
+                elementwise.flat(adam.v[name]),
+                elementwise.flat(adam.m[name]),
+                previous_max is not None,
+                None if previous_cap is None else elementwise.flat(previous_cap),
+            )
+            elementwise.run(functools.partial(_adam_allowance_part, inputs, adam_inputs, delta, cap, out), n)
+            delta_max[name] = delta.reshape(shape)
+            capped[name] = cap.reshape(shape)
         else:
-            step = learning_rate * delta
-        rounding = np.subtract(after[name], before[name])
-        np.abs(rounding, out=rounding)
-        rounding += np.abs(after[name])
-        rounding *= ROUNDING
-        rounding += step
-        allowance[name] = rounding
+            elementwise.run(functools.partial(_sgd_allowance_part, inputs, out), n)
+        allowance[name] = out.reshape(shape)
     return allowance
+
+
+def _part_max(values: Array, piece: slice) -> float:
+    return float(values[piece].max(initial=0.0))
+
+
+def _part_min(values: Array, piece: slice) -> float:
+    return float(values[piece].min(initial=0.0))
+
+
+@dataclass
+class _AllowanceInputs:
+    """What every optimizer's allowance of one tensor reads: flat arrays, and the scalars of this step."""
+
+    gradient_tolerance: float  # GRAD_REL x max|g|, added to the near-tie allowance of each element
+    learning_rate: float
+    kinks: Array
+    before: Array
+    after: Array
+
+
+@dataclass
+class _AdamInputs:
+    """Adam's part of one tensor's allowance: its step bound, bias correction, epsilon and moments (flat)."""
+
+    bound: float
+    v_scale: float
+    epsilon: float
+    v: Array
+    m: Array
+    has_previous_max: bool
+    previous_cap: Array | None
+
+
+def _rounding_plus(inputs: _AllowanceInputs, piece: slice, step: Array, out: Array) -> None:
+    """out = ROUNDING x (|after - before| + |after|) + step, for one slice."""
+    rounding = np.subtract(inputs.after[piece], inputs.before[piece])
+    np.abs(rounding, out=rounding)
+    rounding += np.abs(inputs.after[piece])
+    rounding *= ROUNDING
+    np.add(rounding, step, out=out[piece])
+
+
+def _sgd_allowance_part(inputs: _AllowanceInputs, out: Array, piece: slice) -> None:
+    delta = inputs.kinks[piece] + inputs.gradient_tolerance  # per element
+    _rounding_plus(inputs, piece, inputs.learning_rate * delta, out)
+
+
+def _adam_allowance_part(
+    inputs: _AllowanceInputs, adam: _AdamInputs, delta_max: Array, cap: Array, out: Array, piece: slice
+) -> None:
+    delta = inputs.kinks[piece] + inputs.gradient_tolerance  # per element
+    # m_hat and sqrt(v_hat) are weighted averages over the steps so far: the largest error bounds theirs.
+    if adam.has_previous_max:
+        delta = np.maximum(delta_max[piece], delta, out=delta_max[piece])
+    else:
+        delta_max[piece] = delta
+    denominator = np.divide(adam.v[piece], adam.v_scale)
+    np.sqrt(denominator, out=denominator)
+    denominator += adam.epsilon
+    sensitivity = np.multiply(delta, 1 + adam.bound)
+    sensitivity /= denominator
+    capped = np.greater_equal(sensitivity, 2 * adam.bound, out=cap[piece])
+    capped &= np.abs(adam.m[piece]) > 0  # m_hat = m / m_scale: zero exactly where m is
+    if adam.previous_cap is not None:
+        capped |= adam.previous_cap[piece]
+    step = np.minimum(sensitivity, 2 * adam.bound, out=sensitivity)
+    step *= inputs.learning_rate
+    _rounding_plus(inputs, piece, step, out)
 
 
 def _forms(optimizer: str, learning_rate: float) -> list[_Form]:

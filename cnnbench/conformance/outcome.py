@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cnnbench import elementwise
+
 PASS, FAIL, UNAVAILABLE = "PASS", "FAIL", "UNAVAILABLE"
 
 Array = npt.NDArray[Any]
@@ -45,12 +47,21 @@ class Check:
 
 def compare(name: str, actual: Any, expected: Any, tolerance: Any, rule: str, detail: str = "") -> Check:
     """Element-wise |actual - expected| <= tolerance (a scalar or one bound per element)."""
-    got = np.asarray(actual, dtype=np.float64)
+    got = np.asarray(actual)
     want = np.asarray(expected, dtype=np.float64)
     if got.shape != want.shape:
         return Check(name, False, rule=rule, detail=f"shape {got.shape}, reference {want.shape}")
-    if not np.isfinite(got).all():
-        bad = int((~np.isfinite(got)).sum())
+    tol = np.asarray(tolerance, dtype=np.float64)
+    if tol.ndim:
+        tol = np.broadcast_to(tol, got.shape)  # a tolerance of another shape raises, as NumPy says
+    if not got.size:
+        return Check(name, True, 0.0, 0.0, 0.0, 0.0, rule, detail)
+    # Split over the cores (these run over 3.2 M weights); each part is compared as the whole would be.
+    got_flat, want_flat = elementwise.flat(got), elementwise.flat(want)
+    bound = elementwise.flat(tol) if tol.ndim else tol
+    parts = elementwise.run(lambda piece: _compare_part(got_flat, want_flat, bound, piece), got_flat.size)
+    bad = sum(part.bad for part in parts)
+    if bad:
         return Check(
             name,
             False,
@@ -59,32 +70,56 @@ def compare(name: str, actual: Any, expected: Any, tolerance: Any, rule: str, de
             rule=rule,
             detail=f"{bad} NaN or infinite values from the backend",
         )
-    diff = np.subtract(got, want).ravel()
-    np.abs(diff, out=diff)
-    tol = np.asarray(tolerance, dtype=np.float64)
+    passed = all(part.passed for part in parts)
+    max_abs = float(np.max([part.max_abs for part in parts]))
+    scale = float(np.max([part.scale for part in parts]))
     if tol.ndim == 0:  # one bound for every element: no array of bounds (these run over 3.2 M weights)
-        passed = bool(np.all(diff <= tol))
-        if not diff.size:
-            ratio = 0.0
-        elif tol > 0:
-            ratio = float(diff[np.argmax(diff)] / tol)  # division by a positive scalar keeps the order
-        else:
-            ratio = math.inf if bool((diff > 0).any()) else 0.0
-        tolerance_at_worst = float(tol) if diff.size else 0.0
+        tolerance_at_worst = float(tol)
+        above_zero = any(part.any_above_zero for part in parts)
+        # Division by a positive scalar keeps the order: the largest difference has the largest ratio.
+        ratio = max_abs / float(tol) if tol > 0 else (math.inf if above_zero else 0.0)
     else:
-        bound = np.broadcast_to(tol, got.shape).ravel()
-        passed = bool(np.all(diff <= bound))
-        positive = bound > 0
-        ratios = np.divide(diff, bound, out=np.zeros_like(diff), where=positive)
-        if not positive.all():
-            ratios[~positive & (diff > 0)] = np.inf
-        worst = int(np.argmax(ratios)) if ratios.size else 0
-        ratio = float(ratios[worst]) if ratios.size else 0.0
-        tolerance_at_worst = float(bound[worst]) if bound.size else 0.0
-    max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(want).max()) if want.size else 0.0
+        winner = parts[elementwise.first_argmax([part.ratio for part in parts])]
+        ratio, tolerance_at_worst = winner.ratio, winner.bound_at_worst
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     return Check(name, passed, max_abs, max_rel, tolerance_at_worst, ratio, rule, detail)
+
+
+@dataclass
+class _ComparedPart:
+    """One slice's share of ``compare``: combined exactly (sums, all, max, the first argmax)."""
+
+    bad: int
+    passed: bool = True
+    max_abs: float = 0.0
+    scale: float = 0.0
+    ratio: float = 0.0
+    bound_at_worst: float = 0.0
+    any_above_zero: bool = False
+
+
+def _compare_part(got: Array, want: Array, bound: Array, piece: slice) -> _ComparedPart:
+    values = np.asarray(got[piece], dtype=np.float64)
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        return _ComparedPart(bad)
+    diff = np.subtract(values, want[piece])
+    np.abs(diff, out=diff)
+    chunk_want = want[piece]
+    part = _ComparedPart(0, max_abs=float(diff.max()), scale=float(np.maximum(chunk_want.max(), -chunk_want.min())))
+    if bound.ndim == 0:
+        part.passed = bool(np.all(diff <= bound))
+        part.any_above_zero = bool((diff > 0).any())
+        return part
+    limits = bound[piece]
+    part.passed = bool(np.all(diff <= limits))
+    positive = limits > 0
+    ratios = np.divide(diff, limits, out=np.zeros_like(diff), where=positive)
+    if not positive.all():
+        ratios[~positive & (diff > 0)] = np.inf
+    worst = int(np.argmax(ratios))
+    part.ratio, part.bound_at_worst = float(ratios[worst]), float(limits[worst])
+    return part
 
 
 def structural(name: str, passed: bool, detail: str = "") -> Check:
