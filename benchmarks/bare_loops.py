@@ -51,7 +51,7 @@ def torch_loop(x, y, epochs):
         nn.ReLU(),
         nn.Linear(1024, 10),
     ).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    opt = torch.optim.Adam(model.parameters(), lr=LR, fused=True)  # PyTorch's fastest Adam, as cnnbench's
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     yt = torch.from_numpy(y)
     rates = []

@@ -133,6 +133,21 @@ def test_optimizer_uses_the_harness_hyper_parameters(optimizer):
         assert isinstance(session.optimizer, torch.optim.SGD) and group["momentum"] == 0 and not group["nesterov"]
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_optimizer_is_fused_unless_told_otherwise_and_steps_the_same(optimizer):
+    fused = make_session(MNIST_LENET, optimizer=optimizer)
+    loop = make_session(MNIST_LENET, optimizer=optimizer, backend_options={"torch.fused_optimizer": "false"})
+    assert fused.optimizer.defaults["fused"] and not loop.optimizer.defaults["fused"]
+    assert (fused.settings()["optimizer_kernel"], loop.settings()["optimizer_kernel"]) == ("fused", "per-tensor loop")
+    for session in (fused, loop):
+        load_synthetic(session, MNIST_LENET)
+        session.train_batches(np.arange(64).reshape(4, 16))
+    after_fused, after_loop = fused.get_weights(), loop.get_weights()
+    for name, value in after_loop.items():  # the same update rule: float32 rounding apart, which Adam's m / sqrt(v)
+        # of a near-zero gradient can carry to a few % of the learning rate (1e-3) per step
+        np.testing.assert_allclose(after_fused[name], value, rtol=1e-4, atol=2e-5, err_msg=name)
+
+
 def test_set_weights_checks_native_shapes():
     weights = initial_weights(MNIST_LENET, "normal", seed=7)
     bad = dict(weights, **{"dense1/kernel": weights["dense1/kernel"].T})

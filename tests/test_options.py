@@ -124,7 +124,8 @@ def test_the_builtin_backends_declare_their_options(registry: Registry) -> None:
     assert set(declared["jax"]) == {"scan", "matmul_precision", "pool"}
     assert declared["jax"]["matmul_precision"].values == ("default", "high", "highest")
     assert declared["keras"]["jit_compile"].values == ("auto", "true", "false")
-    assert set(declared["torch"]) == {"compile"} and declared["torch"]["compile"].values is bool
+    assert set(declared["torch"]) == {"compile", "fused_optimizer"} and declared["torch"]["compile"].values is bool
+    assert declared["torch"]["fused_optimizer"].default is True
 
 
 def _option_reads(module_name: str) -> set[tuple[str, str]]:

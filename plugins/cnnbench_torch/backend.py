@@ -242,12 +242,15 @@ class TorchSession(Session):
 
     def _make_optimizer(self) -> None:
         params = self.model.parameters()
+        # fused: one kernel over all weights (torch.optim's fastest implementation on CPU and CUDA), as TF's
+        # ResourceApplyAdam; the per-tensor loop otherwise (docs/performance.md#torch-optimizer).
+        fused = self.config.flag("torch", "fused_optimizer", default=True)
         if self.config.optimizer == "adam":
             self.optimizer = self.torch.optim.Adam(
-                params, lr=self.config.learning_rate, betas=(ADAM_BETA1, ADAM_BETA2), eps=ADAM_EPSILON
+                params, lr=self.config.learning_rate, betas=(ADAM_BETA1, ADAM_BETA2), eps=ADAM_EPSILON, fused=fused
             )
         else:
-            self.optimizer = self.torch.optim.SGD(params, lr=self.config.learning_rate)
+            self.optimizer = self.torch.optim.SGD(params, lr=self.config.learning_rate, fused=fused)
 
     def _images(self, x: np.ndarray):
         """NHWC NumPy -> NCHW tensor whose memory stays NHWC (channels_last): no copy of layout."""
@@ -364,6 +367,7 @@ class TorchSession(Session):
             "precision": "float32",
             "mode": TORCH.mode(compiled=self.compiled),
             "layout": "NCHW, channels_last memory" if self.memory_format == torch.channels_last else "NCHW",
+            "optimizer_kernel": "fused" if self.optimizer.defaults.get("fused") else "per-tensor loop",
         }
         if self.dev.type == "cuda":
             settings["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
@@ -381,7 +385,10 @@ class TorchBackend(Backend):
     name = "torch"
     framework = "PyTorch"
     deterministic = True
-    options = (BackendOption("compile", bool, False, "torch.compile the model (inductor): the 'compile' mode"),)
+    options = (
+        BackendOption("compile", bool, False, "torch.compile the model (inductor): the 'compile' mode"),
+        BackendOption("fused_optimizer", bool, True, "torch.optim's fused kernel for Adam / SGD (false: per tensor)"),
+    )
     modes = (
         ExecutionMode("eager", {"compile": "false"}, "eager PyTorch, channels_last", default=True),
         ExecutionMode("compile", {"compile": "true"}, "torch.compile(model), inductor backend"),
