@@ -362,3 +362,14 @@ def test_the_comparison_table_shows_hostile_names_and_reasons_literally():
     terminal = Console(file=io.StringIO(), width=600, force_terminal=True, color_system="truecolor")
     terminal.print(*renderables)
     assert "\x1b]8;" not in terminal.file.getvalue()  # no OSC 8 hyperlink
+
+
+def test_a_baseline_from_before_the_evaluation_warm_up_is_a_configuration_change() -> None:
+    from cnnbench import results
+
+    current = resultgen.full_run()
+    document = json.loads(results.dumps(current))
+    del document["train"]["eval_warmup"]  # a file written before the warm-up pass
+    older = results.loads(json.dumps(document))
+    changes = compare.config_changes(older, current)
+    assert changes == ["train.eval_warmup differs: False (baseline) vs True (current)"]
