@@ -411,3 +411,20 @@ def test_batch_norm_data_parallel_uses_the_global_batch_statistics():
 def test_backend_declares_every_layer():
     assert JaxBackend.layers == frozenset(LAYER_TYPES)
     assert model_unsupported_reason(JaxBackend(), zoo.resnet20((32, 32, 3), 10)) is None
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_set_weights_restarts_the_optimizer_state_as_optax_init_makes_it(optimizer):
+    import jax
+
+    session = make_session(MNIST_LENET, optimizer=optimizer)
+    x, y = make_synthetic(32, MNIST_LENET.input_shape, MNIST_LENET.num_classes, 0, noise=0.5)
+    session.load_data((x / np.float32(255)).astype(np.float32), y, x[:8].astype(np.float32), y[:8])
+    session.train_batches(np.arange(32).reshape(2, 16))  # moments and step count no longer zero
+    weights = initial_weights(MNIST_LENET, "glorot-uniform", seed=0)
+    session.set_weights(weights)
+    expected = session.optimizer.init({name: np.asarray(w, np.float32) for name, w in weights.items()})
+    assert jax.tree_util.tree_structure(session.opt_state) == jax.tree_util.tree_structure(expected)
+    leaves = zip(jax.tree_util.tree_leaves(session.opt_state), jax.tree_util.tree_leaves(expected), strict=True)
+    for got, want in leaves:
+        assert np.asarray(got).dtype == np.asarray(want).dtype and np.array_equal(np.asarray(got), np.asarray(want))

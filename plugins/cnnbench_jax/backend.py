@@ -488,8 +488,12 @@ class JaxSession(Session):
         self.state = {name: self._put(value) for name, value in state.items()}
         # Placed like the parameters (committed), as the step's outputs are, or the second step compiles
         # again: docs/decisions.md#jax-optimizer-state-placement.
-        fresh_state = self.optimizer.init(host)
-        self.opt_state = self.jax.tree_util.tree_map(lambda leaf: self._put(np.asarray(leaf)), fresh_state)
+        # Adam's and SGD's fresh state is zeros (moments, step count): made on the host from the state's abstract
+        # shapes, which skips the per-shape compiles of op-by-op zeros_like that optax's init dispatches.
+        fresh_state = self.jax.eval_shape(self.optimizer.init, host)
+        self.opt_state = self.jax.tree_util.tree_map(
+            lambda leaf: self._put(np.zeros(leaf.shape, leaf.dtype)), fresh_state
+        )
         self._step_number = 0
 
     # -- harness hooks ------------------------------------------------------------------------
