@@ -84,11 +84,12 @@ def max_abs(array: npt.ArrayLike) -> float:
     if not values.size:
         return 0.0
 
-    def part(piece: slice) -> float:
-        chunk = values[piece]
-        return float(np.maximum(chunk.max(), -chunk.min()))
+    return float(np.max(run(lambda piece: part_max_abs(values[piece]), values.size)))
 
-    return float(np.max(run(part, values.size)))
+
+def part_max_abs(chunk: npt.NDArray[Any]) -> float:
+    """max |chunk| of one non-empty part (NaN if it holds one): the per-part step of ``max_abs``."""
+    return float(np.maximum(chunk.max(), -chunk.min()))
 
 
 def first_argmax(values: list[float]) -> int:

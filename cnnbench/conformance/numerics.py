@@ -326,8 +326,9 @@ def step_allowance(
         shape = np.shape(grad)
         g = elementwise.flat(grad)
         n = g.size
-        g_max = float(np.max(elementwise.run(functools.partial(_part_max, g), n)))
-        g_min = float(np.min(elementwise.run(functools.partial(_part_min, g), n)))
+        extremes = elementwise.run(functools.partial(_part_extremes, g), n)
+        g_max = float(np.max([high for high, _ in extremes]))
+        g_min = float(np.min([low for _, low in extremes]))
         inputs = _AllowanceInputs(
             GRAD_REL * float(max(g_max, -g_min)),
             learning_rate,
@@ -359,12 +360,10 @@ def step_allowance(
     return allowance
 
 
-def _part_max(values: Array, piece: slice) -> float:
-    return float(values[piece].max(initial=0.0))
-
-
-def _part_min(values: Array, piece: slice) -> float:
-    return float(values[piece].min(initial=0.0))
+def _part_extremes(values: Array, piece: slice) -> tuple[float, float]:
+    """(max, min) of one part, 0.0 included (an empty tensor's gradient tolerance is 0)."""
+    chunk = values[piece]
+    return float(chunk.max(initial=0.0)), float(chunk.min(initial=0.0))
 
 
 @dataclass

@@ -105,8 +105,7 @@ def _compare_part(got: Array, want: Array, bound: Array, piece: slice) -> _Compa
         return _ComparedPart(bad)
     diff = np.subtract(values, want[piece])
     np.abs(diff, out=diff)
-    chunk_want = want[piece]
-    part = _ComparedPart(0, max_abs=float(diff.max()), scale=float(np.maximum(chunk_want.max(), -chunk_want.min())))
+    part = _ComparedPart(0, max_abs=float(diff.max()), scale=elementwise.part_max_abs(want[piece]))
     if bound.ndim == 0:
         part.passed = bool(np.all(diff <= bound))
         part.any_above_zero = bool((diff > 0).any())
