@@ -126,6 +126,23 @@ def test_settings_record_engine_threads_and_jit_compile(session_for):
         session_for(MNIST_LENET, TrainConfig(backend_options={"keras.jit_compile": "fast"}))
 
 
+def test_test_on_batch_evaluation_equals_model_evaluate_with_a_ragged_last_batch(session_for):
+    rng = np.random.default_rng(5)
+    x_test, y_test = rng.random((250, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, 250)
+    weights = initial_weights(MNIST_LENET, "glorot-uniform", seed=5)
+    results = {}
+    for how in ("test_on_batch", "evaluate"):
+        session = session_for(MNIST_LENET, TrainConfig(threads=2, backend_options={"keras.evaluate": how}))
+        session.set_weights(weights)
+        session.load_data(x_test[:10], y_test[:10], x_test, y_test)
+        results[how] = session.evaluate(64)  # 64, 64, 64, 58: the last batch weighs less
+        assert session.settings()["eval_loop"].startswith("model." + how)
+    (loss, accuracy), (keras_loss, keras_accuracy) = results["test_on_batch"], results["evaluate"]
+    assert loss == pytest.approx(keras_loss, rel=1e-6) and accuracy == pytest.approx(keras_accuracy, abs=1e-7)
+    logits = reference.forward(MNIST_LENET, weights, x_test)
+    assert accuracy == pytest.approx(float(np.mean(logits.argmax(axis=1) == y_test)), abs=1e-7)
+
+
 def test_cuda_request_without_a_gpu_is_unavailable(keras_tf):
     if TENSORFLOW.gpu_name() is not None:
         pytest.skip("a GPU is visible to TensorFlow")

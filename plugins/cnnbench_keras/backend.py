@@ -55,6 +55,8 @@ DEFAULT_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}
 #: The cnnbench extra that installs each engine (for the "not installed" hint).
 ENGINE_EXTRAS = {"tensorflow": "keras", "jax": "jax", "torch": "torch"}
 ACCURACY = "accuracy"
+#: Values of ``--backend-option keras.evaluate``: the Keras call that evaluates (docs/decisions.md#keras-evaluation).
+EVALUATE_CHOICES = ("test_on_batch", "evaluate")
 
 
 def engine_for(variant: str | None) -> str:
@@ -242,6 +244,7 @@ class KerasSession(Session):
         self.state = [(name, v) for name, v in self.named if is_state(name)]
         self.dropouts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout)]
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        self.x_train = self.y_train = self.x_test = self.y_test = None
         self._compile()
 
     def _placement(self):
@@ -286,6 +289,26 @@ class KerasSession(Session):
         return losses
 
     def evaluate(self, batch_size: int) -> tuple[float, float]:
+        if self.config.option("keras", "evaluate", EVALUATE_CHOICES[0]) == "evaluate":
+            return self._evaluate_with_model_evaluate(batch_size)
+        if self.x_test is None:
+            raise BackendError("evaluate called before load_data")
+        n = int(self.x_test.shape[0])
+        loss, correct = 0.0, 0
+        with self._placement():
+            for start in range(0, n, batch_size):
+                size = min(batch_size, n - start)
+                # Each call gives its batch's mean loss and accuracy (float32 count / size, so the count is exact
+                # after rounding): the loss weighted by the batch's size, the correct predictions counted.
+                logs = self.model.test_on_batch(
+                    self.x_test[start : start + size], self.y_test[start : start + size], return_dict=True
+                )
+                loss += float(logs["loss"]) * size
+                correct += round(float(logs[ACCURACY]) * size)
+        return loss / n, correct / n
+
+    def _evaluate_with_model_evaluate(self, batch_size: int) -> tuple[float, float]:
+        """``model.evaluate`` on the resident tensors: Keras wraps them in its input pipeline first."""
         with self._placement():
             logs = self.model.evaluate(self.x_test, self.y_test, batch_size=batch_size, verbose=0, return_dict=True)
         return float(logs["loss"]), float(logs[ACCURACY])
@@ -417,12 +440,19 @@ class KerasSession(Session):
             "jit_compile_requested": self.config.option("keras", "jit_compile", "cnnbench default"),
             "layout": "NHWC",
             "train_loop": "model.train_on_batch per batch, batch gathered with keras.ops.take on resident tensors",
+            "eval_loop": self.eval_loop(),
             "adam_epsilon_form": "Keras: epsilon added to sqrt(v), bias correction in the step size",
             "dropout_rng": f"Keras SeedGenerator, keras.utils.set_random_seed({self.config.seed})",
             **self.notes,
             **self.framework.recorded_environment(),
         }
         return settings
+
+    def eval_loop(self) -> str:
+        """How ``evaluate`` runs, for the settings table."""
+        if self.config.option("keras", "evaluate", EVALUATE_CHOICES[0]) == "evaluate":
+            return "model.evaluate on resident tensors (Keras' input pipeline)"
+        return "model.test_on_batch per slice of the resident tensors, means weighted by batch size"
 
     def close(self) -> None:
         self.model = self.weighted = None
@@ -445,6 +475,12 @@ class KerasBackend(Backend):
             None,
             "model.compile(jit_compile=...); default per engine: "
             + ", ".join(f"{engine} {str(value).lower()}" for engine, value in DEFAULT_JIT_COMPILE.items()),
+        ),
+        BackendOption(
+            "evaluate",
+            EVALUATE_CHOICES,
+            EVALUATE_CHOICES[0],
+            "test_on_batch: a loop over slices of the resident test set; evaluate: model.evaluate (its input pipeline)",
         ),
     )
     #: jit_compile on / off per engine, each engine's default as DEFAULT_JIT_COMPILE; "nojit" on JAX would run op

@@ -83,6 +83,13 @@ class KerasDataParallelSession(KerasSession):
         with self.distribution.scope():
             return super()._train_batches(rows)
 
+    def evaluate(self, batch_size: int) -> tuple[float, float]:
+        """``model.evaluate``, which shards each batch over the mesh, a ragged last one included."""
+        return self._evaluate_with_model_evaluate(batch_size)
+
+    def eval_loop(self) -> str:
+        return "model.evaluate on resident tensors (Keras' input pipeline), batches sharded over the mesh"
+
     def settings(self) -> dict[str, Any]:
         settings = super().settings()
         settings.update(
