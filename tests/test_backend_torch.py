@@ -273,6 +273,12 @@ def test_stride_two_convolutions_pad_explicitly_and_unevenly():
     pads = [module.padding for module in session.model.modules() if isinstance(module, torch.nn.ZeroPad2d)]
     assert pads == [(0, 1, 0, 1), (0, 1, 0, 1)]  # s2b1_conv1 and s3b1_conv1; the 1x1 projections need none
     assert session.weighted["s2b1_conv1"].stride == (2, 2) and session.weighted["s2b1_conv1"].bias is None
+    # A strided 1x1 convolution is a subsample, then a stride-1 one (oneDNN's strided 1x1 kernel is wrong on AVX2).
+    modules = list(session.model.modules())
+    for name in ("s2b1_proj", "s3b1_proj"):
+        conv = session.weighted[name]
+        assert conv.kernel_size == (1, 1) and conv.stride == (1, 1), name
+        assert type(modules[modules.index(conv) - 1]).__name__ == "Subsample", name
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])

@@ -97,16 +97,26 @@ def keras_layers(layer: Layer, weighted: dict[str, Any]) -> list[Any]:
 
     Layers with weights are recorded in ``weighted`` under their spec name. Not for ``Residual`` (see ``_apply``).
     """
+    import keras
     from keras import layers
 
     _check_activation(layer)
     built: list[Any]
     if isinstance(layer, Conv2D):
+        stride = layer.stride
+        subsample = []
+        if layer.kernel_size == 1 and stride > 1 and keras.backend.backend() == "torch":
+            # oneDNN's strided 1x1 kernel is wrong on AVX2 with several threads: the stride first, as a 1x1
+            # max-pool (no padding either way), then a stride-1 conv (docs/decisions.md#strided-1x1-convolutions).
+            subsample = [
+                layers.MaxPooling2D(1, strides=stride, data_format="channels_last", name=f"{layer.name}_subsample")
+            ]
+            stride = 1
         built = [
             layers.Conv2D(
                 layer.filters,
                 layer.kernel_size,
-                strides=layer.stride,
+                strides=stride,
                 padding=layer.padding.lower(),
                 activation=layer.activation,
                 use_bias=layer.use_bias,
@@ -114,6 +124,9 @@ def keras_layers(layer: Layer, weighted: dict[str, Any]) -> list[Any]:
                 name=layer.name,
             )
         ]
+        if type(layer) in WEIGHT_PARTS:
+            weighted[layer.name] = built[0]
+        return subsample + built
     elif isinstance(layer, MaxPool2D):
         built = [
             layers.MaxPooling2D(

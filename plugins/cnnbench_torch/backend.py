@@ -109,6 +109,19 @@ def build_module(spec: ModelSpec):
         def forward(self, x):
             return x.mean(dim=(2, 3))
 
+    class Subsample(nn.Module):  # type: ignore[misc]
+        """Every ``stride``-th row and column: a 1x1 convolution's stride, taken before a stride-1 convolution.
+
+        oneDNN's strided 1x1 kernel is wrong on AVX2 with several threads (docs/decisions.md#strided-1x1-convolutions).
+        """
+
+        def __init__(self, stride: int):
+            super().__init__()
+            self.stride = stride
+
+        def forward(self, x):
+            return x[:, :, :: self.stride, :: self.stride]
+
     weighted: dict[str, nn.Module] = {}
 
     def window_pads(layer: Conv2D | MaxPool2D, shape: tuple[int, ...], window: int) -> tuple[int, int, int, int]:
@@ -127,7 +140,10 @@ def build_module(spec: ModelSpec):
             layer, shape = info.layer, info.input_shape
             if isinstance(layer, Conv2D):
                 channels = shape[-1]
-                if layer.stride == 1:  # torch's "same" is TensorFlow's at stride 1 (extra after), "valid" as well
+                if layer.kernel_size == 1 and layer.stride > 1:  # no padding either way: subsample, then convolve
+                    modules.append(Subsample(layer.stride))
+                    conv = nn.Conv2d(channels, layer.filters, 1, bias=layer.use_bias)
+                elif layer.stride == 1:  # torch's "same" is TensorFlow's at stride 1 (extra after), "valid" as well
                     conv = nn.Conv2d(
                         channels,
                         layer.filters,
