@@ -206,6 +206,12 @@ def walk(layers: tuple[Layer, ...], input_shape: tuple[int, ...]) -> Iterator[La
             yield from walk(info.layer.shortcut, info.input_shape)
 
 
+def has_strided_1x1_conv(spec: ModelSpec) -> bool:
+    """Whether ``spec`` has a 1x1 convolution with a stride above 1 (residual blocks included): some backends
+    run it differently, and say so in their settings."""
+    return any(isinstance(i.layer, Conv2D) and i.layer.kernel_size == 1 and i.layer.stride > 1 for i in spec.walk())
+
+
 def layer_to_dict(layer: Layer) -> dict[str, Any]:
     """A layer as JSON-able data: its type and fields (a block's layers nested)."""
     out: dict[str, Any] = {"type": type(layer).__name__}

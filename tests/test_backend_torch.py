@@ -279,6 +279,8 @@ def test_stride_two_convolutions_pad_explicitly_and_unevenly():
         conv = session.weighted[name]
         assert conv.kernel_size == (1, 1) and conv.stride == (1, 1), name
         assert type(modules[modules.index(conv) - 1]).__name__ == "Subsample", name
+    assert "stride-1 1x1 conv" in session.settings()["strided_1x1_conv"]
+    assert "strided_1x1_conv" not in drawn_session(SMALL_VGG).settings()  # no 1x1 strided convolution there
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])

@@ -41,6 +41,7 @@ from cnnbench.spec import (
     MaxPool2D,
     ModelSpec,
     Residual,
+    has_strided_1x1_conv,
     is_state,
     layer_infos,
 )
@@ -454,6 +455,11 @@ class KerasSession(Session):
             "layout": "NHWC",
             "train_loop": "model.train_on_batch per batch, batch gathered with keras.ops.take on resident tensors",
             "eval_loop": self.eval_loop(),
+            **(
+                {"strided_1x1_conv": "a 1x1 MaxPooling2D of the stride, then a stride-1 1x1 Conv2D"}
+                if self.engine == "torch" and has_strided_1x1_conv(self.spec)
+                else {}
+            ),
             "adam_epsilon_form": "Keras: epsilon added to sqrt(v), bias correction in the step size",
             "dropout_rng": f"Keras SeedGenerator, keras.utils.set_random_seed({self.config.seed})",
             **self.notes,

@@ -28,6 +28,7 @@ from cnnbench.spec import (
     MaxPool2D,
     ModelSpec,
     Residual,
+    has_strided_1x1_conv,
     layer_infos,
 )
 
@@ -38,6 +39,10 @@ def _resolve_device(torch, requested: str):
     if requested == "cuda":
         raise BackendUnavailable(TORCH.no_gpu_reason())
     return torch.device("cpu")
+
+
+#: How a strided 1x1 convolution runs (settings), when the spec has one: docs/decisions.md#strided-1x1-convolutions.
+STRIDED_1X1_NOTE = "every stride-th row and column, then a stride-1 1x1 conv"
 
 
 def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
@@ -385,6 +390,8 @@ class TorchSession(Session):
             "layout": "NCHW, channels_last memory" if self.memory_format == torch.channels_last else "NCHW",
             "optimizer_kernel": "fused" if self.optimizer.defaults.get("fused") else "per-tensor loop",
         }
+        if has_strided_1x1_conv(self.spec):
+            settings["strided_1x1_conv"] = STRIDED_1X1_NOTE
         if self.dev.type == "cuda":
             settings["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
             settings["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
