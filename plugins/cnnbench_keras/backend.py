@@ -231,6 +231,12 @@ class KerasSession(Session):
     Why ``train_on_batch`` and not ``fit``, with the figures: docs/decisions.md#keras-train-loop.
     """
 
+    #: The resident dataset (engine tensors), None until ``load_data``.
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+
     def __init__(self, spec: ModelSpec, config: TrainConfig, engine: str):
         import keras
 
