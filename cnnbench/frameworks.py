@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from typing import Any
 
 from cnnbench.backend import distribution_version
@@ -89,12 +90,25 @@ class Framework:
         raise NotImplementedError
 
 
+#: TensorFlow's switch for its oneDNN kernels, read at import: docs/decisions.md#tensorflow-onednn.
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
 class TensorFlow(Framework):
     """TensorFlow fixes its thread pools when its runtime starts and queues GPU work asynchronously."""
 
     name = "tensorflow"
     distributions = TF_DISTRIBUTIONS
     title = "TensorFlow"
+
+    def process_environment(self, config: TrainConfig) -> dict[str, str]:
+        """oneDNN on for an x86 CPU (TF turns it on by itself only on AVX-512-class ones), unless already set."""
+        if ONEDNN_ENV in os.environ or platform.machine().lower() not in ("x86_64", "amd64"):
+            return {}
+        return {ONEDNN_ENV: "1"}
+
+    def recorded_environment(self) -> dict[str, str]:
+        return {ONEDNN_ENV: os.environ.get(ONEDNN_ENV, "unset (TensorFlow's own default)")}
 
     def apply_threads(self, threads: int) -> dict[str, Any]:
         import tensorflow as tf

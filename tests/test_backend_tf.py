@@ -8,6 +8,7 @@ Spec conformance, parity with the float64 reference, the optimizers and dropout 
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ from cnnbench.config import TrainConfig
 from cnnbench.conformance.tolerances import GRAD_REL, KINK_REL, LOGITS_REL, LOSS_REL, ROUNDING, STATE_REL
 from cnnbench.datasets.synthetic import make_synthetic
 from cnnbench.errors import BackendError, BackendUnavailable
+from cnnbench.frameworks import TENSORFLOW
 from cnnbench.initializers import initial_weights
 from cnnbench.models import zoo
 from cnnbench.spec import LAYER_TYPES, MNIST_LENET, is_state
@@ -90,11 +92,19 @@ def test_settings_record_mode_threads_and_xla():
     np.testing.assert_allclose(xla_session.predict(x), make_session(spec).predict(x), atol=1e-4, rtol=0)
 
 
-def test_onednn_option_reaches_the_worker_environment():
+def test_onednn_is_on_for_x86_unless_the_environment_or_the_option_says_otherwise(monkeypatch):
     backend = TFRawBackend()
-    assert backend.process_environment(None, TrainConfig()) == {}
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert backend.process_environment(None, TrainConfig()) == {"TF_ENABLE_ONEDNN_OPTS": "1"}
     off = TrainConfig(backend_options={"tf.onednn": "false"})
     assert backend.process_environment(None, off) == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # TensorFlow's own default there
+    assert backend.process_environment(None, TrainConfig()) == {}
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # the user's choice stands
+    assert backend.process_environment(None, TrainConfig()) == {}
+    assert TENSORFLOW.recorded_environment() == {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 def test_cuda_request_without_gpu_is_unavailable():

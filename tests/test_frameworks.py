@@ -101,7 +101,9 @@ def test_keras_on_jax_starts_jax_as_the_jax_backend_does(config: TrainConfig) ->
 def test_keras_on_tensorflow_and_torch_set_no_jax_variables() -> None:
     for engine in ("tensorflow", "torch"):
         env = KerasBackend().process_environment(engine, TrainConfig(threads=2, devices=2))
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # TensorFlow's oneDNN switch (test_backend_tf.py)
         assert env == {"KERAS_BACKEND": engine}
+    assert "TF_ENABLE_ONEDNN_OPTS" not in KerasBackend().process_environment("torch", TrainConfig())
 
 
 def test_a_shared_resource_is_released_by_the_last_session_only() -> None:

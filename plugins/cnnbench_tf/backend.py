@@ -25,7 +25,7 @@ import numpy as np
 from cnnbench.backend import Backend, BackendOption, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
 from cnnbench.errors import BackendError, BackendUnavailable
-from cnnbench.frameworks import TENSORFLOW
+from cnnbench.frameworks import ONEDNN_ENV, TENSORFLOW
 from cnnbench.modes import ExecutionMode
 from cnnbench.spec import (
     LAYER_TYPES,
@@ -468,7 +468,12 @@ class TFRawBackend(Backend):
     deterministic = True
     options = (
         BackendOption("xla", bool, False, "compile the training step with XLA (tf.function(jit_compile=True))"),
-        BackendOption("onednn", bool, None, "TF_ENABLE_ONEDNN_OPTS for the worker; unset: TensorFlow's own default"),
+        BackendOption(
+            "onednn",
+            bool,
+            None,
+            "TF_ENABLE_ONEDNN_OPTS for the worker; unset: on for x86 CPUs unless the environment sets it",
+        ),
     )
     modes = (
         ExecutionMode("graph", {"xla": "false"}, "tf.function graphs (TF's own kernels, oneDNN)", default=True),
@@ -484,11 +489,12 @@ class TFRawBackend(Backend):
         return TENSORFLOW.version() or "not installed"
 
     def process_environment(self, variant: str | None, config: TrainConfig) -> dict[str, str]:
-        """``--backend-option tf.onednn=false`` turns TF's oneDNN kernels off; TF reads it at import."""
-        env = self.data_parallel_environment(config)
+        """TF's oneDNN kernels on for x86 (``TENSORFLOW.process_environment``); ``--backend-option tf.onednn``
+        decides instead when given. TF reads it at import."""
+        env = {**TENSORFLOW.process_environment(config), **self.data_parallel_environment(config)}
         if config.option("tf", "onednn") is None:
             return env
-        return {**env, "TF_ENABLE_ONEDNN_OPTS": "1" if config.flag("tf", "onednn") else "0"}
+        return {**env, ONEDNN_ENV: "1" if config.flag("tf", "onednn") else "0"}
 
     def import_framework(self, variant: str | None = None) -> None:
         import tensorflow  # noqa: F401
