@@ -56,7 +56,7 @@ DEFAULT_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}
 #: The cnnbench extra that installs each engine (for the "not installed" hint).
 ENGINE_EXTRAS = {"tensorflow": "keras", "jax": "jax", "torch": "torch"}
 ACCURACY = "accuracy"
-#: Values of ``--backend-option keras.evaluate``: the Keras call that evaluates (docs/decisions.md#keras-evaluation).
+#: Values of ``--backend-option keras.evaluate``: the Keras call (docs/decisions.md#keras-evaluation-loop).
 EVALUATE_CHOICES = ("test_on_batch", "evaluate")
 
 
@@ -114,6 +114,7 @@ def keras_layers(layer: Layer, weighted: dict[str, Any]) -> list[Any]:
             ]
             stride = 1
         built = [
+            *subsample,
             layers.Conv2D(
                 layer.filters,
                 layer.kernel_size,
@@ -123,11 +124,8 @@ def keras_layers(layer: Layer, weighted: dict[str, Any]) -> list[Any]:
                 use_bias=layer.use_bias,
                 data_format="channels_last",
                 name=layer.name,
-            )
+            ),
         ]
-        if type(layer) in WEIGHT_PARTS:
-            weighted[layer.name] = built[0]
-        return subsample + built
     elif isinstance(layer, MaxPool2D):
         built = [
             layers.MaxPooling2D(
@@ -152,8 +150,8 @@ def keras_layers(layer: Layer, weighted: dict[str, Any]) -> list[Any]:
         built = [layers.GlobalAveragePooling2D(data_format="channels_last", name=layer.name)]
     else:  # pragma: no cover - guarded by the spec's Layer union
         raise BackendError(f"layer {layer!r} is not supported by the keras backend")
-    if type(layer) in WEIGHT_PARTS:
-        weighted[layer.name] = built[0]
+    if type(layer) in WEIGHT_PARTS:  # the Keras layer named after the spec layer holds its weights
+        weighted[layer.name] = next(keras_layer for keras_layer in built if keras_layer.name == layer.name)
     return built
 
 
@@ -265,6 +263,8 @@ class KerasSession(Session):
         self.dropouts = [layer for layer in self.model.layers if isinstance(layer, keras.layers.Dropout)]
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         self.x_train = self.y_train = self.x_test = self.y_test = None
+        #: Whether ``evaluate`` calls ``model.evaluate`` (``--backend-option keras.evaluate=evaluate``).
+        self.uses_model_evaluate = config.option("keras", "evaluate", EVALUATE_CHOICES[0]) == "evaluate"
         self._compile()
 
     def _placement(self):
@@ -309,7 +309,7 @@ class KerasSession(Session):
         return losses
 
     def evaluate(self, batch_size: int) -> tuple[float, float]:
-        if self.config.option("keras", "evaluate", EVALUATE_CHOICES[0]) == "evaluate":
+        if self.uses_model_evaluate:
             return self._evaluate_with_model_evaluate(batch_size)
         if self.x_test is None:
             raise BackendError("evaluate called before load_data")
@@ -475,7 +475,7 @@ class KerasSession(Session):
 
     def eval_loop(self) -> str:
         """How ``evaluate`` runs, for the settings table."""
-        if self.config.option("keras", "evaluate", EVALUATE_CHOICES[0]) == "evaluate":
+        if self.uses_model_evaluate:
             return "model.evaluate on resident tensors (Keras' input pipeline)"
         return "model.test_on_batch per slice of the resident tensors, means weighted by batch size"
 

@@ -71,6 +71,7 @@ class KerasDataParallelSession(KerasSession):
         self.distribution = keras.distribution.DataParallel(devices=self.mesh_devices, auto_shard_dataset=False)
         keras.distribution.set_distribution(self.distribution)  # before the model: replicated variables
         super().__init__(spec, config, engine)
+        self.uses_model_evaluate = True  # model.evaluate shards each batch over the mesh, a ragged last one too
         KerasDataParallelSession.distribution_users.opened()
         self.device = mesh_label(len(self.mesh_devices), self.device, self.mesh_devices[0].split(":")[0], where)
 
@@ -82,10 +83,6 @@ class KerasDataParallelSession(KerasSession):
             rows = rows[:, start:stop]
         with self.distribution.scope():
             return super()._train_batches(rows)
-
-    def evaluate(self, batch_size: int) -> tuple[float, float]:
-        """``model.evaluate``, which shards each batch over the mesh, a ragged last one included."""
-        return self._evaluate_with_model_evaluate(batch_size)
 
     def eval_loop(self) -> str:
         return "model.evaluate on resident tensors (Keras' input pipeline), batches sharded over the mesh"
