@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from cnnbench.config import TrainConfig
+from cnnbench.frameworks import TENSORFLOW
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pytest itself depends on tomli before 3.11
     import tomli as tomllib
+
+# TensorFlow in this process runs the kernels a worker runs (oneDNN on x86), set before anything imports it.
+os.environ.update(TENSORFLOW.process_environment(TrainConfig()))
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_PLUGINS = Path(__file__).resolve().parent / "fixture_plugins"

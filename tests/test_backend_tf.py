@@ -186,6 +186,14 @@ def test_resnet_weights_are_the_spec_s_and_round_trip(resnet_session):
     assert all(np.array_equal(again[name], weights[name]) for name in weights)
 
 
+def test_a_strided_1x1_convolution_is_a_slice_then_a_stride_1_one(resnet_session):
+    # oneDNN's strided 1x1 filter gradient is wrong on AVX2; the gradient tests here run with oneDNN on (conftest).
+    assert "stride-1 1x1 conv" in resnet_session.settings()["strided_1x1_conv"]
+    lenet = TFRawBackend().create_session(MNIST_LENET, TrainConfig(threads=2))
+    assert "strided_1x1_conv" not in lenet.settings()
+    lenet.close()
+
+
 def test_framework_init_starts_batch_norm_as_the_identity():
     session = TFRawBackend().create_session(TINY_RESNET, TrainConfig(threads=2, init="framework"))
     weights = session.get_weights()

@@ -55,6 +55,8 @@ JIT_COMPILE_CHOICES: dict[str, bool | str] = {"auto": "auto", "true": True, "fal
 DEFAULT_JIT_COMPILE = {"tensorflow": False, "jax": True, "torch": False}
 #: The cnnbench extra that installs each engine (for the "not installed" hint).
 ENGINE_EXTRAS = {"tensorflow": "keras", "jax": "jax", "torch": "torch"}
+#: Engines whose CPU convolutions are oneDNN's: a strided 1x1 Conv2D is taken apart there (keras_layers).
+ONEDNN_ENGINES = ("tensorflow", "torch")
 ACCURACY = "accuracy"
 #: Values of ``--backend-option keras.evaluate``: the Keras call (docs/decisions.md#keras-evaluation-loop).
 EVALUATE_CHOICES = ("test_on_batch", "evaluate")
@@ -106,8 +108,8 @@ def keras_layers(layer: Layer, weighted: dict[str, Any]) -> list[Any]:
     if isinstance(layer, Conv2D):
         stride = layer.stride
         subsample = []
-        if layer.kernel_size == 1 and stride > 1 and keras.backend.backend() == "torch":
-            # oneDNN's strided 1x1 kernel is wrong on AVX2 with several threads: the stride first, as a 1x1
+        if layer.kernel_size == 1 and stride > 1 and keras.backend.backend() in ONEDNN_ENGINES:
+            # oneDNN's strided 1x1 filter gradient is wrong on AVX2: the stride first, as a 1x1
             # max-pool (no padding either way), then a stride-1 conv (docs/decisions.md#strided-1x1-convolutions).
             subsample = [
                 layers.MaxPooling2D(1, strides=stride, data_format="channels_last", name=f"{layer.name}_subsample")
@@ -463,7 +465,7 @@ class KerasSession(Session):
             "eval_loop": self.eval_loop(),
             **(
                 {"strided_1x1_conv": "a 1x1 MaxPooling2D of the stride, then a stride-1 1x1 Conv2D"}
-                if self.engine == "torch" and has_strided_1x1_conv(self.spec)
+                if self.engine in ONEDNN_ENGINES and has_strided_1x1_conv(self.spec)
                 else {}
             ),
             "adam_epsilon_form": "Keras: epsilon added to sqrt(v), bias correction in the step size",

@@ -39,8 +39,12 @@ from cnnbench.spec import (
     MaxPool2D,
     ModelSpec,
     Residual,
+    has_strided_1x1_conv,
     layer_infos,
 )
+
+#: What settings() says when a spec has a strided 1x1 convolution (docs/decisions.md#strided-1x1-convolutions).
+STRIDED_1X1_NOTE = "every stride-th row and column (a slice), then a stride-1 1x1 conv"
 
 
 def configure_runtime(tf, config: TrainConfig) -> dict[str, Any]:
@@ -186,7 +190,12 @@ class TFRawSession(Session):
         for info in layer_infos(layers, input_shape):
             layer = info.layer
             if isinstance(layer, Conv2D):
-                x = tf.nn.conv2d(x, v[f"{layer.name}/kernel"], strides=layer.stride, padding=layer.padding)
+                stride = layer.stride
+                if layer.kernel_size == 1 and stride > 1:
+                    # oneDNN's strided 1x1 filter gradient is wrong on AVX2: the stride first, as a slice (a 1x1
+                    # window has no padding), then a stride-1 conv (docs/decisions.md#strided-1x1-convolutions).
+                    x, stride = x[:, ::stride, ::stride, :], 1
+                x = tf.nn.conv2d(x, v[f"{layer.name}/kernel"], strides=stride, padding=layer.padding)
                 if layer.use_bias:
                     x = tf.nn.bias_add(x, v[f"{layer.name}/bias"])
                 x = _activate(x, layer.activation, tf)
@@ -439,6 +448,8 @@ class TFRawSession(Session):
             "onednn": _onednn_enabled(),
             "train_loop": "one tf.function call per batch, batch gathered on the device",
         }
+        if has_strided_1x1_conv(self.spec):
+            settings["strided_1x1_conv"] = STRIDED_1X1_NOTE
         if self.device_name.startswith("/GPU"):
             settings["tf32"] = tf.config.experimental.tensor_float_32_execution_enabled()
             gpus = tf.config.list_physical_devices("GPU")
