@@ -280,6 +280,68 @@ def test_stride_two_same_padding_is_tensorflows():
     assert not np.allclose(same, np.asarray(before))
 
 
+@pytest.mark.parametrize(
+    ("size", "kernel_size", "stride", "padding"),
+    [
+        (28, 4, 1, "SAME"),
+        (14, 4, 1, "SAME"),
+        (8, 3, 2, "SAME"),
+        (9, 3, 2, "SAME"),
+        (8, 1, 2, "SAME"),
+        (9, 3, 2, "VALID"),
+    ],
+)
+def test_im2col_convolution_is_lax_s(size, kernel_size, stride, padding):
+    """The patches-and-dot form is the same function as lax.conv_general_dilated: outputs and both gradients."""
+    import jax
+    from jax import lax
+
+    from cnnbench_jax.backend import DIMENSION_NUMBERS, _im2col_conv
+
+    rng = np.random.default_rng(size + kernel_size + stride)
+    x = rng.normal(size=(3, size, size, 5)).astype(np.float32)
+    kernel = rng.normal(size=(kernel_size, kernel_size, 5, 7)).astype(np.float32)
+
+    def by_lax(x, k):
+        return lax.conv_general_dilated(x, k, (stride, stride), padding, dimension_numbers=DIMENSION_NUMBERS)
+
+    def by_im2col(x, k):
+        return _im2col_conv(jax.numpy, x, k, stride, padding, lax.Precision.HIGHEST)
+
+    expected = np.asarray(by_lax(x, kernel))
+    assert by_im2col(x, kernel).shape == expected.shape
+    assert_scaled_close(by_im2col(x, kernel), expected, 1e-5, "output")
+    weights = rng.normal(size=expected.shape).astype(np.float32)
+    for argnum, what in ((0, "input gradient"), (1, "kernel gradient")):
+        want = jax.grad(lambda x, k: (by_lax(x, k) * weights).sum(), argnum)(x, kernel)
+        got = jax.grad(lambda x, k: (by_im2col(x, k) * weights).sum(), argnum)(x, kernel)
+        assert_scaled_close(got, want, 1e-5, what)
+
+
+def test_convolution_form_is_chosen_by_platform_and_option():
+    # On the CPU the gradient path writes convolutions as im2col; inference stays on lax's convolutions.
+    assert "training: im2col" in make_session(MNIST_LENET).settings()["conv"]
+    assert (
+        make_session(MNIST_LENET, backend_options={"jax.conv": "lax"}).settings()["conv"] == "lax.conv_general_dilated"
+    )
+    from cnnbench_jax.backend import conv_how
+
+    assert (
+        conv_how(None, "cpu") == "im2col" and conv_how("auto", "gpu") == "lax" and conv_how("im2col", "gpu") == "im2col"
+    )
+    # Both forms train alike: the same losses and weights after the same batches, to float32 rounding.
+    spec = SMALL_DROPOUT
+    rows = np.random.default_rng(3).permutation(64).reshape(4, 16)
+    trained = {}
+    for form in ("lax", "im2col"):
+        session = make_session(spec, backend_options={"jax.conv": form})
+        load_synthetic(session, spec, n_train=64)
+        trained[form] = (session.train_batches(rows), session.get_weights())
+    np.testing.assert_allclose(trained["im2col"][0], trained["lax"][0], rtol=1e-5)
+    for name, value in trained["lax"][1].items():
+        np.testing.assert_allclose(trained["im2col"][1][name], value, atol=1e-5, rtol=0, err_msg=name)
+
+
 @pytest.mark.parametrize("scan", ["false", "true"], ids=["jit", "scan"])
 def test_moving_statistics_follow_the_spec_step_by_step(scan):
     """Momentum 0.9 and the biased batch variance, once per step, in both execution modes."""

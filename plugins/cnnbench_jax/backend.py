@@ -46,6 +46,37 @@ POOL_CHOICES = ("reshape", "reduce_window")
 #: True fp32 on GPUs (no TF32), as the PyTorch backend sets; see docs/decisions.md#jax-matmul-precision.
 DEFAULT_PRECISION = "highest"
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+OPTION_CONV = "conv"  # how a convolution is written: lax.conv_general_dilated, or patches and one dot (im2col)
+#: "auto": im2col on the CPU (XLA CPU's convolution gradients are slow there), lax on accelerators (cuDNN's own
+#: convolutions); docs/performance.md#jax.
+CONV_CHOICES = ("auto", "im2col", "lax")
+
+
+def conv_how(choice: str | None, platform: str) -> str:
+    """The convolution form a session uses: ``choice`` unless "auto" (im2col on the CPU, lax elsewhere)."""
+    choice = choice or CONV_CHOICES[0]
+    if choice == "auto":
+        return "im2col" if platform == "cpu" else "lax"
+    return choice
+
+
+def _im2col_conv(jnp, x, kernel, stride: int, padding: str, precision):
+    """An NHWC convolution as its patches times the kernel: one dot, whose kernel gradient is one dot too.
+
+    The patches are ``kh * kw`` strided slices of the padded input side by side (SAME: TensorFlow's pads)."""
+    kh, kw, ci, co = kernel.shape
+    n, h, w, _ = x.shape
+    if padding == "SAME":
+        ho, wo = -(-h // stride), -(-w // stride)
+        ph, pw = max((ho - 1) * stride + kh - h, 0), max((wo - 1) * stride + kw - w, 0)
+        x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    else:
+        ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    last_row, last_col = (ho - 1) * stride + 1, (wo - 1) * stride + 1
+    patches = [x[:, i : i + last_row : stride, j : j + last_col : stride, :] for i in range(kh) for j in range(kw)]
+    cols = patches[0] if len(patches) == 1 else jnp.concatenate(patches, axis=-1)
+    y = jnp.dot(cols.reshape(n * ho * wo, kh * kw * ci), kernel.reshape(kh * kw * ci, co), precision=precision)
+    return y.reshape(n, ho, wo, co)
 
 
 def _resolve_device(jax, requested: str):
@@ -72,7 +103,7 @@ def _max_pool(lax, jnp, x, layer: MaxPool2D, how: str):
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, size, size, 1), (1, stride, stride, 1), layer.padding)
 
 
-def build_forward(spec: ModelSpec, precision, pool_how: str = POOL_CHOICES[0]):
+def build_forward(spec: ModelSpec, precision, pool_how: str = POOL_CHOICES[0], conv: str = "lax"):
     """``forward(params, x, dropout_key=None, batch_stats=None) -> logits`` walking ``spec.layers``.
 
     Dropout only with a key. Batch norm normalises with ``params``' moving statistics (inference) when
@@ -94,20 +125,24 @@ def build_forward(spec: ModelSpec, precision, pool_how: str = POOL_CHOICES[0]):
                 act = _activation(jax, layer.activation)
                 bias = f"{layer.name}/bias" if layer.use_bias else None
 
-                def conv(params, x, key, stats, layer=layer, act=act, bias=bias):
-                    y = lax.conv_general_dilated(
-                        x,
-                        params[f"{layer.name}/kernel"],
-                        (layer.stride, layer.stride),
-                        layer.padding,
-                        dimension_numbers=DIMENSION_NUMBERS,
-                        precision=precision,
-                    )
+                def conv_layer(params, x, key, stats, layer=layer, act=act, bias=bias):
+                    kernel = params[f"{layer.name}/kernel"]
+                    if conv == "im2col":
+                        y = _im2col_conv(jnp, x, kernel, layer.stride, layer.padding, precision)
+                    else:
+                        y = lax.conv_general_dilated(
+                            x,
+                            kernel,
+                            (layer.stride, layer.stride),
+                            layer.padding,
+                            dimension_numbers=DIMENSION_NUMBERS,
+                            precision=precision,
+                        )
                     if bias is not None:
                         y = y + params[bias]
                     return act(y) if act else y
 
-                steps.append(conv)
+                steps.append(conv_layer)
             elif isinstance(layer, MaxPool2D):
 
                 def pool(params, x, key, stats, layer=layer):
@@ -255,7 +290,11 @@ class JaxSession(Session):
         self.has_batch_norm = bool(self.momenta)
         self.pool = config.option("jax", OPTION_POOL) or POOL_CHOICES[0]
         self.donate = self.dev.platform != "cpu"
+        self.conv = conv_how(config.option("jax", OPTION_CONV), self.dev.platform)
+        # Inference keeps lax's convolutions (im2col's patches of a 1,000-image batch are memory-bound); the
+        # gradient path (train steps, loss_and_gradients) writes them as self.conv says.
         self.forward = build_forward(spec, precision, self.pool)
+        self.train_forward = build_forward(spec, precision, self.pool, self.conv)
         if config.optimizer == "adam":
             self.optimizer = optax.adam(config.learning_rate, b1=ADAM_BETA1, b2=ADAM_BETA2, eps=ADAM_EPSILON)
         else:
@@ -277,10 +316,10 @@ class JaxSession(Session):
         import optax
 
         jax, jnp, lax = self.jax, self.jax.numpy, self.jax.lax
-        forward, optimizer, seed = self.forward, self.optimizer, self.config.seed
+        forward, train_forward, optimizer, seed = self.forward, self.train_forward, self.optimizer, self.config.seed
 
         def mean_loss(params, x, y, key=None):
-            logits = forward(params, x, key)
+            logits = train_forward(params, x, key)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
         def step(params, opt_state, x_train, y_train, row, step_number):
@@ -328,7 +367,7 @@ class JaxSession(Session):
         import optax
 
         jax, jnp, lax = self.jax, self.jax.numpy, self.jax.lax
-        forward, optimizer, seed, momenta = self.forward, self.optimizer, self.config.seed, self.momenta
+        forward, optimizer, seed, momenta = self.train_forward, self.optimizer, self.config.seed, self.momenta
 
         def training_loss(params, x, y, key=None):
             batch_stats: dict[str, Any] = {}
@@ -518,6 +557,11 @@ class JaxSession(Session):
             ),
             "layout": "NHWC, HWIO kernels",
             "max_pool": "reshape + max" if self.pool == "reshape" else "lax.reduce_window",
+            "conv": (
+                "training: im2col (patches + one dot); inference: lax.conv_general_dilated"
+                if self.conv == "im2col"
+                else "lax.conv_general_dilated"
+            ),
             "dropout_rng": f"{self.jax.config.jax_default_prng_impl} key from (seed, step)",
             **(
                 {"batch_norm": "jnp mean and biased variance (two passes), moving statistics carried by the step"}
@@ -555,6 +599,12 @@ class JaxBackend(Backend):
             POOL_CHOICES,
             POOL_CHOICES[0],
             "max pooling as reshape + max (fast gradient on CPU) or lax.reduce_window (select-and-scatter)",
+        ),
+        BackendOption(
+            OPTION_CONV,
+            CONV_CHOICES,
+            CONV_CHOICES[0],
+            "convolutions as patches + one dot (im2col) or lax.conv_general_dilated; auto: im2col on CPU only",
         ),
     )
     modes = (

@@ -73,7 +73,7 @@ class ShardedJaxSession(JaxSession):
         import optax
 
         jax = self.jax
-        forward, optimizer, seed = self.forward, self.optimizer, self.config.seed
+        forward, optimizer, seed = self.train_forward, self.optimizer, self.config.seed
         batch_sharded, replicated = self.batch_sharded, self.replicated
 
         def mean_loss(params, x, y, key):
