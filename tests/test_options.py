@@ -121,7 +121,8 @@ def test_a_malformed_declaration_fails_when_the_plugin_is_imported(build: Any) -
 def test_the_builtin_backends_declare_their_options(registry: Registry) -> None:
     declared = {name: {o.key: o for o in declared_options(r.item)} for name, r in registry.backends.items()}
     assert set(declared["tf"]) == {"xla", "onednn"} and declared["tf"]["xla"].values is bool
-    assert set(declared["jax"]) == {"scan", "matmul_precision", "pool"}
+    assert set(declared["jax"]) == {"scan", "matmul_precision", "pool", "conv"}
+    assert declared["jax"]["conv"].values == ("auto", "im2col", "lax") and declared["jax"]["conv"].default == "auto"
     assert declared["jax"]["matmul_precision"].values == ("default", "high", "highest")
     assert declared["keras"]["jit_compile"].values == ("auto", "true", "false")
     assert set(declared["torch"]) == {"compile", "fused_optimizer"} and declared["torch"]["compile"].values is bool
