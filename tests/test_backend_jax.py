@@ -127,19 +127,27 @@ def test_batch_order_is_honoured_and_deterministic_across_chunkings():
     assert not np.array_equal(runs["a"][1]["dense1/kernel"], runs["b"][1]["dense1/kernel"])
 
 
-def test_scan_mode_trains_like_the_loop():
+def train_small(options: dict[str, str], seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """Losses, weights and settings after 4 batches of 16 (two train_batches calls: one compile) of SMALL_DROPOUT."""
     spec = SMALL_DROPOUT
-    rows = np.random.default_rng(2).permutation(64).reshape(4, 16)
-    results = {}
-    for scan in ("false", "true"):
-        session = make_session(spec, backend_options={"jax.scan": scan})
-        load_synthetic(session, spec, n_train=64)
-        losses = np.concatenate([session.train_batches(rows[:2]), session.train_batches(rows[2:])])  # one compile
-        results[session.settings()["mode"]] = (losses, session.get_weights())
-    (loop_losses, loop_weights), (scan_losses, scan_weights) = results["jit"], results["jit + scan"]
-    np.testing.assert_allclose(scan_losses, loop_losses, rtol=1e-5)
-    for name in loop_weights:
-        np.testing.assert_allclose(scan_weights[name], loop_weights[name], atol=1e-5, rtol=0, err_msg=name)
+    rows = np.random.default_rng(seed).permutation(64).reshape(4, 16)
+    session = make_session(spec, backend_options=options)
+    load_synthetic(session, spec, n_train=64)
+    losses = np.concatenate([session.train_batches(rows[:2]), session.train_batches(rows[2:])])
+    return losses, session.get_weights(), session.settings()
+
+
+def assert_trained_alike(actual, expected) -> None:
+    """The same losses and weights, to float32 rounding."""
+    np.testing.assert_allclose(actual[0], expected[0], rtol=1e-5)
+    for name, value in expected[1].items():
+        np.testing.assert_allclose(actual[1][name], value, atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_scan_mode_trains_like_the_loop():
+    loop, scan = train_small({"jax.scan": "false"}, seed=2), train_small({"jax.scan": "true"}, seed=2)
+    assert (loop[2]["mode"], scan[2]["mode"]) == ("jit", "jit + scan")
+    assert_trained_alike(scan, loop)
 
 
 def test_settings_record_mode_threads_and_precision(monkeypatch):
@@ -330,16 +338,7 @@ def test_convolution_form_is_chosen_by_platform_and_option():
         conv_how(None, "cpu") == "im2col" and conv_how("auto", "gpu") == "lax" and conv_how("im2col", "gpu") == "im2col"
     )
     # Both forms train alike: the same losses and weights after the same batches, to float32 rounding.
-    spec = SMALL_DROPOUT
-    rows = np.random.default_rng(3).permutation(64).reshape(4, 16)
-    trained = {}
-    for form in ("lax", "im2col"):
-        session = make_session(spec, backend_options={"jax.conv": form})
-        load_synthetic(session, spec, n_train=64)
-        trained[form] = (session.train_batches(rows), session.get_weights())
-    np.testing.assert_allclose(trained["im2col"][0], trained["lax"][0], rtol=1e-5)
-    for name, value in trained["lax"][1].items():
-        np.testing.assert_allclose(trained["im2col"][1][name], value, atol=1e-5, rtol=0, err_msg=name)
+    assert_trained_alike(train_small({"jax.conv": "im2col"}, seed=3), train_small({"jax.conv": "lax"}, seed=3))
 
 
 @pytest.mark.parametrize("scan", ["false", "true"], ids=["jit", "scan"])
