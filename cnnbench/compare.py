@@ -476,9 +476,9 @@ def comparability_warnings(baseline: RunResult, current: RunResult, names: tuple
     """Everything that differs between the two runs: configuration (see ``config_changes``), machine, versions."""
     old_name, new_name = names
     warnings = config_changes(baseline, current, names)
-    for key in ("cpu", "cores", "gpus"):
+    for key in ("cpu", "cores", "gpus", "cpu_vector_extension"):
         a, b = baseline.environment.get(key), current.environment.get(key)
-        if a != b:
+        if a != b and (key != "cpu_vector_extension" or None not in (a, b)):  # older files do not record it
             warnings.append(
                 f"machine {key} differs: {a!r} ({old_name}) vs {b!r} ({new_name}); speed comparisons are unreliable"
             )

@@ -26,6 +26,29 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (avx2, avx512f, ...); empty where /proc/cpuinfo has none."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")) and ":" in line:  # x86's "flags", Arm's "Features"
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+#: The widest x86 vector extension first: a figure from one of these hosts is not comparable with another's.
+VECTOR_EXTENSIONS = ("avx512f", "avx2", "avx", "sse4_2")
+
+
+def cpu_vector_extension(flags: frozenset[str] | None = None) -> str | None:
+    """The widest x86 vector extension the CPU has (``VECTOR_EXTENSIONS``), None when unknown or not x86."""
+    flags = cpu_flags() if flags is None else flags
+    return next((name for name in VECTOR_EXTENSIONS if name in flags), None)
+
+
 def memory_gib() -> float | None:
     try:
         import psutil
@@ -80,6 +103,7 @@ def gpus() -> list[dict[str, str]]:
 def collect() -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
+        "cpu_vector_extension": cpu_vector_extension(),
         "cores": os.cpu_count(),
         "memory_gib": memory_gib(),
         "os": f"{platform.system()} {platform.release()}",

@@ -241,6 +241,17 @@ def test_differences_between_the_runs_are_warned_about():
     assert not compare_runs(base, base).warnings
 
 
+def test_another_vector_extension_is_another_machine_unless_one_side_does_not_know():
+    def on(extension):
+        environment = {**resultgen.ENVIRONMENT, "cpu_vector_extension": extension}
+        return resultgen.run([resultgen.backend("torch", TIGHT)], environment=environment)
+
+    warnings = compare_runs(on("avx512f"), on("avx2")).warnings
+    assert any("machine cpu_vector_extension differs: 'avx512f'" in w for w in warnings)
+    assert not compare_runs(on(None), on("avx2")).warnings  # a file from before the field was recorded
+    assert not compare_runs(on("avx2"), on("avx2")).warnings
+
+
 # --- thresholds and the U test -------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from cnnbench.backend import Backend, BackendOption, Session, missing_module_reason
 from cnnbench.config import ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON, TrainConfig
+from cnnbench.environment import cpu_vector_extension
 from cnnbench.errors import BackendError, UsageError
 from cnnbench.frameworks import JAX
 from cnnbench.initializers import BATCH_NORM_STARTS
@@ -47,16 +48,18 @@ POOL_CHOICES = ("reshape", "reduce_window")
 DEFAULT_PRECISION = "highest"
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 OPTION_CONV = "conv"  # how a convolution is written: lax.conv_general_dilated, or patches and one dot (im2col)
-#: "auto": im2col on the CPU (XLA CPU's convolution gradients are slow there), lax on accelerators (cuDNN's own
-#: convolutions); docs/performance.md#jax.
+#: "auto": im2col where it was measured faster, lax's own convolutions elsewhere (docs/performance.md#jax).
 CONV_CHOICES = ("auto", "im2col", "lax")
+#: CPUs (by widest vector extension) where XLA's convolution gradients lose to im2col's dot: measured on AVX2;
+#: on the AVX-512 host lax's ran at 33-94 GFLOP/s and im2col was not measured, so it keeps lax.
+IM2COL_CPUS = ("avx2",)
 
 
-def conv_how(choice: str | None, platform: str) -> str:
-    """The convolution form a session uses: ``choice`` unless "auto" (im2col on the CPU, lax elsewhere)."""
+def conv_how(choice: str | None, platform: str, vector_extension: str | None) -> str:
+    """The convolution form a session uses: ``choice`` unless "auto" (im2col on an ``IM2COL_CPUS`` CPU, else lax)."""
     choice = choice or CONV_CHOICES[0]
     if choice == "auto":
-        return "im2col" if platform == "cpu" else "lax"
+        return "im2col" if platform == "cpu" and vector_extension in IM2COL_CPUS else "lax"
     return choice
 
 
@@ -290,7 +293,7 @@ class JaxSession(Session):
         self.has_batch_norm = bool(self.momenta)
         self.pool = config.option("jax", OPTION_POOL) or POOL_CHOICES[0]
         self.donate = self.dev.platform != "cpu"
-        self.conv = conv_how(config.option("jax", OPTION_CONV), self.dev.platform)
+        self.conv = conv_how(config.option("jax", OPTION_CONV), self.dev.platform, cpu_vector_extension())
         # Inference keeps lax's convolutions (im2col's patches of a 1,000-image batch are memory-bound); the
         # gradient path (train steps, loss_and_gradients) writes them as self.conv says.
         self.forward = build_forward(spec, precision, self.pool)
@@ -604,7 +607,7 @@ class JaxBackend(Backend):
             OPTION_CONV,
             CONV_CHOICES,
             CONV_CHOICES[0],
-            "convolutions as patches + one dot (im2col) or lax.conv_general_dilated; auto: im2col on CPU only",
+            "convolutions as patches + one dot (im2col) or lax.conv_general_dilated; auto: im2col on AVX2 CPUs only",
         ),
     )
     modes = (
